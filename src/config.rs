@@ -1,0 +1,49 @@
+//! The daemon's tunables: every bound of PROTOCOL.md §10 that a flag can change, in one
+//! `Config` that the command line builds and every module reads. It owns no behaviour.
+
+use std::time::Duration;
+
+/// Limits and timings shared by all connections and sessions (PROTOCOL.md §10).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest inbound message; a bigger one closes the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Websocket connections at once; the next upgrade gets 503.
+    pub max_connections: usize,
+    /// Requests executing at once over all connections.
+    pub workers: usize,
+    /// Requests executing at once on one connection.
+    pub concurrent_requests: usize,
+    /// Time a TCP connection has to complete its HTTP upgrade.
+    pub handshake_timeout: Duration,
+    /// How long a detached session survives before its processes are killed.
+    pub detach_ttl: Duration,
+    /// How long a peer may accept no byte before it is treated as dead.
+    pub write_stall: Duration,
+    /// Live processes over all sessions, until their entries are removed.
+    pub max_processes: usize,
+    /// Retained output payload per process.
+    pub retained_output_bytes: usize,
+    /// How long a finished process stays registered after its closed event.
+    pub exited_retention: Duration,
+    /// Cap on `process/read`'s `waitMs`.
+    pub max_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_bytes: 256 << 20,
+            max_connections: 256,
+            workers: 64,
+            concurrent_requests: 16,
+            handshake_timeout: Duration::from_secs(10),
+            detach_ttl: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
+            max_processes: 1024,
+            retained_output_bytes: 1 << 20,
+            exited_retention: Duration::from_secs(30),
+            max_wait: Duration::from_millis(30_000),
+        }
+    }
+}
