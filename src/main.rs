@@ -2,6 +2,7 @@
 //! and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
 mod config;
+mod fs;
 mod rpc;
 
 fn main() {}
