@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{symlink, MetadataExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,9 +41,7 @@ impl AbsolutePath {
 impl<'de> Deserialize<'de> for AbsolutePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Cow::<'de, str>::deserialize(deserializer)?;
-        normalize(&raw)
-            .map(AbsolutePath)
-            .ok_or_else(|| serde::de::Error::custom(RELATIVE_PATH))
+        normalize(&raw).map(AbsolutePath).ok_or_else(|| serde::de::Error::custom(RELATIVE_PATH))
     }
 }
 
@@ -186,19 +184,17 @@ fn check_sandbox(sandbox: Option<&serde_json::Value>) -> Result<(), RpcError> {
         return Ok(());
     };
     let permissions = sandbox.get("permissions");
-    let unrestricted = match type_of(permissions) {
-        Some("disabled" | "external") => true,
-        Some("managed") => {
-            type_of(permissions.and_then(|p| p.get("file_system"))) == Some("unrestricted")
-        }
-        _ => false,
-    } || matches!(
-        type_of(sandbox.get("sandboxPolicy")),
-        Some("danger-full-access" | "external-sandbox")
-    ) || matches!(
-        type_of(Some(sandbox)),
-        Some("danger-full-access" | "external-sandbox")
-    );
+    let unrestricted =
+        match type_of(permissions) {
+            Some("disabled" | "external") => true,
+            Some("managed") => {
+                type_of(permissions.and_then(|p| p.get("file_system"))) == Some("unrestricted")
+            }
+            _ => false,
+        } || matches!(
+            type_of(sandbox.get("sandboxPolicy")),
+            Some("danger-full-access" | "external-sandbox")
+        ) || matches!(type_of(Some(sandbox)), Some("danger-full-access" | "external-sandbox"));
     if unrestricted {
         Ok(())
     } else {
@@ -208,7 +204,7 @@ fn check_sandbox(sandbox: Option<&serde_json::Value>) -> Result<(), RpcError> {
 
 pub fn read_file(p: ReadFileParams) -> Result<ReadFileResponse, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let file = File::open(p.path.as_path()).map_err(io_error)?;
+    let file = open_nonblocking(p.path.as_path(), File::options().read(true)).map_err(io_error)?;
     let len = file.metadata().map_err(io_error)?.len();
     if len > READ_LIMIT_BYTES {
         return Err(too_large());
@@ -216,9 +212,7 @@ pub fn read_file(p: ReadFileParams) -> Result<ReadFileResponse, RpcError> {
     // Exactly the file's size, so the read never doubles the buffer. The limit also bounds
     // files whose size says nothing (`/proc`, devices): at most one byte over is read.
     let mut data = Vec::with_capacity(usize::try_from(len).map_err(|_| too_large())?);
-    file.take(READ_LIMIT_BYTES + 1)
-        .read_to_end(&mut data)
-        .map_err(io_error)?;
+    file.take(READ_LIMIT_BYTES + 1).read_to_end(&mut data).map_err(io_error)?;
     if data.len() as u64 > READ_LIMIT_BYTES {
         return Err(too_large());
     }
@@ -231,6 +225,13 @@ fn type_of(value: Option<&serde_json::Value>) -> Option<&str> {
     value?.get("type")?.as_str()
 }
 
+/// Opens with `O_NONBLOCK`, which regular files ignore, so that a FIFO or terminal at
+/// `path` fails or reads what is there instead of holding a worker forever: opening a FIFO
+/// for writing with no reader is `ENXIO`, reading one with no writer is end of file.
+fn open_nonblocking(path: &Path, options: &mut fs::OpenOptions) -> io::Result<File> {
+    options.custom_flags(libc::O_NONBLOCK).open(path)
+}
+
 fn too_large() -> RpcError {
     RpcError::invalid_request(format!(
         "file is too large to read: limit is {READ_LIMIT_BYTES} bytes"
@@ -239,16 +240,18 @@ fn too_large() -> RpcError {
 
 pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(p.data_base64.as_bytes())
-        .map_err(|err| {
+    let data = base64::engine::general_purpose::STANDARD.decode(p.data_base64.as_bytes()).map_err(
+        |err| {
             RpcError::invalid_request(format!(
                 "fs/writeFile requires valid base64 dataBase64: {err}"
             ))
-        })?;
+        },
+    )?;
     // The base64 text is no longer needed; release it before the write if it was copied.
     drop(p.data_base64);
-    let mut file = File::create(p.path.as_path()).map_err(io_error)?;
+    let mut file =
+        open_nonblocking(p.path.as_path(), File::options().write(true).create(true).truncate(true))
+            .map_err(io_error)?;
     file.write_all(&data).map_err(io_error)?;
     Ok(Empty {})
 }
@@ -401,7 +404,15 @@ fn copy_file(source: &Path, destination: &Path) -> io::Result<()> {
             return Ok(());
         }
     }
-    fs::copy(source, destination).map(drop)
+    // `fs::copy` would block opening a FIFO destination; this opens it non-blocking and
+    // otherwise does what `fs::copy` does (`io::copy` between files uses
+    // `copy_file_range`, and the permission bits are copied).
+    let mut from = File::open(source)?;
+    let permissions = from.metadata()?.permissions();
+    let mut to =
+        open_nonblocking(destination, File::options().write(true).create(true).truncate(true))?;
+    io::copy(&mut from, &mut to)?;
+    to.set_permissions(permissions)
 }
 
 /// `mkdir -p` the destination, then copy regular files by content and recreate symlinks;
@@ -432,6 +443,7 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A fresh directory under the system temp dir, removed when dropped.
@@ -506,17 +518,11 @@ mod tests {
         let err =
             serde_json::from_str::<CopyParams>(r#"{"sourcePath":"/a","destinationPath":"/b"}"#)
                 .unwrap_err();
-        assert!(
-            err.to_string().starts_with("missing field `recursive`"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("missing field `recursive`"), "{err}");
         let p: RemoveParams =
             serde_json::from_str(r#"{"path":"/a","recursive":null,"force":null,"sandbox":7}"#)
                 .unwrap();
-        assert_eq!(
-            (p.recursive, p.force, p.sandbox),
-            (None, None, Some(json!(7)))
-        );
+        assert_eq!((p.recursive, p.force, p.sandbox), (None, None, Some(json!(7))));
     }
 
     #[test]
@@ -588,16 +594,9 @@ mod tests {
     fn sandbox_is_checked_before_the_filesystem() {
         let sandbox = Some(json!({"sandboxPolicy":{"type":"read-only"}}));
         let missing = AbsolutePath(PathBuf::from("/nonexistent/exec-server/x"));
-        let err = read_file(ReadFileParams {
-            path: missing.clone(),
-            sandbox: sandbox.clone(),
-        });
+        let err = read_file(ReadFileParams { path: missing.clone(), sandbox: sandbox.clone() });
         assert_eq!(err.unwrap_err(), RpcError::invalid_request(SANDBOX_REFUSED));
-        let err = write_file(WriteFileParams {
-            path: missing,
-            data_base64: "!!".into(),
-            sandbox,
-        });
+        let err = write_file(WriteFileParams { path: missing, data_base64: "!!".into(), sandbox });
         assert_eq!(err.unwrap_err(), RpcError::invalid_request(SANDBOX_REFUSED));
     }
 
@@ -610,25 +609,16 @@ mod tests {
         assert_eq!(e(io::ErrorKind::AlreadyExists), -32603);
         assert_eq!(e(io::ErrorKind::Other), -32603);
         let os = io_error(io::Error::from_raw_os_error(libc::ENOENT));
-        assert_eq!(
-            os,
-            RpcError::not_found("No such file or directory (os error 2)")
-        );
+        assert_eq!(os, RpcError::not_found("No such file or directory (os error 2)"));
         let os = io_error(io::Error::from_raw_os_error(libc::EACCES));
-        assert_eq!(
-            os,
-            RpcError::invalid_request("Permission denied (os error 13)")
-        );
+        assert_eq!(os, RpcError::invalid_request("Permission denied (os error 13)"));
     }
 
     #[test]
     fn missing_paths_and_nul_bytes() {
         let dir = TempDir::new();
         let enoent = RpcError::not_found("No such file or directory (os error 2)");
-        let read = read_file(ReadFileParams {
-            path: dir.path("nope"),
-            sandbox: None,
-        });
+        let read = read_file(ReadFileParams { path: dir.path("nope"), sandbox: None });
         assert_eq!(read.unwrap_err(), enoent);
         let write = write_file(WriteFileParams {
             path: dir.path("no/parent"),
@@ -637,15 +627,9 @@ mod tests {
         });
         assert_eq!(write.unwrap_err(), enoent);
         assert!(!dir.join("no").exists());
-        let meta = get_metadata(GetMetadataParams {
-            path: dir.path("nope"),
-            sandbox: None,
-        });
+        let meta = get_metadata(GetMetadataParams { path: dir.path("nope"), sandbox: None });
         assert_eq!(meta.unwrap_err(), enoent);
-        let list = read_directory(ReadDirectoryParams {
-            path: dir.path("nope"),
-            sandbox: None,
-        });
+        let list = read_directory(ReadDirectoryParams { path: dir.path("nope"), sandbox: None });
         assert_eq!(list.unwrap_err(), enoent);
 
         let p: ReadFileParams = serde_json::from_str(r#"{"path":"/tmp/a\u0000b"}"#).unwrap();
@@ -673,27 +657,36 @@ mod tests {
         write("aGVsbG8gd29ybGQ=").unwrap();
         write("aGk=").unwrap();
         assert_eq!(fs::read(dir.join("f")).unwrap(), b"hi");
-        let read = read_file(ReadFileParams {
-            path: dir.path("f"),
-            sandbox: None,
-        })
-        .unwrap();
+        let read = read_file(ReadFileParams { path: dir.path("f"), sandbox: None }).unwrap();
         assert_eq!(read.data_base64, "aGk=");
         let err = write("not base64!").unwrap_err();
         assert_eq!(err.code, -32600);
         assert!(
-            err.message
-                .starts_with("fs/writeFile requires valid base64 dataBase64: "),
+            err.message.starts_with("fs/writeFile requires valid base64 dataBase64: "),
             "{err}"
         );
         assert_eq!(fs::read(dir.join("f")).unwrap(), b"hi");
         // A directory where a file is expected: EISDIR is "anything else".
-        let err = read_file(ReadFileParams {
-            path: abs(&dir.0),
-            sandbox: None,
-        })
-        .unwrap_err();
+        let err = read_file(ReadFileParams { path: abs(&dir.0), sandbox: None }).unwrap_err();
         assert_eq!(err, RpcError::internal("Is a directory (os error 21)"));
+    }
+
+    #[test]
+    fn fifos_never_block() {
+        let dir = TempDir::new();
+        mkfifo(&dir.join("fifo"));
+        fs::write(dir.join("f"), b"x").unwrap();
+        let read = read_file(ReadFileParams { path: dir.path("fifo"), sandbox: None });
+        assert_eq!(read.unwrap().data_base64, "");
+        let enxio = RpcError::internal("No such device or address (os error 6)");
+        let write = write_file(WriteFileParams {
+            path: dir.path("fifo"),
+            data_base64: "aGk=".into(),
+            sandbox: None,
+        });
+        assert_eq!(write.unwrap_err(), enxio);
+        let err = copy(copy_params(&dir.join("f"), &dir.join("fifo"), false)).unwrap_err();
+        assert_eq!(err, enxio);
     }
 
     #[test]
@@ -701,11 +694,7 @@ mod tests {
         let dir = TempDir::new();
         let file = File::create(dir.join("big")).unwrap();
         file.set_len(READ_LIMIT_BYTES + 1).unwrap();
-        let err = read_file(ReadFileParams {
-            path: dir.path("big"),
-            sandbox: None,
-        })
-        .unwrap_err();
+        let err = read_file(ReadFileParams { path: dir.path("big"), sandbox: None }).unwrap_err();
         assert_eq!(
             err,
             RpcError::invalid_request("file is too large to read: limit is 536870912 bytes")
@@ -744,45 +733,21 @@ mod tests {
         symlink(dir.join("f"), dir.join("lf")).unwrap();
         symlink("d", dir.join("ld")).unwrap();
         let when = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        File::options()
-            .write(true)
-            .open(dir.join("f"))
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
+        File::options().write(true).open(dir.join("f")).unwrap().set_modified(when).unwrap();
         let meta = |name: &str| {
-            get_metadata(GetMetadataParams {
-                path: dir.path(name),
-                sandbox: None,
-            })
-            .unwrap()
+            get_metadata(GetMetadataParams { path: dir.path(name), sandbox: None }).unwrap()
         };
         let f = meta("f");
-        assert_eq!(
-            (f.is_directory, f.is_file, f.is_symlink),
-            (false, true, false)
-        );
+        assert_eq!((f.is_directory, f.is_file, f.is_symlink), (false, true, false));
         assert_eq!(f.modified_at_ms, 1_700_000_000_123);
         let d = meta("d");
-        assert_eq!(
-            (d.is_directory, d.is_file, d.is_symlink),
-            (true, false, false)
-        );
+        assert_eq!((d.is_directory, d.is_file, d.is_symlink), (true, false, false));
         let lf = meta("lf");
-        assert_eq!(
-            (lf.is_directory, lf.is_file, lf.is_symlink),
-            (false, true, true)
-        );
+        assert_eq!((lf.is_directory, lf.is_file, lf.is_symlink), (false, true, true));
         assert_eq!(lf.modified_at_ms, 1_700_000_000_123);
         let ld = meta("ld");
-        assert_eq!(
-            (ld.is_directory, ld.is_file, ld.is_symlink),
-            (true, false, true)
-        );
-        assert_eq!(
-            unix_ms(UNIX_EPOCH - std::time::Duration::from_micros(1500)),
-            -2
-        );
+        assert_eq!((ld.is_directory, ld.is_file, ld.is_symlink), (true, false, true));
+        assert_eq!(unix_ms(UNIX_EPOCH - std::time::Duration::from_micros(1500)), -2);
     }
 
     #[test]
@@ -794,12 +759,9 @@ mod tests {
         symlink("missing", dir.join("dangling")).unwrap();
         let odd = std::ffi::OsStr::from_bytes(b"bad\xffname");
         fs::write(dir.0.join(odd), b"").unwrap();
-        let mut entries = read_directory(ReadDirectoryParams {
-            path: abs(&dir.0),
-            sandbox: None,
-        })
-        .unwrap()
-        .entries;
+        let mut entries = read_directory(ReadDirectoryParams { path: abs(&dir.0), sandbox: None })
+            .unwrap()
+            .entries;
         entries.sort_by(|a, b| a.file_name.cmp(&b.file_name));
         let entry = |name: &str, is_directory, is_file| ReadDirectoryEntry {
             file_name: name.into(),
@@ -821,12 +783,7 @@ mod tests {
     fn remove_defaults_and_links() {
         let dir = TempDir::new();
         let rm = |name: &str, recursive, force| {
-            remove(RemoveParams {
-                path: dir.path(name),
-                recursive,
-                force,
-                sandbox: None,
-            })
+            remove(RemoveParams { path: dir.path(name), recursive, force, sandbox: None })
         };
         rm("missing", None, None).unwrap();
         assert_eq!(
@@ -856,18 +813,18 @@ mod tests {
     fn copy_files_links_and_trees() {
         let dir = TempDir::new();
         fs::write(dir.join("f"), b"content").unwrap();
+        fs::set_permissions(dir.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::write(dir.join("g"), b"longer old content").unwrap();
         copy(copy_params(&dir.join("f"), &dir.join("g"), false)).unwrap();
         assert_eq!(fs::read(dir.join("g")).unwrap(), b"content");
+        assert_eq!(fs::metadata(dir.join("g")).unwrap().permissions().mode() & 0o777, 0o640);
         // Onto itself: nothing is lost.
         copy(copy_params(&dir.join("f"), &dir.join("f"), false)).unwrap();
         assert_eq!(fs::read(dir.join("f")).unwrap(), b"content");
 
         symlink("../elsewhere", dir.join("link")).unwrap();
         copy(copy_params(&dir.join("link"), &dir.join("link2"), false)).unwrap();
-        assert_eq!(
-            fs::read_link(dir.join("link2")).unwrap(),
-            Path::new("../elsewhere")
-        );
+        assert_eq!(fs::read_link(dir.join("link2")).unwrap(), Path::new("../elsewhere"));
 
         fs::create_dir_all(dir.join("src/deep/er")).unwrap();
         fs::write(dir.join("src/deep/er/file"), b"deep").unwrap();
@@ -880,28 +837,14 @@ mod tests {
         copy(copy_params(&dir.join("src"), &dir.join("dst/nested"), true)).unwrap();
         let dst = dir.join("dst/nested");
         assert_eq!(fs::read(dst.join("deep/er/file")).unwrap(), b"deep");
-        assert_eq!(
-            fs::read_link(dst.join("rel")).unwrap(),
-            Path::new("deep/er/file")
-        );
-        assert_eq!(
-            fs::read_link(dst.join("dangling")).unwrap(),
-            Path::new("/nonexistent")
-        );
+        assert_eq!(fs::read_link(dst.join("rel")).unwrap(), Path::new("deep/er/file"));
+        assert_eq!(fs::read_link(dst.join("dangling")).unwrap(), Path::new("/nonexistent"));
         assert!(fs::symlink_metadata(dst.join("fifo")).is_err());
 
-        let err = copy(copy_params(
-            &dir.join("src/fifo"),
-            &dir.join("fifo2"),
-            false,
-        ))
-        .unwrap_err();
+        let err = copy(copy_params(&dir.join("src/fifo"), &dir.join("fifo2"), false)).unwrap_err();
         assert_eq!(err, RpcError::invalid_request(COPY_UNSUPPORTED));
         let err = copy(copy_params(&dir.join("nope"), &dir.join("x"), true)).unwrap_err();
-        assert_eq!(
-            err,
-            RpcError::not_found("No such file or directory (os error 2)")
-        );
+        assert_eq!(err, RpcError::not_found("No such file or directory (os error 2)"));
     }
 
     #[test]
