@@ -452,13 +452,31 @@ impl Connection {
         let params = request.params();
         let result = match request.method.as_str() {
             "initialize" => decode_params(params).and_then(|p| encode(self.initialize(p))),
+            // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
             other => Err(RpcError::method_not_found(other)),
         };
         (result, None)
     }
 
-    /// §3.4: the session, if this connection may use `family` methods now.
+    /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),
+    /// run the handler, serialize its result.
     #[allow(dead_code)]
+    fn gated<'a, P, R>(
+        &self,
+        family: Family,
+        params: &'a str,
+        handler: impl FnOnce(P, &Arc<Session>) -> Result<R, RpcError>,
+    ) -> Result<String, RpcError>
+    where
+        P: Deserialize<'a>,
+        R: Serialize,
+    {
+        let params = decode_params(params)?;
+        let session = self.gate(family)?;
+        encode(handler(params, &session))
+    }
+
+    /// §3.4: the session, if this connection may use `family` methods now.
     fn gate(&self, family: Family) -> Result<Arc<Session>, RpcError> {
         let state = self.lock();
         let family = family.name();
