@@ -204,6 +204,52 @@ enum Item {
     Initialized,
 }
 
+impl Item {
+    /// What the scheduler needs to know: is it a barrier, and which keys does it name.
+    fn shape(&self) -> (bool, &[Key]) {
+        match self {
+            Item::Initialized => (true, &[]),
+            Item::Request(request) => (request.is_barrier(), &request.keys),
+        }
+    }
+}
+
+/// The ordering rule of §1.5 as a pure function. Given the waiting items in arrival order
+/// (barrier or not, and their keys), how many requests execute now and the keys they hold,
+/// returns the indices of the items that may start now, in order:
+/// - a barrier starts only at the head of the queue with nothing executing, and alone;
+///   nothing behind a waiting barrier starts;
+/// - a request waits while an executing or earlier waiting request shares one of its keys;
+/// - at the concurrency limit, everything behind waits in arrival order.
+fn startable<'k>(
+    waiting: impl Iterator<Item = (bool, &'k [Key])>,
+    running: usize,
+    busy: &HashMap<Key, usize>,
+    limit: usize,
+) -> Vec<usize> {
+    let mut picks = Vec::new();
+    let mut running = running;
+    let mut held: Vec<&Key> = Vec::new();
+    for (index, (barrier, keys)) in waiting.enumerate() {
+        if barrier {
+            if index == 0 && running == 0 {
+                picks.push(0);
+            }
+            break;
+        }
+        if running >= limit {
+            break;
+        }
+        let clash = keys.iter().any(|k| busy.contains_key(k) || held.contains(&k));
+        held.extend(keys);
+        if !clash {
+            picks.push(index);
+            running += 1;
+        }
+    }
+    picks
+}
+
 /// A decoded request, carrying the frame its params point into.
 struct Request {
     /// The id's JSON text, echoed unchanged.
@@ -342,61 +388,49 @@ impl Connection {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts every waiting item whose turn has come (§1.5): barriers run alone, requests
-    /// wait for earlier ones with the same key, and at the concurrency limit everything
-    /// after waits in arrival order.
+    /// Starts every waiting item whose turn has come (§1.5, see `startable`); an
+    /// `initialized` barrier takes effect here, in its turn.
     fn pump(self: &Arc<Self>, state: &mut ConnState) -> Flow {
-        let mut index = 0;
-        let mut blocked: Vec<Key> = Vec::new();
-        let mut flow = Flow::Continue;
-        while index < state.queue.len() {
-            let barrier = match &state.queue[index] {
-                Item::Initialized => true,
-                Item::Request(request) => request.is_barrier(),
-            };
-            if barrier {
-                if index > 0 || state.running > 0 {
-                    break;
-                }
-                if let Some(Item::Initialized) = state.queue.front() {
-                    state.queue.pop_front();
-                    let resumed_elsewhere =
-                        state.session.as_ref().is_some_and(|s| s.attached_elsewhere(self.id));
-                    if state.session.is_none() || resumed_elsewhere {
-                        log::warn!("connection {}: `initialized` out of turn; closing", self.id);
-                        state.closed = true;
-                        state.queue.clear();
-                        flow = Flow::Close;
-                        self.out.close(CloseReason::Protocol);
-                        break;
-                    }
-                    state.initialized = true;
-                    continue;
-                }
-            } else if state.running >= self.server.config.concurrent_requests {
+        let limit = self.server.config.concurrent_requests;
+        loop {
+            let shapes = state.queue.iter().map(Item::shape);
+            let picks = startable(shapes, state.running, &state.busy, limit);
+            if picks.is_empty() {
                 break;
             }
-            let Item::Request(request) = &state.queue[index] else { break };
-            let clash =
-                request.keys.iter().any(|k| state.busy.contains_key(k) || blocked.contains(k));
-            if clash {
-                blocked.extend(request.keys.iter().cloned());
-                index += 1;
+            if let Some(Item::Initialized) = state.queue.front() {
+                state.queue.pop_front();
+                let resumed_elsewhere =
+                    state.session.as_ref().is_some_and(|s| s.attached_elsewhere(self.id));
+                if state.session.is_none() || resumed_elsewhere {
+                    log::warn!("connection {}: `initialized` out of turn; closing", self.id);
+                    state.closed = true;
+                    state.queue.clear();
+                    self.out.close(CloseReason::Protocol);
+                    self.room.notify_all();
+                    return Flow::Close;
+                }
+                state.initialized = true;
                 continue;
             }
-            let Some(Item::Request(request)) = state.queue.remove(index) else { break };
-            for key in &request.keys {
-                *state.busy.entry(key.clone()).or_insert(0) += 1;
+            let mut started = Vec::with_capacity(picks.len());
+            for &index in picks.iter().rev() {
+                if let Some(Item::Request(request)) = state.queue.remove(index) {
+                    started.push(request);
+                }
             }
-            state.running += 1;
-            let conn = Arc::clone(self);
-            self.server.pool.submit(Box::new(move || conn.execute(request)));
-            if barrier {
-                break;
+            for request in started.into_iter().rev() {
+                for key in &request.keys {
+                    *state.busy.entry(key.clone()).or_insert(0) += 1;
+                }
+                state.running += 1;
+                let conn = Arc::clone(self);
+                self.server.pool.submit(Box::new(move || conn.execute(request)));
             }
+            break;
         }
         self.room.notify_all();
-        flow
+        Flow::Continue
     }
 
     /// Runs one request on a pool worker and writes its response.
@@ -802,6 +836,46 @@ mod tests {
         );
         assert_eq!(keys(r#"{"path":"relative"}"#), vec![]);
         assert_eq!(keys("[1,2]"), vec![]);
+    }
+
+    fn key(name: &str) -> Key {
+        Key::Process(name.into())
+    }
+
+    #[test]
+    fn barriers_run_alone_and_block_what_follows() {
+        let none = HashMap::new();
+        let a = [key("a")];
+        // initialize at the head with nothing running starts alone.
+        let q = [(true, &[][..]), (false, &a[..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0]);
+        // ... but waits for what runs before it, and nothing passes it.
+        assert_eq!(startable(q.into_iter(), 1, &none, 16), Vec::<usize>::new());
+        let q = [(false, &[][..]), (true, &[][..]), (false, &[][..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0]);
+    }
+
+    #[test]
+    fn same_key_waits_in_arrival_order_other_keys_pass() {
+        let a = [key("a")];
+        let b = [key("b")];
+        let none = HashMap::new();
+        let q = [(false, &a[..]), (false, &a[..]), (false, &b[..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0, 2]);
+        let busy: HashMap<Key, usize> = [(key("a"), 1)].into_iter().collect();
+        let q = [(false, &a[..]), (false, &b[..])];
+        assert_eq!(startable(q.into_iter(), 1, &busy, 16), vec![1]);
+        let path = [Key::Path("/x".into()), key("b")];
+        let q = [(false, &path[..]), (false, &b[..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0]);
+    }
+
+    #[test]
+    fn the_concurrency_limit_holds_everything_behind_in_order() {
+        let none = HashMap::new();
+        let q = [(false, &[][..]), (false, &[][..]), (false, &[][..])];
+        assert_eq!(startable(q.into_iter(), 14, &none, 16), vec![0, 1]);
+        assert_eq!(startable(q.into_iter(), 16, &none, 16), Vec::<usize>::new());
     }
 
     #[test]
