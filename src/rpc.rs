@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
+use crate::fs;
 use crate::pool::Pool;
 use crate::session::{Session, Sessions};
 
@@ -370,7 +371,9 @@ impl Connection {
         let state = self.lock();
         let _ = self
             .room
-            .wait_timeout_while(state, grace, |s| !s.closed && (s.running > 0 || !s.queue.is_empty()))
+            .wait_timeout_while(state, grace, |s| {
+                !s.closed && (s.running > 0 || !s.queue.is_empty())
+            })
             .unwrap_or_else(PoisonError::into_inner);
     }
 
@@ -496,6 +499,17 @@ impl Connection {
         let result = match request.method.as_str() {
             "initialize" => decode_params(params).and_then(|p| encode(self.initialize(p))),
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
+            "fs/readFile" => self.gated(Family::Filesystem, params, |p, _| fs::read_file(p)),
+            "fs/writeFile" => self.gated(Family::Filesystem, params, |p, _| fs::write_file(p)),
+            "fs/createDirectory" => {
+                self.gated(Family::Filesystem, params, |p, _| fs::create_directory(p))
+            }
+            "fs/getMetadata" => self.gated(Family::Filesystem, params, |p, _| fs::get_metadata(p)),
+            "fs/readDirectory" => {
+                self.gated(Family::Filesystem, params, |p, _| fs::read_directory(p))
+            }
+            "fs/remove" => self.gated(Family::Filesystem, params, |p, _| fs::remove(p)),
+            "fs/copy" => self.gated(Family::Filesystem, params, |p, _| fs::copy(p)),
             other => Err(RpcError::method_not_found(other)),
         };
         (result, None)
