@@ -92,6 +92,7 @@ pub struct ReadFileResponse {
     data_base64: Box<RawValue>,
 }
 
+#[cfg(test)]
 impl ReadFileResponse {
     /// The base64 text, without the JSON quotes.
     pub fn data_base64(&self) -> &str {

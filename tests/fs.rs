@@ -710,3 +710,52 @@ fn permission_denied_is_invalid_request() {
         Ok(json!(true))
     );
 }
+
+/// §2.2 and §3.4 for the fs methods: params are decoded before the handshake gate, and
+/// nothing touches the disk before the handshake completes.
+#[test]
+fn fs_methods_wait_for_the_handshake() {
+    let daemon = common::Daemon::start(&[]);
+    let mut client = common::Client::connect(&daemon.url);
+    let dir = TempDir::new();
+    let call = |client: &mut common::Client, method: &str, params: Value| {
+        let response = client.call(method, params);
+        (response["error"]["code"].clone(), response["error"]["message"].clone())
+    };
+    let methods = [
+        ("fs/readFile", json!({"path": dir.s("f")})),
+        ("fs/writeFile", json!({"path": dir.s("f"), "dataBase64": ""})),
+        ("fs/createDirectory", json!({"path": dir.s("d")})),
+        ("fs/getMetadata", json!({"path": dir.s("f")})),
+        ("fs/readDirectory", json!({"path": dir.s("")})),
+        ("fs/remove", json!({"path": dir.s("f")})),
+        (
+            "fs/copy",
+            json!({"sourcePath": dir.s("f"), "destinationPath": dir.s("g"), "recursive": false}),
+        ),
+    ];
+    assert_eq!(
+        call(&mut client, "fs/readFile", json!({"path": "relative"})),
+        (json!(-32602), json!(RELATIVE_PATH))
+    );
+    for (method, params) in &methods {
+        assert_eq!(
+            call(&mut client, method, params.clone()),
+            (json!(-32600), json!("client must call initialize before using filesystem methods")),
+            "{method}"
+        );
+    }
+    let response = client.call("initialize", json!({"clientName": "test"}));
+    assert!(response["result"]["sessionId"].is_string(), "{response}");
+    for (method, params) in &methods {
+        assert_eq!(
+            call(&mut client, method, params.clone()),
+            (json!(-32600), json!("client must send initialized before using filesystem methods")),
+            "{method}"
+        );
+    }
+    assert!(!dir.join("f").exists() && !dir.join("d").exists());
+    client.send(&json!({"method": "initialized"}));
+    assert_eq!(client.call("fs/createDirectory", json!({"path": dir.s("d")}))["result"], json!({}));
+    assert!(dir.join("d").is_dir());
+}
