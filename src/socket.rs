@@ -462,12 +462,15 @@ pub fn serve<S>(
                 next_ping = Some(Instant::now() + k.ping_every);
                 continue;
             }
+            drained = false;
         }
         // One message per lock: it is handled (and, when quick, answered) before the next
         // read, so a lone request's response never waits behind the read that finds the
         // socket empty.
         let event = read_one(&mut writer.lock());
-        last_heard = Instant::now();
+        if !matches!(event, Inbound::Drained) {
+            last_heard = Instant::now();
+        }
         let flow = match event {
             Inbound::Text(text) => conn.handle(text),
             Inbound::Malformed(detail) => conn.malformed(&detail),
