@@ -1,7 +1,10 @@
 //! exec-server: the table of contents. Parse flags, set up logging, pick the mode, run it,
 //! and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
+mod cloud;
 mod config;
+mod registry;
 mod rpc;
+mod tls;
 
 fn main() {}
