@@ -522,3 +522,498 @@ impl Jitter {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use httpmock::prelude::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    const REG_ID: &str = "8d3c1f0e-2b4a-4c6d-9e8f-0a1b2c3d4e5f";
+
+    fn token_file(dir: &tempdir::Dir, text: &str) -> PathBuf {
+        let path = dir.0.join("token");
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A directory removed when the test ends.
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new(tag: &str) -> Dir {
+                let path = std::env::temp_dir().join(format!(
+                    "exec-server-registry-{tag}-{}",
+                    uuid::Uuid::new_v4()
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir(path)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn registry(base: &str, token: TokenSource) -> Registry {
+        Registry::with_registration_id(
+            base,
+            "exec-123",
+            "codex-exec-server",
+            token,
+            &[],
+            Uuid::parse_str(REG_ID).unwrap(),
+        )
+    }
+
+    /// The recipe of §8.3, computed byte by byte independently of `idempotency_id`.
+    fn expected_idempotency_id(executor_id: &str, name: &str) -> String {
+        let mut input = Vec::new();
+        input.extend_from_slice(executor_id.as_bytes());
+        input.push(0);
+        input.extend_from_slice(name.as_bytes());
+        input.push(0);
+        input.extend_from_slice(b"codex-exec-server-v1");
+        input.push(0);
+        input.extend_from_slice(&Uuid::parse_str(REG_ID).unwrap().into_bytes());
+        let digest = Sha256::digest(&input);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("codex-exec-server-{hex}")
+    }
+
+    #[test]
+    fn idempotency_id_follows_the_recipe() {
+        let id = idempotency_id(
+            "exec-123",
+            "codex-exec-server",
+            Uuid::parse_str(REG_ID).unwrap(),
+        );
+        assert_eq!(id, expected_idempotency_id("exec-123", "codex-exec-server"));
+        assert_eq!(id.len(), "codex-exec-server-".len() + 64);
+        let other = idempotency_id("exec-123", "codex-exec-server", Uuid::new_v4());
+        assert_ne!(id, other, "a new run gets a new idempotency id");
+    }
+
+    #[test]
+    fn posts_the_exact_request_and_parses_the_response() {
+        let dir = tempdir::Dir::new("exact");
+        let server = MockServer::start();
+        let body = format!(
+            r#"{{"idempotency_id":"{}","executor_id":"exec-123","name":"codex-exec-server","labels":{{}},"metadata":{{}}}}"#,
+            expected_idempotency_id("exec-123", "codex-exec-server")
+        );
+        let mock = server.mock(|when, then| {
+            when.method(POST)
+                .path("/prefix/cloud/executor/exec-123/register")
+                .header("authorization", "Bearer s3cret")
+                .header("content-type", "application/json")
+                .body(body.clone());
+            then.status(200).body(r#"{"id":"reg-9","executor_id":"exec-xyz","url":"wss://rv.example/ws?sig=abc","extra":1}"#);
+        });
+        let reg = registry(
+            &server.url("/prefix"),
+            TokenSource::File(token_file(&dir, "  s3cret\n")),
+        );
+        let got = reg.register().unwrap();
+        assert_eq!(
+            got,
+            Registration {
+                url: "wss://rv.example/ws?sig=abc".to_owned(),
+                id: Some("reg-9".to_owned()),
+                executor_id: "exec-xyz".to_owned(),
+            }
+        );
+        // Every round of a run sends the same idempotency id.
+        reg.register().unwrap();
+        mock.assert_hits(2);
+    }
+
+    #[test]
+    fn a_response_with_only_url_works() {
+        let dir = tempdir::Dir::new("onlyurl");
+        let server = MockServer::start();
+        server.mock(|when, then| {
+            when.method(POST);
+            then.status(201).body(r#"{"url":"ws://127.0.0.1:9/x"}"#);
+        });
+        let got = registry(&server.base_url(), TokenSource::File(token_file(&dir, "t")))
+            .register()
+            .unwrap();
+        assert_eq!(got.url, "ws://127.0.0.1:9/x");
+        assert_eq!(got.id, None);
+        assert_eq!(got.executor_id, "exec-123");
+    }
+
+    fn outcome(status: u16, headers: &[(&str, &str)], body: &str) -> (RegisterError, usize) {
+        let dir = tempdir::Dir::new("outcome");
+        let server = MockServer::start();
+        let mock = server.mock(|when, then| {
+            when.method(POST);
+            let mut then = then.status(status).body(body);
+            for (k, v) in headers {
+                then = then.header(*k, *v);
+            }
+        });
+        let err = registry(
+            &server.base_url(),
+            TokenSource::File(token_file(&dir, "tok")),
+        )
+        .register()
+        .unwrap_err();
+        (err, mock.calls())
+    }
+
+    #[test]
+    fn two_unauthorized_answers_are_an_authentication_failure() {
+        let (err, calls) = outcome(
+            401,
+            &[],
+            r#"{"error":{"code":"bad_token","message":"token expired"}}"#,
+        );
+        assert_eq!(calls, 2, "one immediate retry after a re-read");
+        assert_eq!(
+            err,
+            RegisterError::Auth(
+                "executor registry authentication error: executor registry authentication failed (401 Unauthorized): token expired".to_owned()
+            )
+        );
+        assert_eq!(err.exit_code(), Some(3));
+        let (err, _) = outcome(403, &[], "");
+        assert_eq!(
+            err.to_string(),
+            "executor registry authentication error: executor registry authentication failed (403 Forbidden): empty error body"
+        );
+    }
+
+    #[test]
+    fn other_client_errors_are_fatal_with_code_and_message() {
+        let (err, calls) = outcome(
+            409,
+            &[],
+            r#"{"error":{"code":"conflict","message":"executor already registered"}}"#,
+        );
+        assert_eq!(calls, 1);
+        assert_eq!(
+            err,
+            RegisterError::Fatal("executor registry request failed (409 Conflict, conflict): executor already registered".to_owned())
+        );
+        assert_eq!(err.exit_code(), Some(2));
+        let (err, _) = outcome(404, &[], "  no such executor \n");
+        assert_eq!(
+            err.to_string(),
+            "executor registry request failed (404 Not Found): no such executor"
+        );
+        let (err, _) = outcome(400, &[], "");
+        assert_eq!(
+            err.to_string(),
+            "executor registry request failed (400 Bad Request): empty or malformed error body"
+        );
+        let (err, _) = outcome(422, &[], r#"{"error":{"code":"invalid"}}"#);
+        assert_eq!(err.to_string(), "executor registry request failed (422 Unprocessable Entity, invalid): empty error body");
+        let long = "x".repeat(5000);
+        let (err, _) = outcome(400, &[], &long);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "executor registry request failed (400 Bad Request): {}",
+                "x".repeat(4096)
+            )
+        );
+        // Redirects are not followed: a 3xx is the answer.
+        let (err, calls) = outcome(302, &[("location", "http://127.0.0.1:1/elsewhere")], "");
+        assert_eq!(calls, 1);
+        assert_eq!(
+            err.to_string(),
+            "executor registry request failed (302 Found): empty or malformed error body"
+        );
+    }
+
+    #[test]
+    fn transient_statuses_retry_and_honour_retry_after() {
+        for status in [408, 429, 500, 502, 503] {
+            let (err, calls) = outcome(status, &[], "");
+            assert_eq!(calls, 1);
+            assert!(
+                matches!(err, RegisterError::Retry { after: None, .. }),
+                "{status}: {err:?}"
+            );
+            assert_eq!(err.exit_code(), None);
+        }
+        let (err, _) = outcome(503, &[("retry-after", "2")], "");
+        assert!(
+            matches!(err, RegisterError::Retry { after: Some(d), .. } if d == Duration::from_secs(2)),
+            "{err:?}"
+        );
+        let (err, _) = outcome(429, &[("retry-after", "86400")], "");
+        assert!(
+            matches!(err, RegisterError::Retry { after: Some(d), .. } if d == RETRY_AFTER_MAX),
+            "{err:?}"
+        );
+        // Only delta-seconds count; an HTTP date falls back to the backoff delay.
+        let (err, _) = outcome(503, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
+        assert!(
+            matches!(err, RegisterError::Retry { after: None, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_2xx_without_a_usable_url_is_retried() {
+        for body in [
+            "",
+            "not json",
+            r#"{"url":"http://x/"}"#,
+            r#"{"url":5}"#,
+            r#"{"id":"a"}"#,
+        ] {
+            let (err, _) = outcome(200, &[], body);
+            assert!(
+                matches!(err, RegisterError::Retry { .. }),
+                "{body}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retried() {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let dir = tempdir::Dir::new("refused");
+        let err = registry(
+            &format!("http://127.0.0.1:{port}"),
+            TokenSource::File(token_file(&dir, "t")),
+        )
+        .register()
+        .unwrap_err();
+        assert!(
+            matches!(err, RegisterError::Retry { after: None, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_token_file_that_disappears_later_is_retryable() {
+        let dir = tempdir::Dir::new("gone");
+        let path = dir.0.join("missing");
+        let err = registry("http://127.0.0.1:1", TokenSource::File(path.clone()))
+            .register()
+            .unwrap_err();
+        match err {
+            RegisterError::Retry { after: None, reason } => assert!(
+                reason.starts_with(&format!(
+                    "executor registry authentication error: executor registry bearer token file `{}` could not be read: ",
+                    path.display()
+                )),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One request as a tiny HTTP server saw it.
+    struct Seen {
+        authorization: String,
+    }
+
+    /// Serves `answers.len()` requests on 127.0.0.1:0, one per connection; before each
+    /// answer `before(i)` runs, so a test can act between two requests.
+    fn scripted_server(
+        answers: Vec<(u16, &'static str)>,
+        mut before: impl FnMut(usize) + Send + 'static,
+    ) -> (String, mpsc::Receiver<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (i, (status, body)) in answers.into_iter().enumerate() {
+                let (sock, _) = listener.accept().unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(sock.try_clone().unwrap());
+                let mut authorization = String::new();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        match k.to_ascii_lowercase().as_str() {
+                            "authorization" => authorization = v.trim().to_owned(),
+                            "content-length" => length = v.trim().parse().unwrap(),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body_in = vec![0; length];
+                reader.read_exact(&mut body_in).unwrap();
+                before(i);
+                tx.send(Seen { authorization }).unwrap();
+                let mut sock = sock;
+                write!(
+                    sock,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+        });
+        (base, rx)
+    }
+
+    #[test]
+    fn the_token_file_is_re_read_between_a_401_and_its_retry() {
+        let dir = tempdir::Dir::new("reread");
+        let path = token_file(&dir, "old-token\n");
+        let rotate = path.clone();
+        let (base, seen) = scripted_server(
+            vec![(401, ""), (200, r#"{"url":"ws://127.0.0.1:9/"}"#)],
+            move |i| {
+                if i == 0 {
+                    fs::write(&rotate, "new-token\n").unwrap();
+                }
+            },
+        );
+        let got = registry(&base, TokenSource::File(path)).register().unwrap();
+        assert_eq!(got.url, "ws://127.0.0.1:9/");
+        let wait = Duration::from_secs(10);
+        assert_eq!(
+            seen.recv_timeout(wait).unwrap().authorization,
+            "Bearer old-token"
+        );
+        assert_eq!(
+            seen.recv_timeout(wait).unwrap().authorization,
+            "Bearer new-token"
+        );
+    }
+
+    #[test]
+    fn a_401_then_a_transient_error_is_retryable_not_fatal() {
+        let dir = tempdir::Dir::new("mixed");
+        let (base, _seen) = scripted_server(vec![(401, ""), (503, "")], |_| {});
+        let err = registry(&base, TokenSource::File(token_file(&dir, "t")))
+            .register()
+            .unwrap_err();
+        assert!(matches!(err, RegisterError::Retry { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn token_sources_report_the_exact_startup_messages() {
+        assert_eq!(
+            token_from_env(None).unwrap_err(),
+            "executor registry authentication error: executor registry bearer token environment variable `CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN` is not set"
+        );
+        assert_eq!(
+            token_from_env(Some(" \n".to_owned())).unwrap_err(),
+            "executor registry authentication error: executor registry bearer token environment variable `CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN` is empty"
+        );
+        assert_eq!(
+            token_from_env(Some(" abc\n".to_owned())).unwrap(),
+            Token("abc".to_owned())
+        );
+        let dir = tempdir::Dir::new("sources");
+        let empty = token_file(&dir, "  \n");
+        assert_eq!(
+            TokenSource::File(empty.clone()).read().unwrap_err(),
+            format!("executor registry authentication error: executor registry bearer token file `{}` is empty", empty.display())
+        );
+        let missing = dir.0.join("nope");
+        assert_eq!(
+            TokenSource::File(missing.clone()).read().unwrap_err(),
+            format!(
+                "executor registry authentication error: executor registry bearer token file `{}` could not be read: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let token = Token("hunter2".to_owned());
+        assert_eq!(format!("{token:?}"), "<redacted>");
+        let dir = tempdir::Dir::new("debug");
+        let reg = registry(
+            "http://127.0.0.1:1",
+            TokenSource::File(token_file(&dir, "hunter2")),
+        );
+        assert!(!format!("{reg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn logged_urls_lose_their_query_string() {
+        assert_eq!(
+            without_query("wss://rv.example/ws/abc?sig=SECRET&exp=1"),
+            "wss://rv.example/ws/abc"
+        );
+        assert_eq!(without_query("ws://h:1/p#frag"), "ws://h:1/p");
+        assert_eq!(without_query("ws://h:1/p"), "ws://h:1/p");
+    }
+
+    #[test]
+    fn backoff_delay_doubles_to_the_cap_within_the_jitter_band() {
+        let secs = |round, unit| backoff_delay(round, unit).as_secs_f64();
+        let expected = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0];
+        for (round, base) in expected.iter().enumerate() {
+            let round = round as u32;
+            assert!((secs(round, 0.5) - base).abs() < 1e-9, "round {round}");
+            assert!(
+                (secs(round, 0.0) - base * 0.8).abs() < 1e-9,
+                "round {round}"
+            );
+            assert!(secs(round, 0.999_999) < base * 1.2);
+        }
+        assert!((secs(1000, 0.5) - 30.0).abs() < 1e-9, "no overflow far out");
+    }
+
+    #[test]
+    fn backoff_state_resets_after_a_long_connection_and_obeys_retry_after() {
+        let mut backoff = Backoff::new(42);
+        let bands = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0];
+        for base in bands {
+            let d = backoff.next_sleep(None).as_secs_f64();
+            assert!(d >= base * 0.8 && d < base * 1.2, "{d} vs {base}");
+        }
+        backoff.connection_ended(Duration::from_secs(9));
+        let d = backoff.next_sleep(None).as_secs_f64();
+        assert!(d >= 24.0, "a short connection does not reset: {d}");
+        backoff.connection_ended(STABLE_CONNECTION);
+        let d = backoff.next_sleep(None).as_secs_f64();
+        assert!(
+            (0.8..1.2).contains(&d),
+            "reset after a stable connection: {d}"
+        );
+        assert_eq!(
+            backoff.next_sleep(Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            backoff.next_sleep(Some(Duration::from_secs(1000))),
+            RETRY_AFTER_MAX
+        );
+        // The Retry-After round still advanced the schedule: next is about 8 s.
+        let d = backoff.next_sleep(None).as_secs_f64();
+        assert!((6.4..9.6).contains(&d), "{d}");
+        // The same seed gives the same jitter.
+        let a: Vec<_> = (0..5)
+            .map({
+                let mut b = Backoff::new(7);
+                move |_| b.next_sleep(None)
+            })
+            .collect();
+        let b: Vec<_> = (0..5)
+            .map({
+                let mut b = Backoff::new(7);
+                move |_| b.next_sleep(None)
+            })
+            .collect();
+        assert_eq!(a, b);
+    }
+}
