@@ -265,3 +265,284 @@ impl AsRawFd for Stream {
         self.tcp().as_raw_fd()
     }
 }
+
+/// A throwaway CA and a `localhost`/`127.0.0.1` server certificate for tests.
+#[cfg(test)]
+pub mod test_pki {
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::ServerConfig;
+
+    pub struct Pki {
+        pub ca_pem: String,
+        pub server: Arc<ServerConfig>,
+    }
+
+    pub fn generate() -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "exec-server test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let server =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![leaf.der().clone()], key)
+                .unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::thread;
+    use std::time::Duration;
+
+    use rustls::{ServerConnection, StreamOwned};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    struct TempFile(PathBuf);
+    impl TempFile {
+        fn new(contents: &str) -> TempFile {
+            let path =
+                std::env::temp_dir().join(format!("exec-server-tls-{}.pem", uuid::Uuid::new_v4()));
+            fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+
+    /// A TLS server on 127.0.0.1:0 for one connection: it sends `greeting`, then echoes
+    /// everything until the client closes.
+    fn echo_server(
+        pki: &test_pki::Pki,
+        greeting: &'static [u8],
+    ) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = pki.server.clone();
+        let handle = thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(DEADLINE)).unwrap();
+            let conn = ServerConnection::new(config).unwrap();
+            let mut tls = StreamOwned::new(conn, sock);
+            // A refused handshake ends here with an error; that is the client's business.
+            if tls.write_all(greeting).and_then(|()| tls.flush()).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tls.write_all(&buf[..n]).and_then(|()| tls.flush()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        (addr, handle)
+    }
+
+    fn connect(
+        addr: std::net::SocketAddr,
+        roots: &[CertificateDer<'static>],
+        host: &str,
+    ) -> io::Result<TlsStream> {
+        let tcp = TcpStream::connect_timeout(&addr, DEADLINE)?;
+        TlsStream::connect(tcp, host, client_config(roots), Instant::now() + DEADLINE)
+    }
+
+    fn poll(fd: RawFd, events: libc::c_short, timeout: Duration) -> libc::c_short {
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        assert!(n >= 0, "poll failed: {}", io::Error::last_os_error());
+        pfd.revents
+    }
+
+    #[test]
+    fn the_ca_file_makes_a_private_server_trusted() {
+        let pki = test_pki::generate();
+        let ca = TempFile::new(&pki.ca_pem);
+        let roots = trust_roots(Some(&ca.0)).unwrap();
+        assert!(
+            roots.len() > webpki_root_certs::TLS_SERVER_ROOT_CERTS.len(),
+            "bundled roots plus ours"
+        );
+        let (addr, server) = echo_server(&pki, b"hello");
+        let mut tls = connect(addr, &roots, "localhost").unwrap();
+        let mut greeting = [0u8; 5];
+        tls.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting, b"hello");
+        tls.write_all(b"ping").unwrap();
+        tls.flush().unwrap();
+        let mut echo = [0u8; 4];
+        tls.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping");
+        drop(tls);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_private_server_is_refused_without_its_ca() {
+        let pki = test_pki::generate();
+        let (addr, server) = echo_server(&pki, b"hello");
+        let err = connect(addr, &trust_roots(None).unwrap(), "localhost")
+            .err()
+            .expect("handshake must fail");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn the_hostname_is_verified() {
+        let pki = test_pki::generate();
+        let ca = TempFile::new(&pki.ca_pem);
+        let (addr, server) = echo_server(&pki, b"hello");
+        let err = connect(addr, &trust_roots(Some(&ca.0)).unwrap(), "example.com")
+            .err()
+            .expect("wrong name");
+        assert!(err.to_string().contains("not valid for name"), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_a_startup_error() {
+        let junk = TempFile::new("this is not a certificate\n");
+        assert_eq!(
+            trust_roots(Some(&junk.0)).unwrap_err(),
+            format!(
+                "executor registry configuration error: CA file `{}` is not a valid PEM certificate bundle: no CERTIFICATE block",
+                junk.0.display()
+            )
+        );
+        let missing =
+            std::env::temp_dir().join(format!("exec-server-missing-{}", uuid::Uuid::new_v4()));
+        let err = trust_roots(Some(&missing)).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "executor registry configuration error: CA file `{}` could not be read: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+
+    #[test]
+    fn write_never_reads_from_the_socket() {
+        let pki = test_pki::generate();
+        let ca = TempFile::new(&pki.ca_pem);
+        let (addr, server) = echo_server(&pki, b"hello");
+        let mut tls = connect(addr, &trust_roots(Some(&ca.0)).unwrap(), "127.0.0.1").unwrap();
+        tls.tcp().set_nonblocking(true).unwrap();
+        let fd = tls.tcp().as_raw_fd();
+        assert_ne!(
+            poll(fd, libc::POLLIN, DEADLINE) & libc::POLLIN,
+            0,
+            "greeting arrives"
+        );
+        tls.write_all(b"x").unwrap();
+        tls.flush().unwrap();
+        assert_ne!(
+            poll(fd, libc::POLLIN, Duration::ZERO) & libc::POLLIN,
+            0,
+            "the greeting is still in the socket for the reader"
+        );
+        drop(tls);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn non_blocking_round_trip_of_four_mebibytes() {
+        let pki = test_pki::generate();
+        let ca = TempFile::new(&pki.ca_pem);
+        let (addr, server) = echo_server(&pki, b"");
+        let tls = connect(addr, &trust_roots(Some(&ca.0)).unwrap(), "localhost").unwrap();
+        tls.tcp().set_nonblocking(true).unwrap();
+        let mut stream = Stream::Tls(Box::new(tls));
+        let mut scratch = [0u8; 64 * 1024];
+        // Post-handshake records (session tickets) may be pending; once drained, nothing.
+        loop {
+            match stream.read(&mut scratch) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                other => panic!("unexpected read before any data: {other:?}"),
+            }
+        }
+        let payload: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut sent = 0;
+        let mut flushed = false;
+        let mut received = Vec::with_capacity(payload.len());
+        let deadline = Instant::now() + DEADLINE;
+        while received.len() < payload.len() {
+            assert!(
+                Instant::now() < deadline,
+                "round trip timed out at {} bytes",
+                received.len()
+            );
+            let mut events = libc::POLLIN;
+            if sent < payload.len() || !flushed {
+                events |= libc::POLLOUT;
+            }
+            poll(
+                stream.as_raw_fd(),
+                events,
+                deadline.saturating_duration_since(Instant::now()),
+            );
+            loop {
+                match stream.read(&mut scratch) {
+                    Ok(0) => panic!("server closed early"),
+                    Ok(n) => received.extend_from_slice(&scratch[..n]),
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("read: {err}"),
+                }
+            }
+            while sent < payload.len() {
+                match stream.write(&payload[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("write: {err}"),
+                }
+            }
+            if sent == payload.len() {
+                match stream.flush() {
+                    Ok(()) => flushed = true,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => flushed = false,
+                    Err(err) => panic!("flush: {err}"),
+                }
+            }
+        }
+        assert!(received == payload, "echo differs");
+        drop(stream);
+        server.join().unwrap();
+    }
+}
