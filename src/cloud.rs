@@ -374,3 +374,420 @@ fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, Str
     }
     Err(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::test_pki;
+    use httpmock::prelude::*;
+    use std::cell::RefCell;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use tungstenite::Message;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> TempDir {
+            let path =
+                std::env::temp_dir().join(format!("exec-server-cloud-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+        fn file(&self, name: &str, contents: &str) -> String {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path.to_str().unwrap().to_owned()
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn args(base: &str, id: &str, token_file: &str) -> CloudArgs {
+        CloudArgs {
+            cloud: true,
+            cloud_base_url: Some(base.to_owned()),
+            cloud_environment_id: Some(id.to_owned()),
+            token_file: Some(token_file.to_owned()),
+            ..CloudArgs::default()
+        }
+    }
+
+    #[test]
+    fn validation_normalizes_and_reports_each_rule_exactly() {
+        let dir = TempDir::new();
+        let token = dir.file("token", "tok\n");
+        let cfg = args("  https://reg.example/api//  ", " exec-1 ", &token)
+            .validate(&no_env)
+            .unwrap();
+        assert_eq!(cfg.base_url, "https://reg.example/api");
+        assert_eq!(cfg.executor_id, "exec-1");
+        assert_eq!(cfg.name, "codex-exec-server");
+        assert_eq!(cfg.token, TokenSource::File(PathBuf::from(&token)));
+
+        let err = |a: CloudArgs| a.validate(&no_env).unwrap_err();
+        assert_eq!(
+            err(args(" / ", "e", &token)),
+            "executor registry configuration error: executor registry base URL is required"
+        );
+        assert_eq!(
+            err(CloudArgs {
+                cloud: true,
+                ..CloudArgs::default()
+            }),
+            "executor registry configuration error: executor registry base URL is required"
+        );
+        assert_eq!(
+            err(args("ftp://x", "e", &token)),
+            "executor registry configuration error: executor registry base URL must start with http:// or https://"
+        );
+        assert_eq!(
+            err(args("http://x", "  ", &token)),
+            "executor registry configuration error: executor id is required for remote exec-server registration"
+        );
+        for bad in ["a/b", "a b", "é", &"a".repeat(257)] {
+            assert_eq!(
+                err(args("http://x", bad, &token)),
+                "executor registry configuration error: executor id must be 1-256 characters of [A-Za-z0-9._-]",
+                "{bad}"
+            );
+        }
+        assert!(args("http://x", &"a".repeat(256), &token)
+            .validate(&no_env)
+            .is_ok());
+        assert_eq!(
+            err(CloudArgs {
+                name: Some("  ".to_owned()),
+                ..args("http://x", "e", &token)
+            }),
+            "executor registry configuration error: executor name must not be empty"
+        );
+        let empty = dir.file("empty", " \n");
+        assert_eq!(
+            err(args("http://x", "e", &empty)),
+            format!("executor registry authentication error: executor registry bearer token file `{empty}` is empty")
+        );
+        assert_eq!(
+            err(CloudArgs { token_file: None, ..args("http://x", "e", &token) }),
+            "executor registry authentication error: executor registry bearer token environment variable `CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN` is not set"
+        );
+        let junk = dir.file("junk.pem", "junk");
+        assert_eq!(
+            err(CloudArgs { ca_file: Some(junk.clone()), ..args("http://x", "e", &token) }),
+            format!("executor registry configuration error: CA file `{junk}` is not a valid PEM certificate bundle: no CERTIFICATE block")
+        );
+    }
+
+    #[test]
+    fn environment_fallbacks_apply_when_flags_are_absent() {
+        let dir = TempDir::new();
+        let junk = dir.file("junk.pem", "junk");
+        let env = move |key: &str| match key {
+            BASE_URL_ENV => Some("http://from-env/".to_owned()),
+            ENVIRONMENT_ID_ENV => Some("env-id".to_owned()),
+            registry::TOKEN_ENV => Some(" env-token ".to_owned()),
+            CA_FILE_ENV => Some(junk.clone()),
+            _ => None,
+        };
+        let a = CloudArgs {
+            cloud: true,
+            ..CloudArgs::default()
+        };
+        // SSL_CERT_FILE is read too, and checked like --ca-file.
+        assert!(a
+            .validate(&env)
+            .unwrap_err()
+            .contains("is not a valid PEM certificate bundle"));
+        let env2 = |key: &str| if key == CA_FILE_ENV { None } else { env(key) };
+        let cfg = a.validate(&env2).unwrap();
+        assert_eq!(
+            (cfg.base_url.as_str(), cfg.executor_id.as_str()),
+            ("http://from-env", "env-id")
+        );
+        assert_eq!(cfg.token, TokenSource::Env);
+        // Flags win over the environment; the alias spellings work.
+        let token = dir.file("token", "t");
+        let b = CloudArgs {
+            remote: Some("https://flag".to_owned()),
+            executor_id: Some("flag-id".to_owned()),
+            name: Some(" box ".to_owned()),
+            token_file: Some(token),
+            ..CloudArgs::default()
+        };
+        assert!(b.enabled());
+        let cfg = b.validate(&env2).unwrap();
+        assert_eq!(
+            (
+                cfg.base_url.as_str(),
+                cfg.executor_id.as_str(),
+                cfg.name.as_str()
+            ),
+            ("https://flag", "flag-id", "box")
+        );
+        assert!(matches!(cfg.token, TokenSource::File(_)));
+    }
+
+    #[test]
+    fn usage_errors_cover_both_spellings_and_listen() {
+        let both = CloudArgs {
+            cloud_name: Some("a".into()),
+            name: Some("b".into()),
+            ..CloudArgs::default()
+        };
+        assert_eq!(
+            both.usage_error(false).unwrap(),
+            "`--cloud-name` and `--name` are the same option; give only one"
+        );
+        let both = CloudArgs {
+            cloud_base_url: Some("a".into()),
+            remote: Some("b".into()),
+            ..CloudArgs::default()
+        };
+        assert_eq!(
+            both.usage_error(false).unwrap(),
+            "`--cloud-base-url` and `--remote` are the same option; give only one"
+        );
+        let both = CloudArgs {
+            cloud_environment_id: Some("a".into()),
+            executor_id: Some("b".into()),
+            ..CloudArgs::default()
+        };
+        assert!(both.usage_error(false).is_some());
+        let cloud = CloudArgs {
+            cloud: true,
+            ..CloudArgs::default()
+        };
+        assert_eq!(
+            cloud.usage_error(true).unwrap(),
+            "`--listen` cannot be combined with cloud mode"
+        );
+        assert_eq!(cloud.usage_error(false), None);
+        assert!(!CloudArgs::default().enabled());
+        assert_eq!(CloudArgs::default().usage_error(true), None);
+    }
+
+    /// A rendezvous on 127.0.0.1:0 that accepts one websocket (TLS when `tls` is given),
+    /// records the request path and query, answers one text message with "pong:<text>",
+    /// then closes.
+    fn rendezvous(tls: Option<Arc<rustls::ServerConfig>>) -> (u16, thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(WAIT)).unwrap();
+            match tls {
+                Some(config) => {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    serve_one(rustls::StreamOwned::new(conn, sock))
+                }
+                None => serve_one(sock),
+            }
+        });
+        (port, handle)
+    }
+
+    fn serve_one<S: Read + Write>(stream: S) -> String {
+        let mut uri = String::new();
+        let callback = |req: &tungstenite::handshake::server::Request, resp| {
+            uri = req.uri().to_string();
+            assert!(
+                req.headers().get("sec-websocket-extensions").is_none(),
+                "no compression offered"
+            );
+            Ok(resp)
+        };
+        let mut ws = tungstenite::accept_hdr(stream, callback).unwrap();
+        if let Message::Text(text) = ws.read().unwrap() {
+            ws.send(Message::text(format!("pong:{text}"))).unwrap();
+        }
+        let _ = ws.close(None);
+        let _ = ws.flush();
+        uri
+    }
+
+    fn round_trip(ws: &mut WebSocket<Stream>) -> String {
+        ws.send(Message::text("hi")).unwrap();
+        match ws.read().unwrap() {
+            Message::Text(text) => text.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dial_connects_plain_and_tls_rendezvous_within_the_deadline() {
+        let (port, server) = rendezvous(None);
+        let config = tls::client_config(&[]);
+        let mut ws = dial(
+            &format!("ws://127.0.0.1:{port}/rv/1?sig=abc"),
+            &config,
+            WAIT,
+        )
+        .unwrap();
+        assert_eq!(round_trip(&mut ws), "pong:hi");
+        assert_eq!(server.join().unwrap(), "/rv/1?sig=abc");
+
+        let pki = test_pki::generate();
+        let dir = TempDir::new();
+        let ca = dir.file("ca.pem", &pki.ca_pem);
+        let roots = tls::trust_roots(Some(Path::new(&ca))).unwrap();
+        let (port, server) = rendezvous(Some(pki.server.clone()));
+        let mut ws = dial(
+            &format!("wss://localhost:{port}/secure"),
+            &tls::client_config(&roots),
+            WAIT,
+        )
+        .unwrap();
+        assert!(matches!(ws.get_ref(), Stream::Tls(_)));
+        assert_eq!(round_trip(&mut ws), "pong:hi");
+        assert_eq!(server.join().unwrap(), "/secure");
+
+        // Without the CA the TLS leg is refused.
+        let (port, server) = rendezvous(Some(pki.server.clone()));
+        let handle = thread::spawn(move || {
+            let _ = server.join();
+        });
+        let err = dial(
+            &format!("wss://127.0.0.1:{port}/"),
+            &tls::client_config(&[]),
+            WAIT,
+        )
+        .err()
+        .unwrap();
+        assert!(err.starts_with("TLS: "), "{err}");
+        drop(handle);
+    }
+
+    #[test]
+    fn dial_gives_up_at_the_deadline_on_a_silent_peer() {
+        // Accepts TCP but never answers the upgrade.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let started = Instant::now();
+        let err = dial(
+            &format!("ws://127.0.0.1:{port}/"),
+            &tls::client_config(&[]),
+            Duration::from_millis(300),
+        )
+        .err()
+        .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < WAIT,
+            "{took:?}: {err}"
+        );
+        drop(listener);
+    }
+
+    fn cloud_config(base: String, token: &str) -> CloudConfig {
+        CloudConfig {
+            base_url: base,
+            executor_id: "exec-1".to_owned(),
+            name: "codex-exec-server".to_owned(),
+            token: TokenSource::File(PathBuf::from(token)),
+            roots: Vec::new(),
+            tls: tls::client_config(&[]),
+        }
+    }
+
+    #[test]
+    fn run_exits_2_on_a_client_error_and_3_on_repeated_401() {
+        let dir = TempDir::new();
+        let token = dir.file("token", "tok");
+        let server = MockServer::start();
+        server.mock(|when, then| {
+            when.path("/a/cloud/executor/exec-1/register");
+            then.status(404)
+                .body(r#"{"error":{"message":"unknown executor"}}"#);
+        });
+        server.mock(|when, then| {
+            when.path("/b/cloud/executor/exec-1/register");
+            then.status(401);
+        });
+        let never = |_: Duration| -> bool { panic!("no sleep expected") };
+        let mut serve = |_: WebSocket<Stream>| panic!("no rendezvous expected");
+        assert_eq!(
+            run(cloud_config(server.url("/a"), &token), &mut serve, &never),
+            Err(Exit {
+                code: 2,
+                message: "executor registry request failed (404 Not Found): unknown executor"
+                    .to_owned()
+            })
+        );
+        assert_eq!(
+            run(cloud_config(server.url("/b"), &token), &mut serve, &never),
+            Err(Exit {
+                code: 3,
+                message: "executor registry authentication error: executor registry authentication failed (401 Unauthorized): empty error body".to_owned()
+            })
+        );
+    }
+
+    #[test]
+    fn run_backs_off_honours_retry_after_and_stops_on_shutdown() {
+        let dir = TempDir::new();
+        let token = dir.file("token", "tok");
+        let server = MockServer::start();
+        let mock = server.mock(|when, then| {
+            when.method(POST);
+            then.status(503).header("retry-after", "2");
+        });
+        let sleeps = RefCell::new(Vec::new());
+        let sleep = |d: Duration| {
+            sleeps.borrow_mut().push(d);
+            sleeps.borrow().len() == 3
+        };
+        let mut serve = |_: WebSocket<Stream>| panic!("no rendezvous expected");
+        assert_eq!(
+            run(cloud_config(server.base_url(), &token), &mut serve, &sleep),
+            Ok(())
+        );
+        assert_eq!(*sleeps.borrow(), vec![Duration::from_secs(2); 3]);
+        mock.assert_hits(3);
+    }
+
+    #[test]
+    fn run_registers_dials_serves_and_registers_again() {
+        let dir = TempDir::new();
+        let token = dir.file("token", "tok");
+        let (port, rv) = rendezvous(None);
+        let server = MockServer::start();
+        let mock = server.mock(|when, then| {
+            when.method(POST);
+            then.status(200).body(format!(
+                r#"{{"id":"r1","url":"ws://127.0.0.1:{port}/rv?sig=s"}}"#
+            ));
+        });
+        let mut answers = Vec::new();
+        let mut serve = |mut ws: WebSocket<Stream>| answers.push(round_trip(&mut ws));
+        let sleeps = RefCell::new(Vec::new());
+        let sleep = |d: Duration| {
+            sleeps.borrow_mut().push(d);
+            // Second round: the rendezvous is gone, so the dial fails; then shut down.
+            sleeps.borrow().len() == 2
+        };
+        assert_eq!(
+            run(cloud_config(server.base_url(), &token), &mut serve, &sleep),
+            Ok(())
+        );
+        assert_eq!(answers, vec!["pong:hi".to_owned()]);
+        assert_eq!(rv.join().unwrap(), "/rv?sig=s");
+        mock.assert_hits(2);
+        let sleeps = sleeps.borrow();
+        assert!(
+            sleeps[0] >= Duration::from_millis(800) && sleeps[0] < Duration::from_millis(1200),
+            "{sleeps:?}"
+        );
+        assert!(
+            sleeps[1] >= Duration::from_millis(1600) && sleeps[1] < Duration::from_millis(2400),
+            "{sleeps:?}"
+        );
+    }
+}
