@@ -594,6 +594,8 @@ mod tests {
         (port, handle)
     }
 
+    // tungstenite's callback signature fixes the error type.
+    #[allow(clippy::result_large_err)]
     fn serve_one<S: Read + Write>(stream: S) -> String {
         let mut uri = String::new();
         let callback = |req: &tungstenite::handshake::server::Request, resp| {
@@ -750,7 +752,7 @@ mod tests {
             Ok(())
         );
         assert_eq!(*sleeps.borrow(), vec![Duration::from_secs(2); 3]);
-        mock.assert_hits(3);
+        mock.assert_calls(3);
     }
 
     #[test]
@@ -779,7 +781,7 @@ mod tests {
         );
         assert_eq!(answers, vec!["pong:hi".to_owned()]);
         assert_eq!(rv.join().unwrap(), "/rv?sig=s");
-        mock.assert_hits(2);
+        mock.assert_calls(2);
         let sleeps = sleeps.borrow();
         assert!(
             sleeps[0] >= Duration::from_millis(800) && sleeps[0] < Duration::from_millis(1200),

@@ -629,7 +629,7 @@ mod tests {
         );
         // Every round of a run sends the same idempotency id.
         reg.register().unwrap();
-        mock.assert_hits(2);
+        mock.assert_calls(2);
     }
 
     #[test]

@@ -176,21 +176,21 @@ impl Write for TlsStream {
         if buf.is_empty() {
             return Ok(0);
         }
-        // rustls takes at most its buffer limit; 0 means its outgoing buffer is full.
-        let accepted = self.conn.writer().write(buf)?;
-        match self.write_pending() {
-            // The outgoing buffer drained: now rustls has room for this write.
-            Ok(()) if accepted == 0 => {
-                return match self.conn.writer().write(buf)? {
-                    0 => Err(io::ErrorKind::WouldBlock.into()),
-                    n => Ok(n),
-                };
+        // rustls takes at most its buffer limit; 0 means its outgoing buffer is full, so
+        // drain it to the socket first and offer the bytes once more.
+        let mut accepted = self.conn.writer().write(buf)?;
+        if accepted == 0 {
+            self.write_pending()?;
+            accepted = self.conn.writer().write(buf)?;
+            if accepted == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
-            Ok(()) => return Ok(accepted),
-            // Bytes rustls accepted are ours to deliver: report them and let the next
-            // `write`/`flush` surface the socket's state.
-            Err(_) if accepted > 0 => return Ok(accepted),
-            Err(err) => return Err(err),
+        }
+        // Bytes rustls accepted are ours to deliver: report them even if the socket is
+        // full now; the next `write` or `flush` surfaces the socket's state.
+        match self.write_pending() {
+            Err(err) if err.kind() != io::ErrorKind::WouldBlock => Err(err),
+            _ => Ok(accepted),
         }
     }
 
@@ -491,12 +491,10 @@ mod tests {
         tls.tcp().set_nonblocking(true).unwrap();
         let mut stream = Stream::Tls(Box::new(tls));
         let mut scratch = [0u8; 64 * 1024];
-        // Post-handshake records (session tickets) may be pending; once drained, nothing.
-        loop {
-            match stream.read(&mut scratch) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                other => panic!("unexpected read before any data: {other:?}"),
-            }
+        // Post-handshake records (session tickets) are consumed; no plaintext yet.
+        match stream.read(&mut scratch) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            other => panic!("unexpected read before any data: {other:?}"),
         }
         let payload: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
         let mut sent = 0;
