@@ -20,6 +20,10 @@ use tungstenite::WebSocket;
 use crate::registry::{self, without_query, Backoff, RegisterError, Registry, TokenSource};
 use crate::tls::{self, Stream, TlsStream};
 
+/// Keepalive on the rendezvous link (§8.6): ping this often...
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+/// ...and close it after this long without hearing anything, Pong included.
+pub const DEAD_AFTER: Duration = Duration::from_secs(90);
 /// TCP connect, TLS and the websocket upgrade together (§8.6).
 pub const RENDEZVOUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The executor name when none is given.
@@ -54,38 +58,28 @@ impl CloudArgs {
 
     /// The usage errors of §8.1 (exit 2): both spellings of one option, or cloud mode
     /// combined with `--listen`.
-    pub fn usage_error(&self, listen_given: bool) -> Option<String> {
+    pub fn usage_error(&self, listen: Option<&str>) -> Option<String> {
         let pairs = [
-            (
-                "--cloud-base-url",
-                self.cloud_base_url.is_some(),
-                "--remote",
-                self.remote.is_some(),
-            ),
+            ("--cloud-base-url", self.cloud_base_url.is_some(), "--remote", self.remote.is_some()),
             (
                 "--cloud-environment-id",
                 self.cloud_environment_id.is_some(),
                 "--executor-id",
                 self.executor_id.is_some(),
             ),
-            (
-                "--cloud-name",
-                self.cloud_name.is_some(),
-                "--name",
-                self.name.is_some(),
-            ),
+            ("--cloud-name", self.cloud_name.is_some(), "--name", self.name.is_some()),
         ];
         for (long, long_given, short, short_given) in pairs {
             if long_given && short_given {
-                return Some(format!(
-                    "`{long}` and `{short}` are the same option; give only one"
-                ));
+                return Some(format!("`{long}` and `{short}` are the same option; give only one"));
             }
         }
-        if listen_given && self.enabled() {
-            return Some("`--listen` cannot be combined with cloud mode".to_owned());
+        match listen {
+            Some(listen) if self.enabled() => {
+                Some(format!("--listen `{listen}` cannot be combined with cloud mode"))
+            }
+            _ => None,
         }
-        None
     }
 
     /// Validates every §8.1/§8.2/§8.7 rule before any request; the error is the exact
@@ -97,11 +91,7 @@ impl CloudArgs {
             .clone()
             .or_else(|| self.remote.clone())
             .or_else(|| env(BASE_URL_ENV));
-        let base_url = base_url
-            .unwrap_or_default()
-            .trim()
-            .trim_end_matches('/')
-            .to_owned();
+        let base_url = base_url.unwrap_or_default().trim().trim_end_matches('/').to_owned();
         if base_url.is_empty() {
             return Err(
                 "executor registry configuration error: executor registry base URL is required"
@@ -136,7 +126,7 @@ impl CloudArgs {
         let name = name.as_deref().unwrap_or(DEFAULT_NAME).trim().to_owned();
         if name.is_empty() {
             return Err(
-                "executor registry configuration error: executor name must not be empty".to_owned(),
+                "executor registry configuration error: executor name must not be empty".to_owned()
             );
         }
 
@@ -152,21 +142,11 @@ impl CloudArgs {
             }
         };
 
-        let ca_file = self
-            .ca_file
-            .clone()
-            .or_else(|| env(CA_FILE_ENV))
-            .filter(|p| !p.trim().is_empty());
+        let ca_file =
+            self.ca_file.clone().or_else(|| env(CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
         let roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
         let tls = tls::client_config(&roots);
-        Ok(CloudConfig {
-            base_url,
-            executor_id,
-            name,
-            token,
-            roots,
-            tls,
-        })
+        Ok(CloudConfig { base_url, executor_id, name, token, roots, tls })
     }
 }
 
@@ -212,19 +192,10 @@ pub fn run(
     serve: &mut dyn FnMut(WebSocket<Stream>),
     sleep: &dyn Fn(Duration) -> bool,
 ) -> Result<(), Exit> {
-    let registry = Registry::new(
-        &cfg.base_url,
-        &cfg.executor_id,
-        &cfg.name,
-        cfg.token.clone(),
-        &cfg.roots,
-    );
+    let registry =
+        Registry::new(&cfg.base_url, &cfg.executor_id, &cfg.name, cfg.token.clone(), &cfg.roots);
     let mut backoff = Backoff::new(uuid::Uuid::new_v4().as_u64_pair().0);
-    log::info!(
-        "registering executor {} with {}",
-        cfg.executor_id,
-        cfg.base_url
-    );
+    log::info!("registering executor {} with {}", cfg.executor_id, cfg.base_url);
     loop {
         let mut retry_after = None;
         match registry.register() {
@@ -251,10 +222,7 @@ pub fn run(
             }
             Err(err) => {
                 let code = err.exit_code().expect("only retries have no exit code");
-                return Err(Exit {
-                    code,
-                    message: err.to_string(),
-                });
+                return Err(Exit { code, message: err.to_string() });
             }
         }
         let delay = backoff.next_sleep(retry_after);
@@ -276,25 +244,20 @@ pub fn dial(
     timeout: Duration,
 ) -> Result<WebSocket<Stream>, String> {
     let deadline = Instant::now() + timeout;
-    let uri: tungstenite::http::Uri = url
-        .parse()
-        .map_err(|_| "invalid rendezvous URL".to_owned())?;
+    let uri: tungstenite::http::Uri =
+        url.parse().map_err(|_| "invalid rendezvous URL".to_owned())?;
     let secure = match uri.scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
         _ => return Err("rendezvous URL must be ws:// or wss://".to_owned()),
     };
     let host = uri.host().ok_or("rendezvous URL has no host")?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
     let addrs = resolve(&host, port, deadline)?;
     let tcp = connect_any(&addrs, deadline)?;
-    tcp.set_nodelay(true)
-        .map_err(|err| format!("TCP_NODELAY: {err}"))?;
+    tcp.set_nodelay(true).map_err(|err| format!("TCP_NODELAY: {err}"))?;
     let stream = if secure {
         let tls = TlsStream::connect(tcp, &host, tls_config.clone(), deadline)
             .map_err(|err| format!("TLS: {err}"))?;
@@ -425,9 +388,8 @@ mod tests {
     fn validation_normalizes_and_reports_each_rule_exactly() {
         let dir = TempDir::new();
         let token = dir.file("token", "tok\n");
-        let cfg = args("  https://reg.example/api//  ", " exec-1 ", &token)
-            .validate(&no_env)
-            .unwrap();
+        let cfg =
+            args("  https://reg.example/api//  ", " exec-1 ", &token).validate(&no_env).unwrap();
         assert_eq!(cfg.base_url, "https://reg.example/api");
         assert_eq!(cfg.executor_id, "exec-1");
         assert_eq!(cfg.name, "codex-exec-server");
@@ -439,10 +401,7 @@ mod tests {
             "executor registry configuration error: executor registry base URL is required"
         );
         assert_eq!(
-            err(CloudArgs {
-                cloud: true,
-                ..CloudArgs::default()
-            }),
+            err(CloudArgs { cloud: true, ..CloudArgs::default() }),
             "executor registry configuration error: executor registry base URL is required"
         );
         assert_eq!(
@@ -460,14 +419,9 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(args("http://x", &"a".repeat(256), &token)
-            .validate(&no_env)
-            .is_ok());
+        assert!(args("http://x", &"a".repeat(256), &token).validate(&no_env).is_ok());
         assert_eq!(
-            err(CloudArgs {
-                name: Some("  ".to_owned()),
-                ..args("http://x", "e", &token)
-            }),
+            err(CloudArgs { name: Some("  ".to_owned()), ..args("http://x", "e", &token) }),
             "executor registry configuration error: executor name must not be empty"
         );
         let empty = dir.file("empty", " \n");
@@ -497,15 +451,9 @@ mod tests {
             CA_FILE_ENV => Some(junk.clone()),
             _ => None,
         };
-        let a = CloudArgs {
-            cloud: true,
-            ..CloudArgs::default()
-        };
+        let a = CloudArgs { cloud: true, ..CloudArgs::default() };
         // SSL_CERT_FILE is read too, and checked like --ca-file.
-        assert!(a
-            .validate(&env)
-            .unwrap_err()
-            .contains("is not a valid PEM certificate bundle"));
+        assert!(a.validate(&env).unwrap_err().contains("is not a valid PEM certificate bundle"));
         let env2 = |key: &str| if key == CA_FILE_ENV { None } else { env(key) };
         let cfg = a.validate(&env2).unwrap();
         assert_eq!(
@@ -525,11 +473,7 @@ mod tests {
         assert!(b.enabled());
         let cfg = b.validate(&env2).unwrap();
         assert_eq!(
-            (
-                cfg.base_url.as_str(),
-                cfg.executor_id.as_str(),
-                cfg.name.as_str()
-            ),
+            (cfg.base_url.as_str(), cfg.executor_id.as_str(), cfg.name.as_str()),
             ("https://flag", "flag-id", "box")
         );
         assert!(matches!(cfg.token, TokenSource::File(_)));
@@ -560,18 +504,15 @@ mod tests {
             executor_id: Some("b".into()),
             ..CloudArgs::default()
         };
-        assert!(both.usage_error(false).is_some());
-        let cloud = CloudArgs {
-            cloud: true,
-            ..CloudArgs::default()
-        };
+        assert!(both.usage_error(None).is_some());
+        let cloud = CloudArgs { cloud: true, ..CloudArgs::default() };
         assert_eq!(
             cloud.usage_error(true).unwrap(),
             "`--listen` cannot be combined with cloud mode"
         );
         assert_eq!(cloud.usage_error(false), None);
         assert!(!CloudArgs::default().enabled());
-        assert_eq!(CloudArgs::default().usage_error(true), None);
+        assert_eq!(CloudArgs::default().usage_error(Some("stdio")), None);
     }
 
     /// A rendezvous on 127.0.0.1:0 that accepts one websocket (TLS when `tls` is given),
@@ -627,12 +568,7 @@ mod tests {
     fn dial_connects_plain_and_tls_rendezvous_within_the_deadline() {
         let (port, server) = rendezvous(None);
         let config = tls::client_config(&[]);
-        let mut ws = dial(
-            &format!("ws://127.0.0.1:{port}/rv/1?sig=abc"),
-            &config,
-            WAIT,
-        )
-        .unwrap();
+        let mut ws = dial(&format!("ws://127.0.0.1:{port}/rv/1?sig=abc"), &config, WAIT).unwrap();
         assert_eq!(round_trip(&mut ws), "pong:hi");
         assert_eq!(server.join().unwrap(), "/rv/1?sig=abc");
 
@@ -641,12 +577,9 @@ mod tests {
         let ca = dir.file("ca.pem", &pki.ca_pem);
         let roots = tls::trust_roots(Some(Path::new(&ca))).unwrap();
         let (port, server) = rendezvous(Some(pki.server.clone()));
-        let mut ws = dial(
-            &format!("wss://localhost:{port}/secure"),
-            &tls::client_config(&roots),
-            WAIT,
-        )
-        .unwrap();
+        let mut ws =
+            dial(&format!("wss://localhost:{port}/secure"), &tls::client_config(&roots), WAIT)
+                .unwrap();
         assert!(matches!(ws.get_ref(), Stream::Tls(_)));
         assert_eq!(round_trip(&mut ws), "pong:hi");
         assert_eq!(server.join().unwrap(), "/secure");
@@ -656,13 +589,9 @@ mod tests {
         let handle = thread::spawn(move || {
             let _ = server.join();
         });
-        let err = dial(
-            &format!("wss://127.0.0.1:{port}/"),
-            &tls::client_config(&[]),
-            WAIT,
-        )
-        .err()
-        .unwrap();
+        let err = dial(&format!("wss://127.0.0.1:{port}/"), &tls::client_config(&[]), WAIT)
+            .err()
+            .unwrap();
         assert!(err.starts_with("TLS: "), "{err}");
         drop(handle);
     }
@@ -681,10 +610,7 @@ mod tests {
         .err()
         .unwrap();
         let took = started.elapsed();
-        assert!(
-            took >= Duration::from_millis(300) && took < WAIT,
-            "{took:?}: {err}"
-        );
+        assert!(took >= Duration::from_millis(300) && took < WAIT, "{took:?}: {err}");
         drop(listener);
     }
 
@@ -706,8 +632,7 @@ mod tests {
         let server = MockServer::start();
         server.mock(|when, then| {
             when.path("/a/cloud/executor/exec-1/register");
-            then.status(404)
-                .body(r#"{"error":{"message":"unknown executor"}}"#);
+            then.status(404).body(r#"{"error":{"message":"unknown executor"}}"#);
         });
         server.mock(|when, then| {
             when.path("/b/cloud/executor/exec-1/register");
@@ -747,10 +672,7 @@ mod tests {
             sleeps.borrow().len() == 3
         };
         let mut serve = |_: WebSocket<Stream>| panic!("no rendezvous expected");
-        assert_eq!(
-            run(cloud_config(server.base_url(), &token), &mut serve, &sleep),
-            Ok(())
-        );
+        assert_eq!(run(cloud_config(server.base_url(), &token), &mut serve, &sleep), Ok(()));
         assert_eq!(*sleeps.borrow(), vec![Duration::from_secs(2); 3]);
         mock.assert_calls(3);
     }
@@ -763,9 +685,8 @@ mod tests {
         let server = MockServer::start();
         let mock = server.mock(|when, then| {
             when.method(POST);
-            then.status(200).body(format!(
-                r#"{{"id":"r1","url":"ws://127.0.0.1:{port}/rv?sig=s"}}"#
-            ));
+            then.status(200)
+                .body(format!(r#"{{"id":"r1","url":"ws://127.0.0.1:{port}/rv?sig=s"}}"#));
         });
         let mut answers = Vec::new();
         let mut serve = |mut ws: WebSocket<Stream>| answers.push(round_trip(&mut ws));
@@ -775,10 +696,7 @@ mod tests {
             // Second round: the rendezvous is gone, so the dial fails; then shut down.
             sleeps.borrow().len() == 2
         };
-        assert_eq!(
-            run(cloud_config(server.base_url(), &token), &mut serve, &sleep),
-            Ok(())
-        );
+        assert_eq!(run(cloud_config(server.base_url(), &token), &mut serve, &sleep), Ok(()));
         assert_eq!(answers, vec!["pong:hi".to_owned()]);
         assert_eq!(rv.join().unwrap(), "/rv?sig=s");
         mock.assert_calls(2);

@@ -113,11 +113,7 @@ pub fn idempotency_id(executor_id: &str, name: &str, registration_id: Uuid) -> S
     hasher.update(IDEMPOTENCY_NAMESPACE.as_bytes());
     hasher.update([0u8]);
     hasher.update(registration_id.as_bytes());
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     format!("codex-exec-server-{hex}")
 }
 
@@ -153,10 +149,7 @@ pub enum RegisterError {
     /// Transient (timeout, transport, 408/429/5xx, unusable 2xx, token re-read failure):
     /// log `reason`, back off and register again. `after` is the registry's `Retry-After`,
     /// already capped at [`RETRY_AFTER_MAX`].
-    Retry {
-        after: Option<Duration>,
-        reason: String,
-    },
+    Retry { after: Option<Duration>, reason: String },
     /// Two consecutive 401/403: exit 3 with this message.
     Auth(String),
     /// Any other 3xx/4xx, or a request that can never be sent: exit 2 with this message.
@@ -286,12 +279,10 @@ impl Registry {
     }
 
     fn attempt(&self) -> Result<Registration, Attempt> {
-        let token = self.token.read().map_err(|reason| {
-            Attempt::Done(RegisterError::Retry {
-                after: None,
-                reason,
-            })
-        })?;
+        let token = self
+            .token
+            .read()
+            .map_err(|reason| Attempt::Done(RegisterError::Retry { after: None, reason }))?;
         let response = self
             .agent
             .post(&self.endpoint)
@@ -342,16 +333,10 @@ fn classify(
             .limit(SUCCESS_BODY_LIMIT_BYTES)
             .read_to_vec()
             .map_err(|err| {
-                retry(
-                    None,
-                    format!("executor registry response could not be read: {err}"),
-                )
+                retry(None, format!("executor registry response could not be read: {err}"))
             })?;
         return parse_success(&body, executor_id).ok_or_else(|| {
-            retry(
-                None,
-                "executor registry response has no usable `url`".to_owned(),
-            )
+            retry(None, "executor registry response has no usable `url`".to_owned())
         });
     }
     let retry_after = response
@@ -373,24 +358,19 @@ fn classify(
     match status.as_u16() {
         401 | 403 => Err(Attempt::Unauthorized {
             status: status_text,
-            message: error
-                .message
-                .unwrap_or_else(|| "empty error body".to_owned()),
+            message: error.message.unwrap_or_else(|| "empty error body".to_owned()),
         }),
         408 | 429 | 500..=599 => Err(retry(
             retry_after,
             format!(
                 "executor registry request failed ({status_text}): {}",
-                error
-                    .message
-                    .unwrap_or_else(|| "empty or malformed error body".to_owned())
+                error.message.unwrap_or_else(|| "empty or malformed error body".to_owned())
             ),
         )),
         _ => {
             let code = error.code.map(|c| format!(", {c}")).unwrap_or_default();
-            let message = error
-                .message
-                .unwrap_or_else(|| "empty or malformed error body".to_owned());
+            let message =
+                error.message.unwrap_or_else(|| "empty or malformed error body".to_owned());
             Err(Attempt::Done(RegisterError::Fatal(format!(
                 "executor registry request failed ({status_text}{code}): {message}"
             ))))
@@ -422,11 +402,7 @@ impl ErrorBody {
     fn parse(body: &str) -> ErrorBody {
         let trimmed = body.trim();
         let json: Option<serde_json::Value> = serde_json::from_str(trimmed).ok();
-        if let Some(error) = json
-            .as_ref()
-            .and_then(|v| v.get("error"))
-            .filter(|e| e.is_object())
-        {
+        if let Some(error) = json.as_ref().and_then(|v| v.get("error")).filter(|e| e.is_object()) {
             let text = |key: &str| match error.get(key) {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
                 Some(serde_json::Value::Number(n)) => Some(n.to_string()),
@@ -481,10 +457,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(seed: u64) -> Backoff {
-        Backoff {
-            round: 0,
-            jitter: Jitter(seed),
-        }
+        Backoff { round: 0, jitter: Jitter(seed) }
     }
 
     /// The sleep before the next registration: the registry's `Retry-After` when it sent
@@ -544,10 +517,8 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new(tag: &str) -> Dir {
-                let path = std::env::temp_dir().join(format!(
-                    "exec-server-registry-{tag}-{}",
-                    uuid::Uuid::new_v4()
-                ));
+                let path = std::env::temp_dir()
+                    .join(format!("exec-server-registry-{tag}-{}", uuid::Uuid::new_v4()));
                 std::fs::create_dir_all(&path).unwrap();
                 Dir(path)
             }
@@ -587,11 +558,7 @@ mod tests {
 
     #[test]
     fn idempotency_id_follows_the_recipe() {
-        let id = idempotency_id(
-            "exec-123",
-            "codex-exec-server",
-            Uuid::parse_str(REG_ID).unwrap(),
-        );
+        let id = idempotency_id("exec-123", "codex-exec-server", Uuid::parse_str(REG_ID).unwrap());
         assert_eq!(id, expected_idempotency_id("exec-123", "codex-exec-server"));
         assert_eq!(id.len(), "codex-exec-server-".len() + 64);
         let other = idempotency_id("exec-123", "codex-exec-server", Uuid::new_v4());
@@ -614,10 +581,8 @@ mod tests {
                 .body(body.clone());
             then.status(200).body(r#"{"id":"reg-9","executor_id":"exec-xyz","url":"wss://rv.example/ws?sig=abc","extra":1}"#);
         });
-        let reg = registry(
-            &server.url("/prefix"),
-            TokenSource::File(token_file(&dir, "  s3cret\n")),
-        );
+        let reg =
+            registry(&server.url("/prefix"), TokenSource::File(token_file(&dir, "  s3cret\n")));
         let got = reg.register().unwrap();
         assert_eq!(
             got,
@@ -658,22 +623,16 @@ mod tests {
                 then = then.header(*k, *v);
             }
         });
-        let err = registry(
-            &server.base_url(),
-            TokenSource::File(token_file(&dir, "tok")),
-        )
-        .register()
-        .unwrap_err();
+        let err = registry(&server.base_url(), TokenSource::File(token_file(&dir, "tok")))
+            .register()
+            .unwrap_err();
         (err, mock.calls())
     }
 
     #[test]
     fn two_unauthorized_answers_are_an_authentication_failure() {
-        let (err, calls) = outcome(
-            401,
-            &[],
-            r#"{"error":{"code":"bad_token","message":"token expired"}}"#,
-        );
+        let (err, calls) =
+            outcome(401, &[], r#"{"error":{"code":"bad_token","message":"token expired"}}"#);
         assert_eq!(calls, 2, "one immediate retry after a re-read");
         assert_eq!(
             err,
@@ -718,10 +677,7 @@ mod tests {
         let (err, _) = outcome(400, &[], &long);
         assert_eq!(
             err.to_string(),
-            format!(
-                "executor registry request failed (400 Bad Request): {}",
-                "x".repeat(4096)
-            )
+            format!("executor registry request failed (400 Bad Request): {}", "x".repeat(4096))
         );
         // Redirects are not followed: a 3xx is the answer.
         let (err, calls) = outcome(302, &[("location", "http://127.0.0.1:1/elsewhere")], "");
@@ -737,10 +693,7 @@ mod tests {
         for status in [408, 429, 500, 502, 503] {
             let (err, calls) = outcome(status, &[], "");
             assert_eq!(calls, 1);
-            assert!(
-                matches!(err, RegisterError::Retry { after: None, .. }),
-                "{status}: {err:?}"
-            );
+            assert!(matches!(err, RegisterError::Retry { after: None, .. }), "{status}: {err:?}");
             assert_eq!(err.exit_code(), None);
         }
         let (err, _) = outcome(503, &[("retry-after", "2")], "");
@@ -755,26 +708,14 @@ mod tests {
         );
         // Only delta-seconds count; an HTTP date falls back to the backoff delay.
         let (err, _) = outcome(503, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
-        assert!(
-            matches!(err, RegisterError::Retry { after: None, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, RegisterError::Retry { after: None, .. }), "{err:?}");
     }
 
     #[test]
     fn a_2xx_without_a_usable_url_is_retried() {
-        for body in [
-            "",
-            "not json",
-            r#"{"url":"http://x/"}"#,
-            r#"{"url":5}"#,
-            r#"{"id":"a"}"#,
-        ] {
+        for body in ["", "not json", r#"{"url":"http://x/"}"#, r#"{"url":5}"#, r#"{"id":"a"}"#] {
             let (err, _) = outcome(200, &[], body);
-            assert!(
-                matches!(err, RegisterError::Retry { .. }),
-                "{body}: {err:?}"
-            );
+            assert!(matches!(err, RegisterError::Retry { .. }), "{body}: {err:?}");
         }
     }
 
@@ -785,25 +726,19 @@ mod tests {
             listener.local_addr().unwrap().port()
         };
         let dir = tempdir::Dir::new("refused");
-        let err = registry(
-            &format!("http://127.0.0.1:{port}"),
-            TokenSource::File(token_file(&dir, "t")),
-        )
-        .register()
-        .unwrap_err();
-        assert!(
-            matches!(err, RegisterError::Retry { after: None, .. }),
-            "{err:?}"
-        );
+        let err =
+            registry(&format!("http://127.0.0.1:{port}"), TokenSource::File(token_file(&dir, "t")))
+                .register()
+                .unwrap_err();
+        assert!(matches!(err, RegisterError::Retry { after: None, .. }), "{err:?}");
     }
 
     #[test]
     fn a_token_file_that_disappears_later_is_retryable() {
         let dir = tempdir::Dir::new("gone");
         let path = dir.0.join("missing");
-        let err = registry("http://127.0.0.1:1", TokenSource::File(path.clone()))
-            .register()
-            .unwrap_err();
+        let err =
+            registry("http://127.0.0.1:1", TokenSource::File(path.clone())).register().unwrap_err();
         match err {
             RegisterError::Retry { after: None, reason } => assert!(
                 reason.starts_with(&format!(
@@ -833,8 +768,7 @@ mod tests {
         std::thread::spawn(move || {
             for (i, (status, body)) in answers.into_iter().enumerate() {
                 let (sock, _) = listener.accept().unwrap();
-                sock.set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let mut reader = BufReader::new(sock.try_clone().unwrap());
                 let mut authorization = String::new();
                 let mut length = 0usize;
@@ -874,34 +808,24 @@ mod tests {
         let dir = tempdir::Dir::new("reread");
         let path = token_file(&dir, "old-token\n");
         let rotate = path.clone();
-        let (base, seen) = scripted_server(
-            vec![(401, ""), (200, r#"{"url":"ws://127.0.0.1:9/"}"#)],
-            move |i| {
+        let (base, seen) =
+            scripted_server(vec![(401, ""), (200, r#"{"url":"ws://127.0.0.1:9/"}"#)], move |i| {
                 if i == 0 {
                     fs::write(&rotate, "new-token\n").unwrap();
                 }
-            },
-        );
+            });
         let got = registry(&base, TokenSource::File(path)).register().unwrap();
         assert_eq!(got.url, "ws://127.0.0.1:9/");
         let wait = Duration::from_secs(10);
-        assert_eq!(
-            seen.recv_timeout(wait).unwrap().authorization,
-            "Bearer old-token"
-        );
-        assert_eq!(
-            seen.recv_timeout(wait).unwrap().authorization,
-            "Bearer new-token"
-        );
+        assert_eq!(seen.recv_timeout(wait).unwrap().authorization, "Bearer old-token");
+        assert_eq!(seen.recv_timeout(wait).unwrap().authorization, "Bearer new-token");
     }
 
     #[test]
     fn a_401_then_a_transient_error_is_retryable_not_fatal() {
         let dir = tempdir::Dir::new("mixed");
         let (base, _seen) = scripted_server(vec![(401, ""), (503, "")], |_| {});
-        let err = registry(&base, TokenSource::File(token_file(&dir, "t")))
-            .register()
-            .unwrap_err();
+        let err = registry(&base, TokenSource::File(token_file(&dir, "t"))).register().unwrap_err();
         assert!(matches!(err, RegisterError::Retry { .. }), "{err:?}");
     }
 
@@ -915,10 +839,7 @@ mod tests {
             token_from_env(Some(" \n".to_owned())).unwrap_err(),
             "executor registry authentication error: executor registry bearer token environment variable `CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN` is empty"
         );
-        assert_eq!(
-            token_from_env(Some(" abc\n".to_owned())).unwrap(),
-            Token("abc".to_owned())
-        );
+        assert_eq!(token_from_env(Some(" abc\n".to_owned())).unwrap(), Token("abc".to_owned()));
         let dir = tempdir::Dir::new("sources");
         let empty = token_file(&dir, "  \n");
         assert_eq!(
@@ -940,10 +861,7 @@ mod tests {
         let token = Token("hunter2".to_owned());
         assert_eq!(format!("{token:?}"), "<redacted>");
         let dir = tempdir::Dir::new("debug");
-        let reg = registry(
-            "http://127.0.0.1:1",
-            TokenSource::File(token_file(&dir, "hunter2")),
-        );
+        let reg = registry("http://127.0.0.1:1", TokenSource::File(token_file(&dir, "hunter2")));
         assert!(!format!("{reg:?}").contains("hunter2"));
     }
 
@@ -964,10 +882,7 @@ mod tests {
         for (round, base) in expected.iter().enumerate() {
             let round = round as u32;
             assert!((secs(round, 0.5) - base).abs() < 1e-9, "round {round}");
-            assert!(
-                (secs(round, 0.0) - base * 0.8).abs() < 1e-9,
-                "round {round}"
-            );
+            assert!((secs(round, 0.0) - base * 0.8).abs() < 1e-9, "round {round}");
             assert!(secs(round, 0.999_999) < base * 1.2);
         }
         assert!((secs(1000, 0.5) - 30.0).abs() < 1e-9, "no overflow far out");
@@ -986,18 +901,9 @@ mod tests {
         assert!(d >= 24.0, "a short connection does not reset: {d}");
         backoff.connection_ended(STABLE_CONNECTION);
         let d = backoff.next_sleep(None).as_secs_f64();
-        assert!(
-            (0.8..1.2).contains(&d),
-            "reset after a stable connection: {d}"
-        );
-        assert_eq!(
-            backoff.next_sleep(Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
-        assert_eq!(
-            backoff.next_sleep(Some(Duration::from_secs(1000))),
-            RETRY_AFTER_MAX
-        );
+        assert!((0.8..1.2).contains(&d), "reset after a stable connection: {d}");
+        assert_eq!(backoff.next_sleep(Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(backoff.next_sleep(Some(Duration::from_secs(1000))), RETRY_AFTER_MAX);
         // The Retry-After round still advanced the schedule: next is about 8 s.
         let d = backoff.next_sleep(None).as_secs_f64();
         assert!((6.4..9.6).contains(&d), "{d}");

@@ -49,10 +49,7 @@ pub fn trust_roots(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>
     }
     if let Some(path) = ca_file {
         let certs = read_pem_bundle(path).map_err(|err| {
-            format!(
-                "executor registry configuration error: CA file `{}` {err}",
-                path.display()
-            )
+            format!("executor registry configuration error: CA file `{}` {err}", path.display())
         })?;
         roots.extend(certs);
     }
@@ -116,10 +113,7 @@ impl TlsStream {
             match stream.conn.complete_io(&mut stream.sock) {
                 Ok(_) => {}
                 Err(err) if is_timeout(&err) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "TLS handshake timed out",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"));
                 }
                 Err(err) => return Err(err),
             }
@@ -212,10 +206,7 @@ fn set_timeouts(sock: &TcpStream, deadline: Instant) -> io::Result<()> {
 
 /// A socket timeout shows up as `WouldBlock` on Unix and `TimedOut` elsewhere.
 pub fn is_timeout(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// The byte stream under every websocket: plain TCP for local and `ws://` connections,
@@ -283,9 +274,7 @@ pub mod test_pki {
     pub fn generate() -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "exec-server test CA");
+        ca_params.distinguished_name.push(DnType::CommonName, "exec-server test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -300,10 +289,7 @@ pub mod test_pki {
                 .with_no_client_auth()
                 .with_single_cert(vec![leaf.der().clone()], key)
                 .unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            server: Arc::new(server),
-        }
+        Pki { ca_pem: ca.pem(), server: Arc::new(server) }
     }
 }
 
@@ -377,11 +363,7 @@ mod tests {
     }
 
     fn poll(fd: RawFd, events: libc::c_short, timeout: Duration) -> libc::c_short {
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events, revents: 0 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
         // SAFETY: one valid pollfd for the duration of the call.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -466,11 +448,7 @@ mod tests {
         let mut tls = connect(addr, &trust_roots(Some(&ca.0)).unwrap(), "127.0.0.1").unwrap();
         tls.tcp().set_nonblocking(true).unwrap();
         let fd = tls.tcp().as_raw_fd();
-        assert_ne!(
-            poll(fd, libc::POLLIN, DEADLINE) & libc::POLLIN,
-            0,
-            "greeting arrives"
-        );
+        assert_ne!(poll(fd, libc::POLLIN, DEADLINE) & libc::POLLIN, 0, "greeting arrives");
         tls.write_all(b"x").unwrap();
         tls.flush().unwrap();
         assert_ne!(
@@ -502,20 +480,12 @@ mod tests {
         let mut received = Vec::with_capacity(payload.len());
         let deadline = Instant::now() + DEADLINE;
         while received.len() < payload.len() {
-            assert!(
-                Instant::now() < deadline,
-                "round trip timed out at {} bytes",
-                received.len()
-            );
+            assert!(Instant::now() < deadline, "round trip timed out at {} bytes", received.len());
             let mut events = libc::POLLIN;
             if sent < payload.len() || !flushed {
                 events |= libc::POLLOUT;
             }
-            poll(
-                stream.as_raw_fd(),
-                events,
-                deadline.saturating_duration_since(Instant::now()),
-            );
+            poll(stream.as_raw_fd(), events, deadline.saturating_duration_since(Instant::now()));
             loop {
                 match stream.read(&mut scratch) {
                     Ok(0) => panic!("server closed early"),

@@ -58,9 +58,7 @@ struct Pki {
 fn pki() -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "exec-server integration CA");
+    ca_params.distinguished_name.push(DnType::CommonName, "exec-server integration CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -75,10 +73,7 @@ fn pki() -> Pki {
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone()], key)
             .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        server: Arc::new(server),
-    }
+    Pki { ca_pem: ca.pem(), server: Arc::new(server) }
 }
 
 /// The daemon under test; killed when dropped. Its stderr is collected line by line.
@@ -92,10 +87,7 @@ struct Daemon {
 impl Daemon {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_exec-server"));
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in [
             "CODEX_CLOUD_ENVIRONMENTS_BASE_URL",
             "CODEX_CLOUD_ENVIRONMENT_ID",
@@ -129,26 +121,14 @@ impl Daemon {
                 let _ = exit_tx.send(status);
             }
         });
-        Daemon {
-            pid,
-            exited,
-            lines,
-            stderr,
-        }
+        Daemon { pid, exited, lines, stderr }
     }
 
     fn wait_exit(&self) -> i32 {
-        let status = self
-            .exited
-            .recv_timeout(STEP)
-            .expect("daemon did not exit in time");
+        let status = self.exited.recv_timeout(STEP).expect("daemon did not exit in time");
         // Let the stderr reader reach EOF so the whole log is in `stderr()`.
         let deadline = Instant::now() + STEP;
-        while self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
-        {}
+        while self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok() {}
         status.code().expect("exited with a code, not a signal")
     }
 
@@ -160,10 +140,7 @@ impl Daemon {
     fn wait_line(&self, needle: &str) -> String {
         let deadline = Instant::now() + STEP;
         loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(_) => panic!(
@@ -175,10 +152,7 @@ impl Daemon {
     }
 
     fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -266,9 +240,7 @@ impl FakeRegistry {
     }
 
     fn next(&self) -> RegistryEvent {
-        self.events
-            .recv_timeout(STEP)
-            .expect("no registry request in time")
+        self.events.recv_timeout(STEP).expect("no registry request in time")
     }
 
     fn next_request(&self) -> Seen {
@@ -300,10 +272,7 @@ fn serve_http<S: Read + Write>(
                 .headers
                 .iter()
                 .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
+                    (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned())
                 })
                 .collect::<HashMap<_, _>>();
             let seen = Seen {
@@ -315,11 +284,8 @@ fn serve_http<S: Read + Write>(
             break (seen, len);
         }
     };
-    let length: usize = seen
-        .headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let length: usize =
+        seen.headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     while data.len() < head_len + length {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return false,
@@ -336,9 +302,7 @@ fn serve_http<S: Read + Write>(
         "HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream
-        .write_all(reply.as_bytes())
-        .and_then(|()| stream.flush());
+    let _ = stream.write_all(reply.as_bytes()).and_then(|()| stream.flush());
     true
 }
 
@@ -384,14 +348,7 @@ impl FakeRendezvous {
                 };
                 // A refused TLS handshake or a bad upgrade just ends this connection.
                 if let Ok(ws) = tungstenite::accept(stream) {
-                    if tx
-                        .send(Orchestrator {
-                            ws,
-                            next_id: 1,
-                            notes: Vec::new(),
-                        })
-                        .is_err()
-                    {
+                    if tx.send(Orchestrator { ws, next_id: 1, notes: Vec::new() }).is_err() {
                         return;
                     }
                 }
@@ -401,9 +358,7 @@ impl FakeRendezvous {
     }
 
     fn accept(&self) -> Orchestrator {
-        self.accepted
-            .recv_timeout(STEP)
-            .expect("the daemon did not dial the rendezvous in time")
+        self.accepted.recv_timeout(STEP).expect("the daemon did not dial the rendezvous in time")
     }
 }
 
@@ -456,10 +411,8 @@ impl Orchestrator {
             params["resumeSessionId"] = json!(id);
         }
         let reply = self.call("initialize", params);
-        let session = reply["result"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{reply}"))
-            .to_owned();
+        let session =
+            reply["result"]["sessionId"].as_str().unwrap_or_else(|| panic!("{reply}")).to_owned();
         self.notify("initialized", json!({}));
         session
     }
@@ -483,10 +436,8 @@ fn serves_through_the_rendezvous_and_resumes_after_a_drop() {
     let rendezvous = FakeRendezvous::start(None);
     let url = rendezvous.url.clone();
     let registry = FakeRegistry::start(None, move |_| (200, registered(&url)));
-    let daemon = Daemon::spawn(
-        &cloud_args(&format!("{}/prefix/", registry.base), &token_file),
-        &[],
-    );
+    let daemon =
+        Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
 
     // The registration request of §8.3, byte for byte where it matters.
     let first = registry.next_request();
@@ -498,10 +449,7 @@ fn serves_through_the_rendezvous_and_resumes_after_a_drop() {
     let idempotency_id = body["idempotency_id"].as_str().unwrap().to_owned();
     let hex = idempotency_id.strip_prefix("codex-exec-server-").unwrap();
     assert!(
-        hex.len() == 64
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
     );
     assert_eq!(
         first.body,
@@ -540,25 +488,16 @@ fn serves_through_the_rendezvous_and_resumes_after_a_drop() {
     let second = registry.next_request();
     assert_eq!(second.body, first.body, "one registration id per run");
     let mut orch = rendezvous.accept();
-    assert_eq!(
-        orch.handshake(Some(&session)),
-        session,
-        "the session is resumed"
-    );
+    assert_eq!(orch.handshake(Some(&session)), session, "the session is resumed");
     let deadline = Instant::now() + STEP;
     let mut output = Vec::new();
     let mut after = 0;
     loop {
         assert!(Instant::now() < deadline, "p2 did not close in time");
-        let read = orch.call(
-            "process/read",
-            json!({"processId": "p2", "afterSeq": after, "waitMs": 2000}),
-        );
+        let read = orch
+            .call("process/read", json!({"processId": "p2", "afterSeq": after, "waitMs": 2000}));
         let result = &read["result"];
-        for chunk in result["chunks"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{read}"))
-        {
+        for chunk in result["chunks"].as_array().unwrap_or_else(|| panic!("{read}")) {
             output.extend(
                 base64::engine::general_purpose::STANDARD
                     .decode(chunk["chunk"].as_str().unwrap())
@@ -579,19 +518,15 @@ fn serves_through_the_rendezvous_and_resumes_after_a_drop() {
         "{log}"
     );
     assert!(!log.contains(TOKEN), "the token leaked to stderr:\n{log}");
-    assert!(
-        !log.contains(SIGNATURE),
-        "the URL signature leaked to stderr:\n{log}"
-    );
+    assert!(!log.contains(SIGNATURE), "the URL signature leaked to stderr:\n{log}");
 }
 
 #[test]
 fn two_unauthorized_answers_exit_3() {
     let dir = TempDir::new();
     let token_file = dir.file("token", TOKEN);
-    let registry = FakeRegistry::start(None, |_| {
-        (401, r#"{"error":{"message":"token revoked"}}"#.to_owned())
-    });
+    let registry =
+        FakeRegistry::start(None, |_| (401, r#"{"error":{"message":"token revoked"}}"#.to_owned()));
     let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
     assert_eq!(daemon.wait_exit(), 3);
     registry.next_request();
@@ -648,14 +583,7 @@ fn an_invalid_environment_id_exits_2_before_any_request() {
     let token_file = dir.file("token", TOKEN);
     let registry = FakeRegistry::start(None, |_| (500, String::new()));
     let daemon = Daemon::spawn(
-        &[
-            "--remote",
-            &registry.base,
-            "--executor-id",
-            "no/slashes",
-            "--token-file",
-            &token_file,
-        ],
+        &["--remote", &registry.base, "--executor-id", "no/slashes", "--token-file", &token_file],
         &[],
     );
     assert_eq!(daemon.wait_exit(), 2);
@@ -664,23 +592,14 @@ fn an_invalid_environment_id_exits_2_before_any_request() {
         log.contains("executor registry configuration error: executor id must be 1-256 characters of [A-Za-z0-9._-]"),
         "{log}"
     );
-    assert!(
-        registry.events.try_recv().is_err(),
-        "no request may be sent"
-    );
+    assert!(registry.events.try_recv().is_err(), "no request may be sent");
 }
 
 #[test]
 fn a_missing_token_exits_2() {
     let registry = FakeRegistry::start(None, |_| (500, String::new()));
     let daemon = Daemon::spawn(
-        &[
-            "--cloud",
-            "--cloud-base-url",
-            &registry.base,
-            "--cloud-environment-id",
-            "e",
-        ],
+        &["--cloud", "--cloud-base-url", &registry.base, "--cloud-environment-id", "e"],
         &[],
     );
     assert_eq!(daemon.wait_exit(), 2);
@@ -741,10 +660,8 @@ fn ssl_cert_file_is_part_of_the_trust_list() {
     let rendezvous = FakeRendezvous::start(Some(pki.server.clone()));
     let url = rendezvous.url.clone();
     let registry = FakeRegistry::start(None, move |_| (200, registered(&url)));
-    let _daemon = Daemon::spawn(
-        &cloud_args(&registry.base, &token_file),
-        &[("SSL_CERT_FILE", &ca_file)],
-    );
+    let _daemon =
+        Daemon::spawn(&cloud_args(&registry.base, &token_file), &[("SSL_CERT_FILE", &ca_file)]);
     registry.next_request();
     rendezvous.accept().handshake(None);
 }
@@ -757,16 +674,9 @@ fn an_untrusted_registry_is_refused_and_retried() {
     let registry = FakeRegistry::start(Some(pki.server.clone()), |_| (500, String::new()));
     let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
     for _ in 0..2 {
-        assert!(
-            matches!(registry.next(), RegistryEvent::TlsRefused),
-            "the handshake must fail"
-        );
+        assert!(matches!(registry.next(), RegistryEvent::TlsRefused), "the handshake must fail");
     }
-    assert!(
-        daemon.is_running(),
-        "a TLS failure is retried, not fatal:\n{}",
-        daemon.stderr()
-    );
+    assert!(daemon.is_running(), "a TLS failure is retried, not fatal:\n{}", daemon.stderr());
     daemon.wait_line("registering again in");
 }
 
@@ -781,10 +691,7 @@ fn an_untrusted_rendezvous_is_refused_and_registration_retried() {
     let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
     registry.next_request();
     registry.next_request();
-    assert!(
-        rendezvous.accepted.try_recv().is_err(),
-        "no websocket may be established"
-    );
+    assert!(rendezvous.accepted.try_recv().is_err(), "no websocket may be established");
     assert!(daemon.is_running(), "{}", daemon.stderr());
     let log = daemon.stderr();
     assert!(!log.contains(SIGNATURE), "{log}");
@@ -800,9 +707,7 @@ fn ca_file_that_is_not_pem_exits_2() {
     let daemon = Daemon::spawn(&args, &[]);
     assert_eq!(daemon.wait_exit(), 2);
     assert!(
-        daemon
-            .stderr()
-            .contains("is not a valid PEM certificate bundle"),
+        daemon.stderr().contains("is not a valid PEM certificate bundle"),
         "{}",
         daemon.stderr()
     );
