@@ -487,7 +487,7 @@ mod tests {
             ..CloudArgs::default()
         };
         assert_eq!(
-            both.usage_error(false).unwrap(),
+            both.usage_error(None).unwrap(),
             "`--cloud-name` and `--name` are the same option; give only one"
         );
         let both = CloudArgs {
@@ -496,7 +496,7 @@ mod tests {
             ..CloudArgs::default()
         };
         assert_eq!(
-            both.usage_error(false).unwrap(),
+            both.usage_error(None).unwrap(),
             "`--cloud-base-url` and `--remote` are the same option; give only one"
         );
         let both = CloudArgs {
@@ -507,10 +507,10 @@ mod tests {
         assert!(both.usage_error(None).is_some());
         let cloud = CloudArgs { cloud: true, ..CloudArgs::default() };
         assert_eq!(
-            cloud.usage_error(true).unwrap(),
-            "`--listen` cannot be combined with cloud mode"
+            cloud.usage_error(Some("stdio")).unwrap(),
+            "--listen `stdio` cannot be combined with cloud mode"
         );
-        assert_eq!(cloud.usage_error(false), None);
+        assert_eq!(cloud.usage_error(None), None);
         assert!(!CloudArgs::default().enabled());
         assert_eq!(CloudArgs::default().usage_error(Some("stdio")), None);
     }
