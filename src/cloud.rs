@@ -228,7 +228,6 @@ pub fn run(
         let delay = backoff.next_sleep(retry_after);
         log::info!("registering again in {:.1} s", delay.as_secs_f64());
         if sleep(delay) {
-            log::info!("shutting down");
             return Ok(());
         }
     }

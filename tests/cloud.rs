@@ -430,7 +430,57 @@ fn registered(url: &str) -> String {
 // The tests.
 
 #[test]
-fn serves_through_the_rendezvous_and_resumes_after_a_drop() {
+fn a_dropped_rendezvous_re_registers_and_the_session_resumes() {
+    let dir = TempDir::new();
+    let token_file = dir.file("token", &format!("  {TOKEN}\n"));
+    let rendezvous = FakeRendezvous::start(None);
+    let url = rendezvous.url.clone();
+    let registry = FakeRegistry::start(None, move |_| (200, registered(&url)));
+    let daemon =
+        Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
+
+    // The registration request of §8.3, byte for byte where it matters.
+    let first = registry.next_request();
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/prefix/cloud/executor/exec-it/register");
+    assert_eq!(first.headers["authorization"], format!("Bearer {TOKEN}"));
+    assert_eq!(first.headers["content-type"], "application/json");
+    let body: Value = serde_json::from_str(&first.body).unwrap();
+    let idempotency_id = body["idempotency_id"].as_str().unwrap().to_owned();
+    let hex = idempotency_id.strip_prefix("codex-exec-server-").unwrap();
+    assert!(
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    assert_eq!(
+        first.body,
+        format!(
+            r#"{{"idempotency_id":"{idempotency_id}","executor_id":"exec-it","name":"codex-exec-server","labels":{{}},"metadata":{{}}}}"#
+        )
+    );
+
+    let mut orch = rendezvous.accept();
+    let session = orch.handshake(None);
+    drop(orch);
+
+    // The daemon notices, registers again with the same idempotency id, dials again, and
+    // the orchestrator resumes its session through the new socket.
+    let second = registry.next_request();
+    assert_eq!(second.body, first.body, "one registration id per run");
+    let mut orch = rendezvous.accept();
+    assert_eq!(orch.handshake(Some(&session)), session, "the session is resumed");
+
+    let log = daemon.stderr();
+    assert!(
+        log.contains("codex exec-server remote executor reg-1 registered with executor_id exec-it"),
+        "{log}"
+    );
+    assert!(log.contains("/rendezvous/exec-it"), "the rendezvous is logged:\n{log}");
+    assert!(!log.contains(TOKEN), "the token leaked to stderr:\n{log}");
+    assert!(!log.contains(SIGNATURE), "the URL signature leaked to stderr:\n{log}");
+}
+
+#[test]
+fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
     let dir = TempDir::new();
     let token_file = dir.file("token", &format!("  {TOKEN}\n"));
     let rendezvous = FakeRendezvous::start(None);
@@ -711,4 +761,40 @@ fn ca_file_that_is_not_pem_exits_2() {
         "{}",
         daemon.stderr()
     );
+}
+
+#[test]
+fn sigterm_during_backoff_exits_0() {
+    let dir = TempDir::new();
+    let token_file = dir.file("token", TOKEN);
+    let registry = FakeRegistry::start(None, |_| (503, String::new()));
+    let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
+    registry.next_request();
+    daemon.wait_line("registering again in");
+    // SAFETY: kill(2) on our running child.
+    unsafe { libc::kill(daemon.pid, libc::SIGTERM) };
+    assert_eq!(daemon.wait_exit(), 0);
+}
+
+#[test]
+fn sigterm_while_serving_closes_the_rendezvous_with_1001_and_exits_0() {
+    let dir = TempDir::new();
+    let token_file = dir.file("token", TOKEN);
+    let rendezvous = FakeRendezvous::start(None);
+    let url = rendezvous.url.clone();
+    let registry = FakeRegistry::start(None, move |_| (200, registered(&url)));
+    let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
+    let mut orch = rendezvous.accept();
+    orch.handshake(None);
+    // SAFETY: kill(2) on our running child.
+    unsafe { libc::kill(daemon.pid, libc::SIGTERM) };
+    let close = loop {
+        match orch.ws.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => {}
+            Err(err) => panic!("expected a Close frame, got {err}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    assert_eq!(daemon.wait_exit(), 0);
 }
