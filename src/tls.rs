@@ -135,6 +135,15 @@ impl TlsStream {
     }
 }
 
+impl Drop for TlsStream {
+    /// Best effort: tell the peer the stream ended on purpose. A full socket just means
+    /// the peer sees a plain TCP close instead.
+    fn drop(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.write_pending();
+    }
+}
+
 impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
