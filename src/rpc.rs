@@ -365,6 +365,15 @@ impl Connection {
         Flow::Continue
     }
 
+    /// Waits, for at most `grace`, until every request received so far has been answered.
+    pub fn drain(&self, grace: std::time::Duration) {
+        let state = self.lock();
+        let _ = self
+            .room
+            .wait_timeout_while(state, grace, |s| !s.closed && (s.running > 0 || !s.queue.is_empty()))
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
     /// The transport ended: detach the session and forget what was waiting.
     pub fn closed(&self) {
         let mut state = self.lock();

@@ -94,7 +94,10 @@ fn stdio_serves_one_json_per_line_and_exits_0_on_eof() {
         daemon.recv(),
         json!({"id":"two","error":{"code":-32601,"message":"exec-server stub does not implement `x/y` yet"}})
     );
+    // Requests already sent are answered even when stdin ends right after them.
+    daemon.send_line(r#"{"id":"last","method":"x/z"}"#);
     daemon.close_stdin();
+    assert_eq!(daemon.recv()["id"], "last");
     let status = common::wait_exit(&mut daemon.child);
     assert_eq!(status.code(), Some(0));
 }
