@@ -90,7 +90,11 @@ fn run(args: &[String]) -> Result<(), Exit> {
                 socket::Keepalive { ping_every: cloud::PING_EVERY, dead_after: cloud::DEAD_AFTER };
             let outcome = cloud::run(
                 cloud,
-                &mut |ws| socket::serve(ws, &server, Transport::Rendezvous, Some(keepalive)),
+                &mut |mut ws| {
+                    // The client handshake used tungstenite's defaults; serve with ours.
+                    ws.set_config(|c| *c = socket::ws_config(&server.config));
+                    socket::serve(ws, &server, Transport::Rendezvous, Some(keepalive))
+                },
                 &|delay| shutdown::wait(Some(delay)),
             );
             stop(&server);
