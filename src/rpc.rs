@@ -370,9 +370,7 @@ impl Connection {
         let state = self.lock();
         let _ = self
             .room
-            .wait_timeout_while(state, grace, |s| {
-                !s.closed && (s.running > 0 || !s.queue.is_empty())
-            })
+            .wait_timeout_while(state, grace, |s| !s.closed && (s.running > 0 || !s.queue.is_empty()))
             .unwrap_or_else(PoisonError::into_inner);
     }
 
