@@ -798,3 +798,56 @@ fn sigterm_while_serving_closes_the_rendezvous_with_1001_and_exits_0() {
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
     assert_eq!(daemon.wait_exit(), 0);
 }
+
+#[test]
+fn retry_after_sets_the_delay_before_the_next_registration() {
+    let dir = TempDir::new();
+    let token_file = dir.file("token", TOKEN);
+    // The scripted fake registry sends no headers, so this one adds Retry-After.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            sock.set_read_timeout(Some(STEP)).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n")
+                && sock.read(&mut byte).map(|n| n == 1).unwrap_or(false)
+            {
+                head.push(byte[0]);
+            }
+            let _ = tx.send(Instant::now());
+            let _ = sock.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let daemon = Daemon::spawn(&cloud_args(&base, &token_file), &[]);
+    let first = rx.recv_timeout(STEP).unwrap();
+    let line = daemon.wait_line("registering again in");
+    assert!(line.ends_with("registering again in 2.0 s"), "{line}");
+    let second = rx.recv_timeout(STEP).unwrap();
+    let gap = second - first;
+    assert!(gap >= Duration::from_millis(1900) && gap < Duration::from_secs(4), "{gap:?}");
+}
+
+#[test]
+fn a_refused_registry_is_retried_after_about_1_then_2_then_4_s() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = TempDir::new();
+    let token_file = dir.file("token", TOKEN);
+    let daemon = Daemon::spawn(&cloud_args(&format!("http://127.0.0.1:{port}"), &token_file), &[]);
+    for base in [1.0, 2.0, 4.0] {
+        let line = daemon.wait_line("registering again in");
+        let secs: f64 = line
+            .rsplit("registering again in ")
+            .next()
+            .and_then(|rest| rest.strip_suffix(" s"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(secs >= base * 0.8 - 0.05 && secs <= base * 1.2 + 0.05, "{secs} vs {base}: {line}");
+    }
+    assert!(daemon.is_running());
+}
