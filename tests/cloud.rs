@@ -851,3 +851,28 @@ fn a_refused_registry_is_retried_after_about_1_then_2_then_4_s() {
     }
     assert!(daemon.is_running());
 }
+
+#[test]
+fn sigterm_during_a_hanging_registry_request_exits_0_within_seconds() {
+    // Accepts the TCP connection and never answers: the request would take its full 10 s.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { return };
+            held.push(sock);
+            let _ = tx.send(());
+        }
+    });
+    let dir = TempDir::new();
+    let token_file = dir.file("token", TOKEN);
+    let daemon = Daemon::spawn(&cloud_args(&base, &token_file), &[]);
+    rx.recv_timeout(STEP).expect("the daemon did not connect to the registry");
+    let asked = Instant::now();
+    // SAFETY: kill(2) on our running child.
+    unsafe { libc::kill(daemon.pid, libc::SIGTERM) };
+    assert_eq!(daemon.wait_exit(), 0);
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
+}
