@@ -24,6 +24,9 @@ use sha2::{Digest, Sha256};
 const ENOENT: &str = "No such file or directory (os error 2)";
 const SANDBOX_REFUSED: &str = "sandboxed filesystem operations are not supported by this executor";
 const RELATIVE_PATH: &str = "AbsolutePathBuf deserialized without a base path";
+/// The wait for one response carrying tens or hundreds of MiB: debug builds on a busy
+/// machine move it at a few MiB/s, and the default deadline is meant for small requests.
+const LARGE_DEADLINE: Duration = Duration::from_secs(300);
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -191,6 +194,7 @@ fn write_read_round_trip_and_truncate() {
 fn large_binary_round_trip_is_byte_exact() {
     const SIZE: usize = 64 << 20;
     let mut c = Conn::open();
+    c.client.ws.get_mut().set_read_timeout(Some(LARGE_DEADLINE)).unwrap();
     let dir = TempDir::new();
     // Every byte value, in a pattern no shorter period hides.
     let data: Vec<u8> =
@@ -235,8 +239,6 @@ fn memory(pid: u32, field: &str) -> u64 {
 #[test]
 fn a_256_mib_file_needs_at_most_three_times_its_size() {
     const SIZE: usize = 256 << 20;
-    /// Debug builds move this much data slowly; the default deadline is for small requests.
-    const LARGE_DEADLINE: Duration = Duration::from_secs(300);
     let daemon = common::Daemon::start(&["--max-message-bytes", "536870912"]);
     let pid = daemon.pid();
     let mut client = Conn::initialized(&daemon.url);
@@ -283,6 +285,7 @@ fn a_256_mib_file_needs_at_most_three_times_its_size() {
 #[test]
 fn pipelined_write_then_read_of_one_path_is_ordered() {
     let mut c = Conn::open();
+    c.client.ws.get_mut().set_read_timeout(Some(LARGE_DEADLINE)).unwrap();
     let dir = TempDir::new();
     let big = vec![7u8; 4 << 20];
     let mut ids = Vec::new();
