@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 
 use crate::rpc::RpcError;
 
-/// `fs/readFile` refuses files larger than this (§10): the whole file, then its base64 text
-/// and the response frame are held in memory at once.
+/// `fs/readFile` refuses files larger than this (§10): the file's base64 text and then the
+/// response frame are held in memory whole.
 pub const READ_LIMIT_BYTES: u64 = 512 << 20;
 
 /// `fs/readFile` reads and encodes in chunks of this size: a multiple of 3 (so chunks
@@ -85,7 +85,7 @@ pub struct ReadFileParams {
 
 /// `dataBase64` is held as its finished JSON string, quotes included: base64 never needs
 /// escaping, and writing it out verbatim saves the pass over the whole text that
-/// escaping a `String` would cost (the slowest step of a large read).
+/// escaping a `String` would cost (measured as slow as the encoding itself).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReadFileResponse {
@@ -221,7 +221,8 @@ fn check_sandbox(sandbox: Option<&serde_json::Value>) -> Result<(), RpcError> {
 
 pub fn read_file(p: ReadFileParams) -> Result<ReadFileResponse, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let file = open_nonblocking(p.path.as_path(), File::options().read(true)).map_err(io_error)?;
+    let mut file =
+        open_nonblocking(p.path.as_path(), File::options().read(true)).map_err(io_error)?;
     let len = file.metadata().map_err(io_error)?.len();
     if len > READ_LIMIT_BYTES {
         return Err(too_large());
@@ -235,10 +236,9 @@ pub fn read_file(p: ReadFileParams) -> Result<ReadFileResponse, RpcError> {
     let mut quoted = String::with_capacity(base64::encoded_len(expected, true).unwrap_or(0) + 2);
     quoted.push('"');
     let mut chunk = vec![0; READ_CHUNK_BYTES];
-    let mut reader = file;
     let mut total: u64 = 0;
     loop {
-        let n = read_full(&mut reader, &mut chunk).map_err(io_error)?;
+        let n = read_full(&mut file, &mut chunk).map_err(io_error)?;
         total += n as u64;
         if total > READ_LIMIT_BYTES {
             return Err(too_large());
