@@ -45,8 +45,23 @@ impl AbsolutePath {
 
 impl<'de> Deserialize<'de> for AbsolutePath {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = Cow::<'de, str>::deserialize(deserializer)?;
-        normalize(&raw).map(AbsolutePath).ok_or_else(|| serde::de::Error::custom(RELATIVE_PATH))
+        /// Names the expected type `path string`, as the reference's decoder does
+        /// (``invalid type: integer `5`, expected path string``).
+        struct PathVisitor;
+
+        impl serde::de::Visitor<'_> for PathVisitor {
+            type Value = AbsolutePath;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("path string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<AbsolutePath, E> {
+                normalize(raw).map(AbsolutePath).ok_or_else(|| E::custom(RELATIVE_PATH))
+            }
+        }
+
+        deserializer.deserialize_str(PathVisitor)
     }
 }
 
@@ -563,6 +578,10 @@ mod tests {
     fn relative_path_is_a_decode_error_with_the_exact_message() {
         let err = serde_json::from_str::<ReadFileParams>(r#"{"path":"tmp/x"}"#).unwrap_err();
         assert!(err.to_string().starts_with(RELATIVE_PATH), "{err}");
+        let err = serde_json::from_str::<ReadFileParams>(r#"{"path":5}"#).unwrap_err();
+        assert!(err.to_string().starts_with("invalid type: integer `5`, expected path string"));
+        let p: ReadFileParams = serde_json::from_str(r#"{"path":"/a\/b\u0041"}"#).unwrap();
+        assert_eq!(p.path.as_path(), Path::new("/a/bA"));
         let p: ReadFileParams = serde_json::from_str(r#"{"path":"/tmp/./a/../x"}"#).unwrap();
         assert_eq!(p.path.as_path(), Path::new("/tmp/x"));
         let err =

@@ -375,6 +375,22 @@ fn relative_paths_and_bad_base64() {
         err(-32602, "missing field `dataBase64`")
     );
     assert_eq!(c.call("fs/readFile", json!({})), err(-32602, "missing field `path`"));
+    assert_eq!(
+        c.call("fs/readFile", json!({"path": 5})),
+        err(-32602, "invalid type: integer `5`, expected path string")
+    );
+    assert_eq!(
+        c.call("fs/remove", json!({"path": dir.s("f"), "recursive": "yes"})),
+        err(-32602, "invalid type: string \"yes\", expected a boolean")
+    );
+    assert_eq!(
+        c.call(
+            "fs/copy",
+            json!({"sourcePath": dir.s("f"), "destinationPath": dir.s("g"), "recursive": null})
+        ),
+        err(-32602, "invalid type: null, expected a boolean")
+    );
+    assert!(dir.join("f").exists() && !dir.join("g").exists());
 }
 
 #[test]
