@@ -322,6 +322,30 @@ fn pipelined_write_then_read_of_one_path_is_ordered() {
     }
 }
 
+/// §1.5: a large `fs/readFile` delays no request with a different path.
+#[test]
+fn a_large_read_does_not_hold_up_other_paths() {
+    let mut c = Conn::open();
+    c.client.ws.get_mut().set_read_timeout(Some(LARGE_DEADLINE)).unwrap();
+    let dir = TempDir::new();
+    fs::write(dir.join("big"), vec![1u8; 64 << 20]).unwrap();
+    fs::write(dir.join("small"), b"x").unwrap();
+    c.client.send_text(
+        &json!({"id": "big", "method": "fs/readFile", "params": {"path": dir.s("big")}})
+            .to_string(),
+    );
+    c.client.send_text(
+        &json!({"id": "small", "method": "fs/getMetadata", "params": {"path": dir.s("small")}})
+            .to_string(),
+    );
+    let first: Value = serde_json::from_str(c.client.recv_raw().to_text().unwrap()).unwrap();
+    assert_eq!(first["id"], "small", "the small request answered first");
+    assert_eq!(first["result"]["isFile"], true);
+    let second: Value = serde_json::from_str(c.client.recv_raw().to_text().unwrap()).unwrap();
+    assert_eq!(second["id"], "big");
+    assert_eq!(second["result"]["dataBase64"].as_str().unwrap().len(), (64 << 20) / 3 * 4 + 4);
+}
+
 #[test]
 fn missing_paths_are_not_found() {
     let mut c = Conn::open();
