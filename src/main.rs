@@ -2,6 +2,9 @@
 //! and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
 mod config;
+mod envpolicy;
+mod process;
+mod pty;
 mod rpc;
 
 fn main() {}

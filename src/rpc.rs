@@ -13,7 +13,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError {
+            code,
+            message: message.into(),
+        }
     }
     /// -32600: invalid request or input (also fs invalid-input and permission denied).
     pub fn invalid_request(message: impl Into<String>) -> Self {
@@ -21,7 +24,10 @@ impl RpcError {
     }
     /// -32601: no such method.
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(-32601, format!("exec-server stub does not implement `{method}` yet"))
+        Self::new(
+            -32601,
+            format!("exec-server stub does not implement `{method}` yet"),
+        )
     }
     /// -32602: params that do not decode or fail a parameter check.
     pub fn invalid_params(message: impl Into<String>) -> Self {
