@@ -1,0 +1,25 @@
+# Thin aliases over cargo and scripts/. `make run` and `make test` are all a fresh machine needs.
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: build run test lint fmt
+
+build:
+	$(CARGO) build --release
+
+# Starts the daemon in local mode in the foreground (prints its ws:// URL; Ctrl-C stops it).
+run:
+	$(CARGO) run --release -- $(ARGS)
+
+# Everything the tests need is a Rust toolchain, which the machine has; the suite builds the
+# binary it drives.
+test:
+	$(CARGO) test --all-targets -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
