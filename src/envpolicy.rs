@@ -9,9 +9,8 @@ use std::ffi::OsString;
 use serde::Deserialize;
 
 /// The variables `inherit: "core"` keeps, those of them that are present.
-const CORE_VARS: [&str; 9] = [
-    "HOME", "LOGNAME", "PATH", "SHELL", "USER", "USERNAME", "TMPDIR", "TEMP", "TMP",
-];
+const CORE_VARS: [&str; 9] =
+    ["HOME", "LOGNAME", "PATH", "SHELL", "USER", "USERNAME", "TMPDIR", "TEMP", "TMP"];
 
 /// Names dropped unless `ignoreDefaultExcludes` is true: they usually hold credentials.
 const DEFAULT_EXCLUDES: [&str; 3] = ["*KEY*", "*SECRET*", "*TOKEN*"];
@@ -73,9 +72,7 @@ pub fn build(
 
 fn matches_any<P: AsRef<str>>(patterns: &[P], name: &OsString) -> bool {
     let name = name.to_string_lossy();
-    patterns
-        .iter()
-        .any(|pattern| glob_matches(pattern.as_ref(), &name))
+    patterns.iter().any(|pattern| glob_matches(pattern.as_ref(), &name))
 }
 
 /// Whole-name glob match, case-insensitive: `*` is any run of characters, `?` exactly one.
@@ -139,16 +136,11 @@ mod tests {
     }
 
     fn names(vars: &BTreeMap<OsString, OsString>) -> Vec<String> {
-        vars.keys()
-            .map(|k| k.to_string_lossy().into_owned())
-            .collect()
+        vars.keys().map(|k| k.to_string_lossy().into_owned()).collect()
     }
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]

@@ -60,9 +60,8 @@ fn wait_until<'a, T>(
     if now >= deadline {
         return (guard, false);
     }
-    let (guard, _) = cond
-        .wait_timeout(guard, deadline - now)
-        .unwrap_or_else(PoisonError::into_inner);
+    let (guard, _) =
+        cond.wait_timeout(guard, deadline - now).unwrap_or_else(PoisonError::into_inner);
     (guard, true)
 }
 
@@ -279,21 +278,12 @@ pub fn signal_name(signal: i32) -> String {
 
 fn exit_from_status(status: libc::c_int) -> Exit {
     if libc::WIFEXITED(status) {
-        Exit {
-            code: libc::WEXITSTATUS(status),
-            signal: None,
-        }
+        Exit { code: libc::WEXITSTATUS(status), signal: None }
     } else if libc::WIFSIGNALED(status) {
         let signal = libc::WTERMSIG(status);
-        Exit {
-            code: 128 + signal,
-            signal: Some(signal_name(signal)),
-        }
+        Exit { code: 128 + signal, signal: Some(signal_name(signal)) }
     } else {
-        Exit {
-            code: -1,
-            signal: None,
-        }
+        Exit { code: -1, signal: None }
     }
 }
 
@@ -317,11 +307,7 @@ struct Retention {
 
 impl Retention {
     fn new(limit: usize) -> Self {
-        Retention {
-            chunks: VecDeque::new(),
-            bytes: 0,
-            limit,
-        }
+        Retention { chunks: VecDeque::new(), bytes: 0, limit }
     }
 
     fn push(&mut self, seq: u64, stream: Stream, bytes: Vec<u8>) {
@@ -416,15 +402,8 @@ impl Proc {
                     let seq = take_seq(&mut state);
                     let chunk = BASE64.encode(&bytes);
                     let process_id = &self.id;
-                    let message = encode(
-                        "process/output",
-                        OutputParams {
-                            process_id,
-                            seq,
-                            stream,
-                            chunk,
-                        },
-                    );
+                    let message =
+                        encode("process/output", OutputParams { process_id, seq, stream, chunk });
                     state.retention.push(seq, stream, bytes);
                     queue(&mut state, message);
                 }
@@ -444,13 +423,7 @@ impl Proc {
             }
             if state.exit.is_some() && state.open_streams == 0 && state.closed_at.is_none() {
                 let seq = take_seq(&mut state);
-                let message = encode(
-                    "process/closed",
-                    ClosedParams {
-                        process_id: &self.id,
-                        seq,
-                    },
-                );
+                let message = encode("process/closed", ClosedParams { process_id: &self.id, seq });
                 queue(&mut state, message);
                 state.closed_at = Some(Instant::now());
                 schedule_removal(self, Instant::now() + self.exited_retention);
@@ -581,15 +554,8 @@ struct StdinQueue {
 
 impl StdinQueue {
     fn new() -> Self {
-        let state = StdinState {
-            chunks: VecDeque::new(),
-            bytes: 0,
-            closed: false,
-        };
-        StdinQueue {
-            state: Mutex::new(state),
-            changed: Condvar::new(),
-        }
+        let state = StdinState { chunks: VecDeque::new(), bytes: 0, closed: false };
+        StdinQueue { state: Mutex::new(state), changed: Condvar::new() }
     }
 
     /// Queues `bytes` for the child; `false` once stdin is known closed or the queue is full.
@@ -624,10 +590,7 @@ impl StdinQueue {
                     if let Some(chunk) = state.chunks.pop_front() {
                         break chunk;
                     }
-                    state = self
-                        .changed
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
                 }
             };
             let result = stdin.write_all(&chunk);
@@ -654,17 +617,15 @@ fn spawn_on_spawner(command: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<SpawnJob>>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (jobs, receiver) = mpsc::channel::<SpawnJob>();
-        let started = thread::Builder::new()
-            .name("spawner".into())
-            .spawn(move || {
-                for (mut command, reply) in receiver {
-                    let result = command.spawn();
-                    // Drop the command here, closing the parent's copies of the child's stdio
-                    // (a PTY reader sees EIO only once every slave descriptor is closed).
-                    drop(command);
-                    let _ = reply.send(result);
-                }
-            });
+        let started = thread::Builder::new().name("spawner".into()).spawn(move || {
+            for (mut command, reply) in receiver {
+                let result = command.spawn();
+                // Drop the command here, closing the parent's copies of the child's stdio
+                // (a PTY reader sees EIO only once every slave descriptor is closed).
+                drop(command);
+                let _ = reply.send(result);
+            }
+        });
         match started {
             Ok(_) => Some(Mutex::new(jobs)),
             Err(e) => {
@@ -677,12 +638,8 @@ fn spawn_on_spawner(command: Command) -> io::Result<Child> {
         return Err(io::Error::other("spawner thread unavailable"));
     };
     let (reply, result) = mpsc::sync_channel(1);
-    lock(jobs)
-        .send((command, reply))
-        .map_err(|_| io::Error::other("spawner thread stopped"))?;
-    result
-        .recv()
-        .map_err(|_| io::Error::other("spawner thread stopped"))?
+    lock(jobs).send((command, reply)).map_err(|_| io::Error::other("spawner thread stopped"))?;
+    result.recv().map_err(|_| io::Error::other("spawner thread stopped"))?
 }
 
 /// The program to execute for `argv0`: itself if it holds a `/`, else the first executable
@@ -712,11 +669,7 @@ fn resolve_program(
         }
         denied = true;
     }
-    Err(io::Error::from_raw_os_error(if denied {
-        libc::EACCES
-    } else {
-        libc::ENOENT
-    }))
+    Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT }))
 }
 
 /// Runs in the forked child before exec: only async-signal-safe calls, no allocation.
@@ -748,20 +701,12 @@ fn child_setup(tty: bool, parent: libc::pid_t) -> io::Result<()> {
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
-        check(libc::pthread_sigmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        ))?;
+        check(libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()))?;
         // std opens everything close-on-exec, but make sure no descriptor beyond stdio leaks
         // into the child, whoever opened it. (Marking, not closing: std's exec-error pipe must
         // stay usable until exec.)
-        let marked = libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
+        let marked =
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
         if marked != 0 {
             let mut limit: libc::rlimit = std::mem::zeroed();
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
@@ -775,11 +720,7 @@ fn child_setup(tty: bool, parent: libc::pid_t) -> io::Result<()> {
 }
 
 fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    thread::Builder::new()
-        .name(name.into())
-        .stack_size(IO_THREAD_STACK_BYTES)
-        .spawn(body)
-        .map(drop)
+    thread::Builder::new().name(name.into()).stack_size(IO_THREAD_STACK_BYTES).spawn(body).map(drop)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,55 +741,46 @@ struct Removals {
 fn removals() -> &'static Removals {
     static REMOVALS: OnceLock<Removals> = OnceLock::new();
     REMOVALS.get_or_init(|| {
-        let started = thread::Builder::new()
-            .name("process-expiry".into())
-            .spawn(|| {
-                let removals = removals();
-                loop {
-                    let due = {
-                        let mut queue = lock(&removals.queue);
-                        let now = Instant::now();
-                        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *queue)
-                            .into_iter()
-                            .partition(|r| r.at <= now);
-                        *queue = keep;
-                        if due.is_empty() {
-                            match queue.iter().map(|r| r.at).min() {
-                                Some(at) => drop(wait_until(&removals.changed, queue, at)),
-                                None => drop(
-                                    removals
-                                        .changed
-                                        .wait(queue)
-                                        .unwrap_or_else(PoisonError::into_inner),
-                                ),
-                            }
-                            continue;
+        let started = thread::Builder::new().name("process-expiry".into()).spawn(|| {
+            let removals = removals();
+            loop {
+                let due = {
+                    let mut queue = lock(&removals.queue);
+                    let now = Instant::now();
+                    let (due, keep): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut *queue).into_iter().partition(|r| r.at <= now);
+                    *queue = keep;
+                    if due.is_empty() {
+                        match queue.iter().map(|r| r.at).min() {
+                            Some(at) => drop(wait_until(&removals.changed, queue, at)),
+                            None => drop(
+                                removals
+                                    .changed
+                                    .wait(queue)
+                                    .unwrap_or_else(PoisonError::into_inner),
+                            ),
                         }
-                        due
-                    };
-                    for removal in due {
-                        if let Some(proc) = removal.proc.upgrade() {
-                            remove_entry(&proc);
-                        }
+                        continue;
+                    }
+                    due
+                };
+                for removal in due {
+                    if let Some(proc) = removal.proc.upgrade() {
+                        remove_entry(&proc);
                     }
                 }
-            });
+            }
+        });
         if let Err(e) = started {
             log::error!("cannot start the process expiry thread: {e}");
         }
-        Removals {
-            queue: Mutex::new(Vec::new()),
-            changed: Condvar::new(),
-        }
+        Removals { queue: Mutex::new(Vec::new()), changed: Condvar::new() }
     })
 }
 
 fn schedule_removal(proc: &Arc<Proc>, at: Instant) {
     let removals = removals();
-    lock(&removals.queue).push(Removal {
-        at,
-        proc: Arc::downgrade(proc),
-    });
+    lock(&removals.queue).push(Removal { at, proc: Arc::downgrade(proc) });
     removals.changed.notify_all();
 }
 
@@ -900,12 +832,7 @@ impl Processes {
     /// `live` is the daemon-wide count of registered processes (all sessions), checked against
     /// `config.max_processes` at start and decremented when an entry is removed.
     pub fn new(config: Arc<Config>, live: Arc<AtomicUsize>, sink: Arc<dyn Notify>) -> Processes {
-        Processes {
-            config,
-            live,
-            sink,
-            table: Arc::default(),
-        }
+        Processes { config, live, sink, table: Arc::default() }
     }
 
     fn lookup(&self, id: &str) -> Lookup {
@@ -928,16 +855,12 @@ impl Processes {
         let token = {
             let mut table = lock(&self.table);
             if table.slots.contains_key(&id) {
-                return Err(RpcError::invalid_request(format!(
-                    "process {id} already exists"
-                )));
+                return Err(RpcError::invalid_request(format!("process {id} already exists")));
             }
             let max = self.config.max_processes;
             let counted = self
                 .live
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    (n < max).then_some(n + 1)
-                });
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
             if counted.is_err() {
                 return Err(RpcError::internal(format!("process limit reached ({max})")));
             }
@@ -996,11 +919,7 @@ impl Processes {
             Some(pty.master)
         } else {
             command
-                .stdin(if p.pipe_stdin {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
+                .stdin(if p.pipe_stdin { Stdio::piped() } else { Stdio::null() })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             None
@@ -1122,11 +1041,7 @@ impl Processes {
         let next_seq = page.last().map_or(state.next_seq, |c| c.seq + 1);
         let chunks = page
             .into_iter()
-            .map(|c| ChunkOut {
-                seq: c.seq,
-                stream: c.stream,
-                chunk: BASE64.encode(&c.bytes),
-            })
+            .map(|c| ChunkOut { seq: c.seq, stream: c.stream, chunk: BASE64.encode(&c.bytes) })
             .collect();
         Ok(ReadResponse {
             chunks,
@@ -1206,10 +1121,7 @@ impl Processes {
                 let (next, waited) = wait_until(&proc.changed, state, deadline);
                 state = next;
                 if !waited {
-                    log::warn!(
-                        "process tree {} still has output open after SIGKILL",
-                        proc.pid
-                    );
+                    log::warn!("process tree {} still has output open after SIGKILL", proc.pid);
                     break;
                 }
             }
@@ -1259,14 +1171,8 @@ fn wait_loop(proc: Arc<Proc>) {
             exit_from_status(status)
         } else {
             // Only if someone else reaped our child (SIGCHLD ignored): the status is lost.
-            log::error!(
-                "child {} was reaped elsewhere; exit status unknown",
-                proc.pid
-            );
-            Exit {
-                code: -1,
-                signal: None,
-            }
+            log::error!("child {} was reaped elsewhere; exit status unknown", proc.pid);
+            Exit { code: -1, signal: None }
         }
     };
     proc.changed.notify_all();
@@ -1322,11 +1228,8 @@ mod tests {
             let deadline = Instant::now() + DEADLINE;
             let mut messages = lock(&self.messages);
             loop {
-                let mine: Vec<Value> = messages
-                    .iter()
-                    .filter(|m| m["params"]["processId"] == id)
-                    .cloned()
-                    .collect();
+                let mine: Vec<Value> =
+                    messages.iter().filter(|m| m["params"]["processId"] == id).cloned().collect();
                 if mine.iter().any(|m| m["method"] == "process/closed") {
                     return mine;
                 }
@@ -1354,11 +1257,7 @@ mod tests {
     fn setup(config: Config) -> (Processes, Arc<Collect>, Arc<AtomicUsize>) {
         let sink = Arc::new(Collect::default());
         let live = Arc::new(AtomicUsize::new(0));
-        (
-            Processes::new(Arc::new(config), live.clone(), sink.clone()),
-            sink,
-            live,
-        )
+        (Processes::new(Arc::new(config), live.clone(), sink.clone()), sink, live)
     }
 
     fn params(id: &str, argv: &[&str]) -> StartParams {
@@ -1404,20 +1303,8 @@ mod tests {
         assert_eq!(signal_name(31), "SIGSYS");
         assert_eq!(signal_name(34), "SIG34");
         assert_eq!(signal_name(0), "SIG0");
-        assert_eq!(
-            exit_from_status(7 << 8),
-            Exit {
-                code: 7,
-                signal: None
-            }
-        );
-        assert_eq!(
-            exit_from_status(9),
-            Exit {
-                code: 137,
-                signal: Some("SIGKILL".into())
-            }
-        );
+        assert_eq!(exit_from_status(7 << 8), Exit { code: 7, signal: None });
+        assert_eq!(exit_from_status(9), Exit { code: 137, signal: Some("SIGKILL".into()) });
     }
 
     #[test]
@@ -1462,10 +1349,7 @@ mod tests {
         let err =
             serde_json::from_str::<StartParams>(r#"{"argv":[],"cwd":"/","env":{},"tty":false}"#)
                 .expect_err("processId is required");
-        assert!(
-            err.to_string().contains("missing field `processId`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("missing field `processId`"), "{err}");
         let write: WriteParams =
             serde_json::from_str(r#"{"processId":"p","chunk":"aGkK","writeId":"w"}"#)
                 .expect("write decodes");
@@ -1474,10 +1358,7 @@ mod tests {
         let read: ReadParams =
             serde_json::from_str(r#"{"processId":"p","afterSeq":null,"maxBytes":null}"#)
                 .expect("nulls decode");
-        assert_eq!(
-            (read.after_seq, read.max_bytes, read.wait_ms),
-            (None, None, None)
-        );
+        assert_eq!((read.after_seq, read.max_bytes, read.wait_ms), (None, None, None));
         assert!(serde_json::from_str::<ReadParams>(r#"{"processId":"p","afterSeq":-1}"#).is_err());
     }
 
@@ -1517,9 +1398,7 @@ mod tests {
     #[test]
     fn nothing_is_sent_before_announce_and_nothing_is_lost() {
         let (processes, sink, _) = setup(Config::default());
-        processes
-            .start(params("a", &["sh", "-c", "echo one; echo two >&2"]))
-            .expect("starts");
+        processes.start(params("a", &["sh", "-c", "echo one; echo two >&2"])).expect("starts");
         // Wait (through read's long poll) until the process has closed.
         let deadline = Instant::now() + DEADLINE;
         while !read(&processes, "a", 0, None, 1000).closed {
@@ -1543,17 +1422,12 @@ mod tests {
         let r = read(&processes, "w", 0, None, 10_000);
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(r.chunks.len(), 1);
-        assert_eq!(
-            (r.chunks[0].seq, r.chunks[0].chunk.as_str(), r.next_seq),
-            (1, "eAo=", 2)
-        );
+        assert_eq!((r.chunks[0].seq, r.chunks[0].chunk.as_str(), r.next_seq), (1, "eAo=", 2));
         let r = read(&processes, "w", 1, None, 10_000);
         assert!(r.exited && r.chunks.is_empty());
         // Idle deadline, capped by max_wait.
-        let (processes, _, _) = setup(Config {
-            max_wait: Duration::from_millis(200),
-            ..Config::default()
-        });
+        let (processes, _, _) =
+            setup(Config { max_wait: Duration::from_millis(200), ..Config::default() });
         run(&processes, params("idle", &["sleep", "100"]));
         let started = Instant::now();
         let r = read(&processes, "idle", 0, None, 60_000);
@@ -1567,21 +1441,12 @@ mod tests {
 
     #[test]
     fn start_checks_and_spawn_errors() {
-        let (processes, _, live) = setup(Config {
-            max_processes: 1,
-            ..Config::default()
-        });
+        let (processes, _, live) = setup(Config { max_processes: 1, ..Config::default() });
         let err = |p| processes.start(p).expect_err("start fails");
-        assert_eq!(
-            err(params("x", &[])),
-            RpcError::invalid_params("argv must not be empty")
-        );
+        assert_eq!(err(params("x", &[])), RpcError::invalid_params("argv must not be empty"));
         let mut p = params("x", &["true"]);
         p.cwd = "tmp".into();
-        assert_eq!(
-            err(p),
-            RpcError::invalid_params("cwd must be an absolute path")
-        );
+        assert_eq!(err(p), RpcError::invalid_params("cwd must be an absolute path"));
         assert_eq!(
             err(params("x", &["no-such-program-here"])),
             RpcError::internal("No such file or directory (os error 2)")
@@ -1591,10 +1456,7 @@ mod tests {
         assert_eq!(err(p), RpcError::internal("Not a directory (os error 20)"));
         let mut p = params("x", &["true"]);
         p.cwd = "/no/such/dir".into();
-        assert_eq!(
-            err(p),
-            RpcError::internal("No such file or directory (os error 2)")
-        );
+        assert_eq!(err(p), RpcError::internal("No such file or directory (os error 2)"));
         assert_eq!(err(params("x", &["tr\0ue"])).code, -32603);
         assert_eq!(live.load(Ordering::SeqCst), 0);
         run(&processes, params("x", &["sleep", "100"]));
@@ -1602,10 +1464,7 @@ mod tests {
             err(params("x", &["true"])),
             RpcError::invalid_request("process x already exists")
         );
-        assert_eq!(
-            err(params("y", &["true"])),
-            RpcError::internal("process limit reached (1)")
-        );
+        assert_eq!(err(params("y", &["true"])), RpcError::internal("process limit reached (1)"));
         processes.kill_all();
         assert_eq!(live.load(Ordering::SeqCst), 0);
         assert_eq!(
@@ -1632,10 +1491,7 @@ mod tests {
         lines.sort();
         assert_eq!(lines, ["A=1", "PATH=/usr/bin:/bin"]);
 
-        let mut p = params(
-            "arg0",
-            &["sh", "-c", r#"pwd; tr '\0' ' ' < /proc/$$/cmdline"#],
-        );
+        let mut p = params("arg0", &["sh", "-c", r#"pwd; tr '\0' ' ' < /proc/$$/cmdline"#]);
         p.arg0 = Some("renamed".into());
         p.cwd = "/tmp".into();
         run(&processes, p);
@@ -1646,13 +1502,7 @@ mod tests {
 
         let mut p = params("nopath", &["sh", "-c", "true"]);
         p.env.insert("PATH".into(), "/nonexistent".into());
-        assert_eq!(
-            processes
-                .start(p)
-                .expect_err("not found in child PATH")
-                .code,
-            -32603
-        );
+        assert_eq!(processes.start(p).expect_err("not found in child PATH").code, -32603);
     }
 
     #[test]
@@ -1662,16 +1512,10 @@ mod tests {
         p.pipe_stdin = true;
         run(&processes, p);
         let write = |id: &str, bytes: &[u8]| {
-            processes.write(WriteParams {
-                process_id: id.into(),
-                chunk: bytes.to_vec(),
-            })
+            processes.write(WriteParams { process_id: id.into(), chunk: bytes.to_vec() })
         };
         for part in ["a", "b", "c\n"] {
-            assert_eq!(
-                write("cat", part.as_bytes()).expect("write").status,
-                WriteStatus::Accepted
-            );
+            assert_eq!(write("cat", part.as_bytes()).expect("write").status, WriteStatus::Accepted);
         }
         let deadline = Instant::now() + DEADLINE;
         while read(&processes, "cat", 0, None, 1000)
@@ -1685,37 +1529,23 @@ mod tests {
         }
         assert!(
             processes
-                .terminate(TerminateParams {
-                    process_id: "cat".into()
-                })
+                .terminate(TerminateParams { process_id: "cat".into() })
                 .expect("terminate")
                 .running
         );
         assert!(sink.output_of("cat").starts_with("abc\n"));
-        assert_eq!(
-            write("cat", b"x"),
-            Err(RpcError::internal("failed to write to process stdin"))
-        );
-        assert_eq!(
-            write("nope", b"x").expect("write").status,
-            WriteStatus::UnknownProcess
-        );
+        assert_eq!(write("cat", b"x"), Err(RpcError::internal("failed to write to process stdin")));
+        assert_eq!(write("nope", b"x").expect("write").status, WriteStatus::UnknownProcess);
 
         run(&processes, params("closed", &["sh", "-c", "cat; echo eof"]));
-        assert_eq!(
-            write("closed", b"x").expect("write").status,
-            WriteStatus::StdinClosed
-        );
+        assert_eq!(write("closed", b"x").expect("write").status, WriteStatus::StdinClosed);
         assert_eq!(sink.output_of("closed"), "eof\n");
     }
 
     #[test]
     fn pty_has_size_echo_and_a_controlling_terminal() {
         let (processes, sink, _) = setup(Config::default());
-        let mut p = params(
-            "tty",
-            &["sh", "-c", "stty size; tty; read line; echo got:$line"],
-        );
+        let mut p = params("tty", &["sh", "-c", "stty size; tty; read line; echo got:$line"]);
         p.tty = true;
         run(&processes, p);
         let deadline = Instant::now() + DEADLINE;
@@ -1730,10 +1560,8 @@ mod tests {
                 after = c.seq;
             }
         }
-        let status = processes.write(WriteParams {
-            process_id: "tty".into(),
-            chunk: b"hello\n".to_vec(),
-        });
+        let status =
+            processes.write(WriteParams { process_id: "tty".into(), chunk: b"hello\n".to_vec() });
         assert_eq!(status.expect("write").status, WriteStatus::Accepted);
         let out = sink.output_of("tty");
         assert!(out.starts_with("24 80\r\n/dev/pts/"), "{out:?}");
@@ -1743,10 +1571,7 @@ mod tests {
     #[test]
     fn terminate_kills_the_whole_tree() {
         let (processes, sink, live) = setup(Config::default());
-        run(
-            &processes,
-            params("tree", &["sh", "-c", "sleep 100 & sleep 100"]),
-        );
+        run(&processes, params("tree", &["sh", "-c", "sleep 100 & sleep 100"]));
         let pid = match processes.lookup("tree") {
             Lookup::Running(proc) => proc.pid,
             _ => panic!("tree is running"),
@@ -1756,11 +1581,8 @@ mod tests {
             assert!(Instant::now() < deadline, "tree never formed");
             thread::yield_now();
         }
-        let r = processes
-            .terminate(TerminateParams {
-                process_id: "tree".into(),
-            })
-            .expect("terminate");
+        let r =
+            processes.terminate(TerminateParams { process_id: "tree".into() }).expect("terminate");
         assert!(r.running);
         let events = sink.until_closed("tree");
         assert_eq!(
@@ -1769,17 +1591,11 @@ mod tests {
         );
         assert_eq!(events.len(), 2);
         assert!(session_members(pid).is_empty());
-        let r = processes
-            .terminate(TerminateParams {
-                process_id: "tree".into(),
-            })
-            .expect("terminate");
+        let r =
+            processes.terminate(TerminateParams { process_id: "tree".into() }).expect("terminate");
         assert!(!r.running);
         let read = read(&processes, "tree", 0, None, 0);
-        assert_eq!(
-            (read.exit_code, read.signal.as_deref()),
-            (Some(137), Some("SIGKILL"))
-        );
+        assert_eq!((read.exit_code, read.signal.as_deref()), (Some(137), Some("SIGKILL")));
         processes.kill_all();
         assert_eq!(live.load(Ordering::SeqCst), 0);
     }
@@ -1788,10 +1604,7 @@ mod tests {
     fn kill_all_kills_trees_whose_leader_exited() {
         let (processes, sink, live) = setup(Config::default());
         // The leader exits at once; the background sleep keeps stdout open.
-        run(
-            &processes,
-            params("orphan", &["sh", "-c", "sleep 100 & echo started"]),
-        );
+        run(&processes, params("orphan", &["sh", "-c", "sleep 100 & echo started"]));
         let pid = match processes.lookup("orphan") {
             Lookup::Running(proc) => proc.pid,
             _ => panic!("orphan is running"),
@@ -1809,10 +1622,7 @@ mod tests {
 
     #[test]
     fn finished_entries_are_removed_after_retention() {
-        let config = Config {
-            exited_retention: Duration::from_millis(50),
-            ..Config::default()
-        };
+        let config = Config { exited_retention: Duration::from_millis(50), ..Config::default() };
         let (processes, sink, live) = setup(config);
         run(&processes, params("gone", &["true"]));
         sink.until_closed("gone");
@@ -1833,10 +1643,7 @@ mod tests {
             RpcError::invalid_request("unknown process id gone")
         );
         let w = processes
-            .write(WriteParams {
-                process_id: "gone".into(),
-                chunk: vec![],
-            })
+            .write(WriteParams { process_id: "gone".into(), chunk: vec![] })
             .expect("write");
         assert_eq!(w.status, WriteStatus::UnknownProcess);
         run(&processes, params("gone", &["true"]));

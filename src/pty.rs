@@ -29,9 +29,7 @@ pub fn open() -> io::Result<Pty> {
     // SAFETY: plain libc calls on descriptors this function owns; every returned descriptor
     // is wrapped in an OwnedFd at once so an early return closes it.
     unsafe {
-        let master = check(libc::posix_openpt(
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        ))?;
+        let master = check(libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
         let master = OwnedFd::from_raw_fd(master);
         check(libc::grantpt(master.as_raw_fd()))?;
         check(libc::unlockpt(master.as_raw_fd()))?;
@@ -40,17 +38,10 @@ pub fn open() -> io::Result<Pty> {
         if err != 0 {
             return Err(io::Error::from_raw_os_error(err));
         }
-        let slave = check(libc::open(
-            name.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        ))?;
+        let slave =
+            check(libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
         let slave = OwnedFd::from_raw_fd(slave);
-        let size = libc::winsize {
-            ws_row: ROWS,
-            ws_col: COLS,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
+        let size = libc::winsize { ws_row: ROWS, ws_col: COLS, ws_xpixel: 0, ws_ypixel: 0 };
         check(libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size))?;
         // A fresh pty has echo on in practice; set it explicitly because the contract requires it.
         let mut termios: libc::termios = std::mem::zeroed();

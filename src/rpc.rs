@@ -13,10 +13,7 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-        }
+        RpcError { code, message: message.into() }
     }
     /// -32600: invalid request or input (also fs invalid-input and permission denied).
     pub fn invalid_request(message: impl Into<String>) -> Self {
@@ -24,10 +21,7 @@ impl RpcError {
     }
     /// -32601: no such method.
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(
-            -32601,
-            format!("exec-server stub does not implement `{method}` yet"),
-        )
+        Self::new(-32601, format!("exec-server stub does not implement `{method}` yet"))
     }
     /// -32602: params that do not decode or fail a parameter check.
     pub fn invalid_params(message: impl Into<String>) -> Self {
@@ -64,6 +58,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::pool::Pool;
+use crate::process::StartParams;
 use crate::session::{Session, Sessions};
 
 /// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
@@ -120,10 +115,11 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config) -> Arc<Server> {
+        let config = Arc::new(config);
         Arc::new(Server {
-            sessions: Sessions::new(config.detach_ttl),
+            sessions: Sessions::new(Arc::clone(&config)),
             pool: Pool::new(config.workers),
-            config: Arc::new(config),
+            config,
             conns: Mutex::new(HashMap::new()),
             conn_gone: Condvar::new(),
             next_conn: AtomicU64::new(1),
@@ -376,7 +372,9 @@ impl Connection {
         let state = self.lock();
         let _ = self
             .room
-            .wait_timeout_while(state, grace, |s| !s.closed && (s.running > 0 || !s.queue.is_empty()))
+            .wait_timeout_while(state, grace, |s| {
+                !s.closed && (s.running > 0 || !s.queue.is_empty())
+            })
             .unwrap_or_else(PoisonError::into_inner);
     }
 
@@ -499,12 +497,26 @@ impl Connection {
     /// serialized result and, for some methods, work to do once the response is written.
     fn dispatch(&self, request: &Request) -> (Result<String, RpcError>, Option<After>) {
         let params = request.params();
+        let mut after: Option<After> = None;
         let result = match request.method.as_str() {
             "initialize" => decode_params(params).and_then(|p| encode(self.initialize(p))),
+            "process/start" => self.gated(Family::Exec, params, |p: StartParams, session| {
+                let id = p.process_id.clone();
+                let started = session.processes.start(p)?;
+                // §5: the process's notifications wait until this response is written.
+                let session = Arc::clone(session);
+                after = Some(Box::new(move || session.processes.announce(&id)));
+                Ok(started)
+            }),
+            "process/read" => self.gated(Family::Exec, params, |p, s| s.processes.read(p)),
+            "process/write" => self.gated(Family::Exec, params, |p, s| s.processes.write(p)),
+            "process/terminate" => {
+                self.gated(Family::Exec, params, |p, s| s.processes.terminate(p))
+            }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
             other => Err(RpcError::method_not_found(other)),
         };
-        (result, None)
+        (result, after)
     }
 
     /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),

@@ -75,7 +75,10 @@ fn read(client: &mut Client, params: Value) -> Value {
 
 fn error(response: &Value) -> (i64, String) {
     let error = &response["error"];
-    (error["code"].as_i64().expect("error code"), error["message"].as_str().expect("message").into())
+    (
+        error["code"].as_i64().expect("error code"),
+        error["message"].as_str().expect("message").into(),
+    )
 }
 
 /// `/proc/<pid>/stat` fields after the command: state, ppid, pgrp, session, …
@@ -132,15 +135,22 @@ fn true_exits_then_closes_and_the_response_comes_first() {
         json!({"processId":"t","argv":["true"],"cwd":"/","env":{"PATH":PATH},"tty":false,"pipeStdin":false,"arg0":null}),
     );
     assert_eq!(client.recv(), json!({"id": id, "result": {"processId": "t"}}));
-    assert_eq!(client.recv(), json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0}}));
-    assert_eq!(client.recv(), json!({"method":"process/closed","params":{"processId":"t","seq":2}}));
+    assert_eq!(
+        client.recv(),
+        json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0}})
+    );
+    assert_eq!(
+        client.recv(),
+        json!({"method":"process/closed","params":{"processId":"t","seq":2}})
+    );
 }
 
 #[test]
 fn section_5_example_yields_exactly_four_notifications() {
     let daemon = Daemon::start(&[]);
     let (mut client, _) = daemon.session();
-    let script = r#"printf "event output\n"; sleep 0.1; printf "event err\n" >&2; sleep 0.1; exit 7"#;
+    let script =
+        r#"printf "event output\n"; sleep 0.1; printf "event err\n" >&2; sleep 0.1; exit 7"#;
     start(&mut client, sh("p1", script));
     assert_eq!(
         until_closed(&mut client, "p1"),
@@ -287,7 +297,10 @@ fn read_defaults_next_seq_and_max_bytes() {
     let (mut client, _) = daemon.session();
     start(&mut client, sh("r", "echo a; sleep 0.1; echo b; sleep 0.1; echo c"));
     until_closed(&mut client, "r");
-    let all = read(&mut client, json!({"processId": "r", "afterSeq": null, "maxBytes": null, "waitMs": null}));
+    let all = read(
+        &mut client,
+        json!({"processId": "r", "afterSeq": null, "maxBytes": null, "waitMs": null}),
+    );
     assert_eq!(
         all,
         json!({"chunks":[
@@ -309,7 +322,8 @@ fn read_defaults_next_seq_and_max_bytes() {
 
     let (code, message) = error(&client.call("process/read", json!({"processId": "nope"})));
     assert_eq!((code, message.as_str()), (-32600, "unknown process id nope"));
-    let (code, message) = error(&client.call("process/read", json!({"processId": "r", "afterSeq": -1})));
+    let (code, message) =
+        error(&client.call("process/read", json!({"processId": "r", "afterSeq": -1})));
     assert_eq!(code, -32602, "{message}");
 }
 
@@ -320,13 +334,20 @@ fn long_poll_returns_on_output_at_the_deadline_and_at_once_after_exit() {
     start(&mut client, sh("w", "sleep 0.5; echo x; sleep 100"));
     let t = Instant::now();
     let r = read(&mut client, json!({"processId": "w", "waitMs": 10000}));
-    assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(r["chunks"][0]["chunk"], "eAo=");
     // Idle: answers at the deadline.
     let t = Instant::now();
     let r = read(&mut client, json!({"processId": "w", "afterSeq": 1, "waitMs": 300}));
     assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(2));
-    assert_eq!((r["chunks"].clone(), r["nextSeq"].clone(), r["exited"].clone()), (json!([]), json!(2), json!(false)));
+    assert_eq!(
+        (r["chunks"].clone(), r["nextSeq"].clone(), r["exited"].clone()),
+        (json!([]), json!(2), json!(false))
+    );
     // The cap shortens a longer wait.
     let t = Instant::now();
     read(&mut client, json!({"processId": "w", "afterSeq": 1, "waitMs": 60000}));
@@ -336,7 +357,10 @@ fn long_poll_returns_on_output_at_the_deadline_and_at_once_after_exit() {
     let t = Instant::now();
     let r = read(&mut client, json!({"processId": "w", "afterSeq": 1, "waitMs": 10000}));
     assert!(t.elapsed() < Duration::from_secs(1));
-    assert_eq!((r["exited"].clone(), r["exitCode"].clone(), r["signal"].clone()), (json!(true), json!(137), json!("SIGKILL")));
+    assert_eq!(
+        (r["exited"].clone(), r["exitCode"].clone(), r["signal"].clone()),
+        (json!(true), json!(137), json!("SIGKILL"))
+    );
 }
 
 #[test]
@@ -351,7 +375,8 @@ fn pty_has_its_stream_size_terminal_and_echo() {
         assert_eq!(m["params"]["stream"], "pty");
         seen.extend(decode(&m["params"]["chunk"]));
     }
-    let w = client.call("process/write", json!({"processId": "tty", "chunk": BASE64.encode("hello\n")}));
+    let w = client
+        .call("process/write", json!({"processId": "tty", "chunk": BASE64.encode("hello\n")}));
     assert_eq!(w["result"], json!({"status": "accepted"}));
     let events = until_closed(&mut client, "tty");
     seen.extend(output(&events));
@@ -368,7 +393,8 @@ fn stdin_pipe_write_and_closed_stdin() {
     let (mut client, _) = daemon.session();
     start(&mut client, merge(sh("cat", "head -c 6; echo done"), json!({"pipeStdin": true})));
     for part in ["ab", "cd", "ef"] {
-        let w = client.call("process/write", json!({"processId": "cat", "chunk": BASE64.encode(part)}));
+        let w =
+            client.call("process/write", json!({"processId": "cat", "chunk": BASE64.encode(part)}));
         assert_eq!(w["result"], json!({"status": "accepted"}));
     }
     assert_eq!(output(&until_closed(&mut client, "cat")), b"abcdefdone\n");
@@ -393,8 +419,9 @@ fn ten_thousand_writes_to_a_process_that_never_reads() {
     let (mut client, _) = daemon.session();
     start(&mut client, merge(start_params("stuck", &["sleep", "100"]), json!({"pipeStdin": true})));
     let chunk = BASE64.encode(vec![b'x'; 1024]);
-    let ids: Vec<Value> =
-        (0..10_000).map(|_| client.request("process/write", json!({"processId": "stuck", "chunk": chunk}))).collect();
+    let ids: Vec<Value> = (0..10_000)
+        .map(|_| client.request("process/write", json!({"processId": "stuck", "chunk": chunk})))
+        .collect();
     let (mut accepted, mut refused) = (0, 0);
     for id in &ids {
         let r = client.response(id);
@@ -436,16 +463,17 @@ fn env_is_exact_and_env_policy_steps_hold() {
     let exact = env_of(&mut client, "exact", json!({"env": {"A": "1", "B": "two"}}));
     assert_eq!(exact, BTreeMap::from([("A".into(), "1".into()), ("B".into(), "two".into())]));
 
-    let policy = |inherit: &str| {
-        json!({"inherit": inherit, "ignoreDefaultExcludes": false, "exclude": [], "set": {}, "includeOnly": []})
-    };
+    let policy = |inherit: &str| json!({"inherit": inherit, "ignoreDefaultExcludes": false, "exclude": [], "set": {}, "includeOnly": []});
     let all = env_of(&mut client, "all", json!({"env": {}, "envPolicy": policy("all")}));
     assert_eq!(all.get("KEEP_ME").map(String::as_str), Some("1"));
     for secret in ["MY_API_KEY", "a_secret_b", "GH_Token"] {
         assert!(!all.contains_key(secret), "{secret} not excluded by default");
     }
     let core = env_of(&mut client, "core", json!({"env": {}, "envPolicy": policy("core")}));
-    assert!(core.keys().all(|k| ["HOME", "LOGNAME", "PATH", "SHELL", "USER", "USERNAME", "TMPDIR", "TEMP", "TMP"].contains(&k.as_str())));
+    assert!(core.keys().all(|k| [
+        "HOME", "LOGNAME", "PATH", "SHELL", "USER", "USERNAME", "TMPDIR", "TEMP", "TMP"
+    ]
+    .contains(&k.as_str())));
     assert_eq!(core.get("HOME").map(String::as_str), Some("/home/test"));
     let none = env_of(&mut client, "none", json!({"env": {"X": "y"}, "envPolicy": policy("none")}));
     assert_eq!(none, BTreeMap::from([("X".into(), "y".into())]));
@@ -455,12 +483,21 @@ fn env_is_exact_and_env_policy_steps_hold() {
     steps["exclude"] = json!(["drop_*"]);
     steps["set"] = json!({"SET_TOKEN": "s", "KEEP_ME": "set"});
     steps["includeOnly"] = json!(["keep_me", "*_token", "*KEY"]);
-    let got = env_of(&mut client, "steps", json!({"env": {"OVER": "o", "KEEP_ME": "env"}, "envPolicy": steps}));
-    let expected: BTreeMap<String, String> =
-        [("GH_Token", "5"), ("KEEP_ME", "env"), ("MY_API_KEY", "3"), ("OVER", "o"), ("SET_TOKEN", "s")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    let got = env_of(
+        &mut client,
+        "steps",
+        json!({"env": {"OVER": "o", "KEEP_ME": "env"}, "envPolicy": steps}),
+    );
+    let expected: BTreeMap<String, String> = [
+        ("GH_Token", "5"),
+        ("KEEP_ME", "env"),
+        ("MY_API_KEY", "3"),
+        ("OVER", "o"),
+        ("SET_TOKEN", "s"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     assert_eq!(got, expected);
 
     let incomplete = json!({"env": {}, "envPolicy": {"inherit": "all"}});
@@ -475,8 +512,13 @@ fn cwd_and_arg0_are_honoured() {
     let script = r#"pwd; tr '\0' ' ' < /proc/$$/cmdline"#;
     for tty in [false, true] {
         let id = format!("a{tty}");
-        start(&mut client, merge(sh(&id, script), json!({"cwd": "/tmp", "arg0": "renamed", "tty": tty})));
-        let text = String::from_utf8(output(&until_closed(&mut client, &id))).expect("utf-8").replace("\r\n", "\n");
+        start(
+            &mut client,
+            merge(sh(&id, script), json!({"cwd": "/tmp", "arg0": "renamed", "tty": tty})),
+        );
+        let text = String::from_utf8(output(&until_closed(&mut client, &id)))
+            .expect("utf-8")
+            .replace("\r\n", "\n");
         assert_eq!(text, format!("/tmp\nrenamed -c {script} "));
     }
 }
@@ -487,9 +529,13 @@ fn terminate_kills_the_tree_for_pipes_and_pty() {
     let (mut client, _) = daemon.session();
     for tty in [false, true] {
         let id = format!("tree{tty}");
-        start(&mut client, merge(sh(&id, "sleep 1000 & sleep 1001 & echo ready; wait"), json!({"tty": tty})));
+        start(
+            &mut client,
+            merge(sh(&id, "sleep 1000 & sleep 1001 & echo ready; wait"), json!({"tty": tty})),
+        );
         client.notification("process/output");
-        let (leader, _) = children(daemon.pid()).into_iter().find(|(_, s)| s != "Z").expect("the child");
+        let (leader, _) =
+            children(daemon.pid()).into_iter().find(|(_, s)| s != "Z").expect("the child");
         eventually("the tree to form", || session_members(leader).len() >= 3);
         let r = client.call("process/terminate", json!({"processId": id}));
         assert_eq!(r["result"], json!({"running": true}));
@@ -514,13 +560,17 @@ fn pty_job_control_tree_is_killed() {
     let (mut client, _) = daemon.session();
     let params = json!({"processId":"bash","argv":["bash","--norc","-i"],"cwd":"/","env":{"PATH":PATH,"PS1":"$ "},"tty":true});
     start(&mut client, params);
-    let w = client.call("process/write", json!({"processId":"bash","chunk":BASE64.encode("sleep 1002 &\nsleep 1003 &\n")}));
+    let w = client.call(
+        "process/write",
+        json!({"processId":"bash","chunk":BASE64.encode("sleep 1002 &\nsleep 1003 &\n")}),
+    );
     assert_eq!(w["result"]["status"], "accepted");
     let (leader, _) = children(daemon.pid()).into_iter().find(|(_, s)| s != "Z").expect("bash");
     // Job control puts each background job in a process group of its own.
     eventually("two background jobs", || {
         let members = session_members(leader);
-        members.iter().filter(|&&pid| stat(pid).is_some_and(|f| f[2] != leader.to_string())).count() >= 2
+        members.iter().filter(|&&pid| stat(pid).is_some_and(|f| f[2] != leader.to_string())).count()
+            >= 2
     });
     let r = client.call("process/terminate", json!({"processId":"bash"}));
     assert_eq!(r["result"], json!({"running": true}));
@@ -610,7 +660,8 @@ fn process_limit_and_exited_retention() {
     assert_eq!((code, message.as_str()), (-32603, "process limit reached (1)"));
     assert_eq!(read(&mut client, json!({"processId": "one"}))["closed"], true);
     eventually("the entry to be removed", || {
-        client.call("process/read", json!({"processId": "one"}))["error"]["message"] == "unknown process id one"
+        client.call("process/read", json!({"processId": "one"}))["error"]["message"]
+            == "unknown process id one"
     });
     let w = client.call("process/write", json!({"processId": "one", "chunk": ""}));
     assert_eq!(w["result"], json!({"status": "unknownProcess"}));
@@ -634,14 +685,18 @@ fn process_ids_are_per_session() {
 fn resume_keeps_processes_and_their_detached_output() {
     let daemon = Daemon::start(&[]);
     let (mut client, session) = daemon.session();
-    start(&mut client, merge(sh("bg", "read x; echo later:$x; sleep 100"), json!({"pipeStdin": true})));
+    start(
+        &mut client,
+        merge(sh("bg", "read x; echo later:$x; sleep 100"), json!({"pipeStdin": true})),
+    );
     let w = client.call("process/write", json!({"processId": "bg", "chunk": BASE64.encode("v\n")}));
     assert_eq!(w["result"]["status"], "accepted");
     drop(client);
     let mut resumed = daemon.connect();
     let mut response = Value::Null;
     eventually("the session to be detached", || {
-        response = resumed.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
+        response =
+            resumed.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
         response.get("error").is_none()
     });
     assert_eq!(response["result"], json!({"sessionId": session}));
@@ -660,7 +715,8 @@ fn with_cmdline(needle: &str) -> Vec<u32> {
         .into_iter()
         .filter(|&pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(needle) && stat(pid).is_some_and(|f| f[0] != "Z")
+            String::from_utf8_lossy(&cmdline).contains(needle)
+                && stat(pid).is_some_and(|f| f[0] != "Z")
         })
         .collect()
 }
