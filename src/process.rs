@@ -426,7 +426,11 @@ impl Proc {
                 let message = encode("process/closed", ClosedParams { process_id: &self.id, seq });
                 queue(&mut state, message);
                 state.closed_at = Some(Instant::now());
-                schedule_removal(self, Instant::now() + self.exited_retention);
+                // An entry removed before its start response went out could not be
+                // announced; `announce` schedules the removal in that case.
+                if state.announced {
+                    schedule_removal(self, Instant::now() + self.exited_retention);
+                }
             }
             self.changed.notify_all();
             // Until the start response is written nothing may be sent; bound what piles up
@@ -452,9 +456,16 @@ impl Proc {
         }
     }
 
-    fn announce(&self) {
-        lock(&self.state).announced = true;
+    fn announce(self: &Arc<Self>) {
+        let closed_at = {
+            let mut state = lock(&self.state);
+            state.announced = true;
+            state.closed_at
+        };
         self.changed.notify_all();
+        if let Some(closed_at) = closed_at {
+            schedule_removal(self, closed_at + self.exited_retention);
+        }
         // A reader may be sending right now; taking the emit lock keeps our flush in order.
         let _emitting = lock(&self.emitting);
         let to_send = {
@@ -875,12 +886,6 @@ impl Processes {
         match spawned {
             Ok(proc) if ours => {
                 table.slots.insert(id.clone(), Slot::Running(proc.clone()));
-                drop(table);
-                // A process that closed before it was registered missed its removal.
-                let closed_at = lock(&proc.state).closed_at;
-                if let Some(closed_at) = closed_at {
-                    schedule_removal(&proc, closed_at + self.config.exited_retention);
-                }
                 Ok(StartResponse { process_id: id })
             }
             Ok(proc) => {
