@@ -160,6 +160,17 @@ fn true_exits_then_closes_and_the_response_comes_first() {
         client.recv(),
         json!({"method":"process/closed","params":{"processId":"t","seq":2}})
     );
+    // One-shot latency, start request to closed notification (reported, not asserted).
+    let mut samples: Vec<Duration> = (0..20)
+        .map(|i| {
+            let t = Instant::now();
+            start(&mut client, start_params(&format!("l{i}"), &["/bin/true"]));
+            until_closed(&mut client, &format!("l{i}"));
+            t.elapsed()
+        })
+        .collect();
+    samples.sort();
+    eprintln!("/bin/true start -> closed: median {:?}, max {:?}", samples[10], samples[19]);
 }
 
 #[test]
