@@ -260,6 +260,8 @@ struct Request {
     frame: Text,
     params: Option<Range<usize>>,
     keys: Vec<Key>,
+    /// May run on the reader's own thread (see `Connection::handle`).
+    quick: bool,
 }
 
 impl Request {
@@ -339,8 +341,11 @@ impl Connection {
                     let start = p.get().as_ptr() as usize - base;
                     start..start + p.get().len()
                 });
-                let mut request = Request { id, method, frame: text, params, keys: Vec::new() };
-                request.keys = keys(request.params());
+                let mut request =
+                    Request { id, method, frame: text, params, keys: Vec::new(), quick: false };
+                let (keys, waits) = keys(request.params());
+                request.keys = keys;
+                request.quick = is_quick(&request.method, waits);
                 Item::Request(request)
             }
             None if method == "initialized" => Item::Initialized,
@@ -357,7 +362,12 @@ impl Connection {
             return Flow::Close;
         }
         state.queue.push_back(item);
-        self.pump(&mut state)
+        let (flow, inline) = self.pump(&mut state, true);
+        drop(state);
+        if let Some(request) = inline {
+            Arc::clone(self).execute(request);
+        }
+        flow
     }
 
     /// Answers a message the transport could not even turn into text (§1.4).
@@ -403,7 +413,13 @@ impl Connection {
 
     /// Starts every waiting item whose turn has come (§1.5, see `startable`); an
     /// `initialized` barrier takes effect here, in its turn.
-    fn pump(self: &Arc<Self>, state: &mut ConnState) -> Flow {
+    ///
+    /// With `inline`, a lone quick request (one that cannot block: memory-only work, a
+    /// signal, a single stat) is returned to the caller — the reader — to execute on its own
+    /// thread instead of being handed to a worker. That handoff (a wake-up and a context
+    /// switch) would otherwise double the round trip of exactly the requests that are
+    /// cheapest to answer.
+    fn pump(self: &Arc<Self>, state: &mut ConnState, inline: bool) -> (Flow, Option<Request>) {
         let limit = self.server.config.concurrent_requests;
         loop {
             let shapes = state.queue.iter().map(Item::shape);
@@ -421,7 +437,7 @@ impl Connection {
                     state.queue.clear();
                     self.out.close(CloseReason::Protocol);
                     self.room.notify_all();
-                    return Flow::Close;
+                    return (Flow::Close, None);
                 }
                 state.initialized = true;
                 continue;
@@ -432,18 +448,23 @@ impl Connection {
                     started.push(request);
                 }
             }
+            let lone = started.len() == 1 && state.queue.is_empty() && state.running == 0;
             for request in started.into_iter().rev() {
                 for key in &request.keys {
                     *state.busy.entry(key.clone()).or_insert(0) += 1;
                 }
                 state.running += 1;
+                if inline && lone && request.quick {
+                    self.room.notify_all();
+                    return (Flow::Continue, Some(request));
+                }
                 let conn = Arc::clone(self);
                 self.server.pool.submit(Box::new(move || conn.execute(request)));
             }
             break;
         }
         self.room.notify_all();
-        Flow::Continue
+        (Flow::Continue, None)
     }
 
     /// Runs one request on a pool worker and writes its response.
@@ -489,7 +510,7 @@ impl Connection {
             }
         }
         if !state.closed {
-            self.pump(&mut state);
+            self.pump(&mut state, false);
         }
     }
 
@@ -707,8 +728,9 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
     false
 }
 
-/// The ordering keys of a request (§1.5), read from its raw params.
-fn keys(params: &str) -> Vec<Key> {
+/// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
+/// to long-poll (`waitMs` above zero).
+fn keys(params: &str) -> (Vec<Key>, bool) {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Named {
@@ -716,12 +738,14 @@ fn keys(params: &str) -> Vec<Key> {
         path: Option<String>,
         source_path: Option<String>,
         destination_path: Option<String>,
+        wait_ms: Option<u64>,
     }
     // A direct struct decode skips unknown members (large payloads included) without
     // copying them; params of any other shape simply have no keys.
     let Ok(named) = serde_json::from_str::<Named>(params) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
+    let waits = named.wait_ms.is_some_and(|ms| ms > 0);
     let mut keys = Vec::new();
     if let Some(id) = named.process_id {
         keys.push(Key::Process(id));
@@ -731,7 +755,17 @@ fn keys(params: &str) -> Vec<Key> {
             keys.push(Key::Path(path));
         }
     }
-    keys
+    (keys, waits)
+}
+
+/// Requests that finish without blocking on anything but a local syscall, and so may run
+/// on the reader's thread.
+fn is_quick(method: &str, waits: bool) -> bool {
+    match method {
+        "initialize" | "process/write" | "process/terminate" | "fs/getMetadata" => true,
+        "process/read" => !waits,
+        _ => false,
+    }
 }
 
 /// Lexical normalization of an absolute path: `.` and `..` removed without touching the
@@ -856,13 +890,16 @@ mod tests {
 
     #[test]
     fn keys_name_processes_and_normalized_paths() {
-        assert_eq!(keys(r#"{"processId":"p1","chunk":""}"#), vec![Key::Process("p1".into())]);
+        assert_eq!(keys(r#"{"processId":"p1","chunk":""}"#).0, vec![Key::Process("p1".into())]);
         assert_eq!(
-            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#),
+            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#).0,
             vec![Key::Path("/a/c".into()), Key::Path("/d".into())]
         );
-        assert_eq!(keys(r#"{"path":"relative"}"#), vec![]);
-        assert_eq!(keys("[1,2]"), vec![]);
+        assert_eq!(keys(r#"{"path":"relative"}"#).0, vec![]);
+        assert_eq!(keys("[1,2]").0, vec![]);
+        assert!(keys(r#"{"processId":"p","waitMs":5000}"#).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":0}"#).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":null}"#).1);
     }
 
     fn key(name: &str) -> Key {

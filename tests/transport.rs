@@ -525,3 +525,21 @@ fn two_hundred_concurrent_connections_each_get_a_session() {
     ids.dedup();
     assert_eq!(ids.len(), 200);
 }
+
+#[test]
+fn pipelined_handshake_and_requests_are_all_answered_in_order() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.connect();
+    for text in [
+        r#"{"id":1,"method":"initialize","params":{"clientName":"p"}}"#,
+        r#"{"method":"initialized","params":{}}"#,
+        r#"{"id":2,"method":"a/b"}"#,
+        r#"{"id":3,"method":"c/d"}"#,
+    ] {
+        client.ws.write(Message::text(text)).expect("queue");
+    }
+    client.ws.flush().expect("flush");
+    assert!(client.response(&json!(1))["result"]["sessionId"].is_string());
+    assert_eq!(client.response(&json!(2))["error"]["code"], -32601);
+    assert_eq!(client.response(&json!(3))["error"]["code"], -32601);
+}
