@@ -39,6 +39,9 @@ const KILL_ALL_WAIT: Duration = Duration::from_secs(3);
 /// How long output may pile up unsent while the start response is still being written,
 /// before the reader stops reading (and so slows the child) until it is announced.
 const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
+/// How long the exit event waits for the output streams to reach EOF after the child was
+/// reaped (output read later still gets later numbers, §4.2).
+const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// Stack of the per-process I/O threads: they hold their buffers on the heap.
 const IO_THREAD_STACK_BYTES: usize = 128 << 10;
 /// Sweeps over `/proc` when killing a session: a member may fork while it is being killed.
@@ -1182,6 +1185,19 @@ fn wait_loop(proc: Arc<Proc>) {
     };
     proc.changed.notify_all();
     proc.close_stdin();
+    // What the child wrote before it died is usually still in the pipe: let the readers
+    // number it first, so a short command's output precedes its exit. Output still open
+    // (a background process holding the pipe) only delays the exit event by the grace.
+    let deadline = Instant::now() + EXIT_DRAIN_GRACE;
+    let mut state = lock(&proc.state);
+    while state.open_streams > 0 {
+        let (next, waited) = wait_until(&proc.changed, state, deadline);
+        state = next;
+        if !waited {
+            break;
+        }
+    }
+    drop(state);
     proc.emit(Event::Exit(exit));
 }
 
