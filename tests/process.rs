@@ -773,3 +773,33 @@ fn ttl_expiry_kills_the_session_trees() {
     let r = again.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
     assert_eq!(error(&r), (-32600, format!("unknown session id {session}")));
 }
+
+#[test]
+fn pipelined_start_and_write_take_effect_in_order() {
+    let daemon = Daemon::start(&[]);
+    let (mut client, _) = daemon.session();
+    let start_id =
+        client.request("process/start", merge(sh("pipe", "head -c 5"), json!({"pipeStdin": true})));
+    let write_id = client
+        .request("process/write", json!({"processId": "pipe", "chunk": BASE64.encode("hello")}));
+    assert_eq!(client.response(&start_id)["result"], json!({"processId": "pipe"}));
+    assert_eq!(client.response(&write_id)["result"], json!({"status": "accepted"}));
+    assert_eq!(output(&until_closed(&mut client, "pipe")), b"hello");
+}
+
+#[test]
+fn sigterm_kills_every_tree_of_every_session() {
+    let mut daemon = Daemon::start(&[]);
+    let (mut attached, _) = daemon.session();
+    let (mut detached, _) = daemon.session();
+    start(&mut attached, sh("a", "sleep 1000.81 & sleep 1000.82"));
+    start(
+        &mut detached,
+        merge(sh("b", "sleep 1000.83 & exec sleep 1000.84"), json!({"tty": true})),
+    );
+    eventually("the trees to run", || with_cmdline("1000.8").len() >= 4);
+    drop(detached);
+    let status = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+    eventually("every tree to die", || with_cmdline("1000.8").is_empty());
+}
