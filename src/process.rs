@@ -398,12 +398,16 @@ impl Proc {
     /// notifications once the start response is out.
     fn emit(self: &Arc<Self>, event: Event) {
         let _emitting = lock(&self.emitting);
+        // Encoded before taking the state lock, which `process/read` waits on.
+        let chunk = match &event {
+            Event::Output(_, bytes) => BASE64.encode(bytes),
+            _ => String::new(),
+        };
         let to_send = {
             let mut state = lock(&self.state);
             match event {
                 Event::Output(stream, bytes) => {
                     let seq = take_seq(&mut state);
-                    let chunk = BASE64.encode(&bytes);
                     let process_id = &self.id;
                     let message =
                         encode("process/output", OutputParams { process_id, seq, stream, chunk });
