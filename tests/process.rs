@@ -803,3 +803,29 @@ fn sigterm_kills_every_tree_of_every_session() {
     assert_eq!(status.code(), Some(0));
     eventually("every tree to die", || with_cmdline("1000.8").is_empty());
 }
+
+#[test]
+fn a_stalled_peer_is_detached_and_output_keeps_draining() {
+    let daemon = Daemon::start(&["--write-stall-secs", "1"]);
+    let (mut client, session) = daemon.session();
+    start(&mut client, start_params("zero", &["cat", "/dev/zero"]));
+    // This client reads nothing more: the server's writes stall and it gives up on the peer.
+    let mut resumed = daemon.connect();
+    let mut response = Value::Null;
+    eventually("the stalled session to be detached", || {
+        response =
+            resumed.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
+        response.get("error").is_none()
+    });
+    resumed.send(&json!({"method": "initialized", "params": {}}));
+    // Detached, the child was never blocked; now attached again, it runs on.
+    let first = read(&mut resumed, json!({"processId": "zero", "maxBytes": 1}));
+    let second = read(
+        &mut resumed,
+        json!({"processId": "zero", "afterSeq": first["nextSeq"], "waitMs": 5000}),
+    );
+    assert!(second["chunks"][0]["seq"].as_u64() > first["nextSeq"].as_u64(), "{first} {second}");
+    let t = resumed.call("process/terminate", json!({"processId": "zero"}));
+    assert_eq!(t["result"], json!({"running": true}));
+    drop(client);
+}
