@@ -54,18 +54,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn wait_until<'a, T>(
+/// Waits on `cond` while `keep_waiting` holds, until `deadline`; true if it stopped holding.
+fn wait_while<'a, T>(
     cond: &Condvar,
     guard: MutexGuard<'a, T>,
     deadline: Instant,
+    mut keep_waiting: impl FnMut(&mut T) -> bool,
 ) -> (MutexGuard<'a, T>, bool) {
-    let now = Instant::now();
-    if now >= deadline {
-        return (guard, false);
-    }
-    let (guard, _) =
-        cond.wait_timeout(guard, deadline - now).unwrap_or_else(PoisonError::into_inner);
-    (guard, true)
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let (mut guard, _) = cond
+        .wait_timeout_while(guard, timeout, &mut keep_waiting)
+        .unwrap_or_else(PoisonError::into_inner);
+    let done = !keep_waiting(&mut guard);
+    (guard, done)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,13 +445,9 @@ impl Proc {
             // meanwhile by not reading further (which slows the child like backpressure).
             let limit = state.retention.limit.max(READ_CHUNK_BYTES);
             let deadline = Instant::now() + ANNOUNCE_WAIT;
-            while !state.announced && state.pending_bytes > limit {
-                let (next, waited) = wait_until(&self.changed, state, deadline);
-                state = next;
-                if !waited {
-                    break;
-                }
-            }
+            (state, _) = wait_while(&self.changed, state, deadline, |s| {
+                !s.announced && s.pending_bytes > limit
+            });
             if state.announced {
                 state.pending_bytes = 0;
                 std::mem::take(&mut state.pending)
@@ -770,7 +767,12 @@ fn removals() -> &'static Removals {
                     *queue = keep;
                     if due.is_empty() {
                         match queue.iter().map(|r| r.at).min() {
-                            Some(at) => drop(wait_until(&removals.changed, queue, at)),
+                            Some(at) => drop(
+                                removals
+                                    .changed
+                                    .wait_timeout(queue, at.saturating_duration_since(now))
+                                    .unwrap_or_else(PoisonError::into_inner),
+                            ),
                             None => drop(
                                 removals
                                     .changed
@@ -1041,14 +1043,9 @@ impl Processes {
         let after_seq = p.after_seq.unwrap_or(0);
         let wait = Duration::from_millis(p.wait_ms.unwrap_or(0)).min(self.config.max_wait);
         let deadline = Instant::now() + wait;
-        let mut state = lock(&proc.state);
-        while !state.retention.has_after(after_seq) && state.exit.is_none() {
-            let (next, waited) = wait_until(&proc.changed, state, deadline);
-            state = next;
-            if !waited {
-                break;
-            }
-        }
+        let (state, _) = wait_while(&proc.changed, lock(&proc.state), deadline, |s| {
+            !s.retention.has_after(after_seq) && s.exit.is_none()
+        });
         let page = state.retention.page(after_seq, p.max_bytes);
         let next_seq = page.last().map_or(state.next_seq, |c| c.seq + 1);
         let chunks = page
@@ -1089,17 +1086,11 @@ impl Processes {
         let running = proc.kill_tree();
         if running {
             let deadline = Instant::now() + TERMINATE_REAP_WAIT;
-            let mut state = lock(&proc.state);
-            while !state.reaped {
-                let (next, waited) = wait_until(&proc.changed, state, deadline);
-                state = next;
-                if !waited {
-                    log::warn!(
-                        "process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL",
-                        proc.pid
-                    );
-                    break;
-                }
+            let (state, reaped) =
+                wait_while(&proc.changed, lock(&proc.state), deadline, |s| !s.reaped);
+            drop(state);
+            if !reaped {
+                log::warn!("process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL", proc.pid);
             }
         }
         Ok(TerminateResponse { running })
@@ -1128,14 +1119,12 @@ impl Processes {
         }
         let deadline = Instant::now() + KILL_ALL_WAIT;
         for proc in &procs {
-            let mut state = lock(&proc.state);
-            while !(state.reaped && state.open_streams == 0) {
-                let (next, waited) = wait_until(&proc.changed, state, deadline);
-                state = next;
-                if !waited {
-                    log::warn!("process tree {} still has output open after SIGKILL", proc.pid);
-                    break;
-                }
+            let (state, over) = wait_while(&proc.changed, lock(&proc.state), deadline, |s| {
+                !(s.reaped && s.open_streams == 0)
+            });
+            drop(state);
+            if !over {
+                log::warn!("process tree {} still has output open after SIGKILL", proc.pid);
             }
         }
     }
@@ -1193,15 +1182,7 @@ fn wait_loop(proc: Arc<Proc>) {
     // number it first, so a short command's output precedes its exit. Output still open
     // (a background process holding the pipe) only delays the exit event by the grace.
     let deadline = Instant::now() + EXIT_DRAIN_GRACE;
-    let mut state = lock(&proc.state);
-    while state.open_streams > 0 {
-        let (next, waited) = wait_until(&proc.changed, state, deadline);
-        state = next;
-        if !waited {
-            break;
-        }
-    }
-    drop(state);
+    drop(wait_while(&proc.changed, lock(&proc.state), deadline, |s| s.open_streams > 0));
     proc.emit(Event::Exit(exit));
 }
 
@@ -1250,18 +1231,15 @@ mod tests {
     impl Collect {
         /// The notifications of `id`, once its closed event has arrived.
         fn until_closed(&self, id: &str) -> Vec<Value> {
+            let is_mine = |m: &Value| m["params"]["processId"] == id;
             let deadline = Instant::now() + DEADLINE;
-            let mut messages = lock(&self.messages);
-            loop {
-                let mine: Vec<Value> =
-                    messages.iter().filter(|m| m["params"]["processId"] == id).cloned().collect();
-                if mine.iter().any(|m| m["method"] == "process/closed") {
-                    return mine;
-                }
-                let (next, waited) = wait_until(&self.changed, messages, deadline);
-                messages = next;
-                assert!(waited, "no closed event for {id}: {mine:?}");
-            }
+            let (messages, closed) =
+                wait_while(&self.changed, lock(&self.messages), deadline, |ms| {
+                    !ms.iter().any(|m| is_mine(m) && m["method"] == "process/closed")
+                });
+            let mine: Vec<Value> = messages.iter().filter(|m| is_mine(m)).cloned().collect();
+            assert!(closed, "no closed event for {id}: {mine:?}");
+            mine
         }
 
         fn output_of(&self, id: &str) -> String {
