@@ -756,7 +756,7 @@ struct Removals {
 fn removals() -> &'static Removals {
     static REMOVALS: OnceLock<Removals> = OnceLock::new();
     REMOVALS.get_or_init(|| {
-        let started = thread::Builder::new().name("process-expiry".into()).spawn(|| {
+        let started = thread::Builder::new().name("expiry".into()).spawn(|| {
             let removals = removals();
             loop {
                 let due = {

@@ -652,8 +652,13 @@ fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
 }
 
-fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir").count()
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect()
 }
 
 #[test]
@@ -676,13 +681,27 @@ fn no_leaked_fds_threads_or_zombies() {
     };
     // A first round warms up what the daemon keeps for good (pool workers, helper threads).
     batch(&mut client, 0);
-    let settled = |pid| (fds(pid), threads(pid));
+    // Pool workers come and go with load; every other thread and every descriptor must
+    // return to the baseline, and no per-process thread may remain.
+    let settled = |pid| {
+        let names = thread_names(pid);
+        let process_threads = names.iter().filter(|n| n.starts_with("process-")).count();
+        (fds(pid), names.iter().filter(|n| *n != "worker").count(), process_threads)
+    };
     eventually("no children after the warm-up", || children(daemon.pid()).is_empty());
     let base = settled(daemon.pid());
+    assert_eq!(base.2, 0);
     batch(&mut client, 1);
-    eventually("descriptors and threads to return to the baseline", || {
-        settled(daemon.pid()) == base
-    });
+    let deadline = Instant::now() + DEADLINE;
+    while settled(daemon.pid()) != base {
+        let names = thread_names(daemon.pid());
+        assert!(
+            Instant::now() < deadline,
+            "{:?} != baseline {base:?}: {names:?}",
+            settled(daemon.pid())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     eventually("no zombies", || children(daemon.pid()).is_empty());
 }
 
