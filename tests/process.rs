@@ -848,3 +848,23 @@ fn a_stalled_peer_is_detached_and_output_keeps_draining() {
     assert_eq!(t["result"], json!({"running": true}));
     drop(client);
 }
+
+#[test]
+fn processes_work_over_stdio() {
+    let mut daemon = common::StdioDaemon::start(&[]);
+    daemon.send_line(r#"{"id":1,"method":"initialize","params":{"clientName":"t"}}"#);
+    daemon.send_line(r#"{"method":"initialized","params":{}}"#);
+    let start = json!({"id": 2, "method": "process/start", "params": sh("s", "echo hi")});
+    daemon.send_line(&start.to_string());
+    assert!(daemon.recv()["result"]["sessionId"].is_string());
+    assert_eq!(daemon.recv(), json!({"id": 2, "result": {"processId": "s"}}));
+    assert_eq!(
+        daemon.recv(),
+        json!({"method":"process/output","params":{"processId":"s","seq":1,"stream":"stdout","chunk":"aGkK"}})
+    );
+    assert_eq!(daemon.recv()["params"]["seq"], 2);
+    assert_eq!(
+        daemon.recv(),
+        json!({"method":"process/closed","params":{"processId":"s","seq":3}})
+    );
+}
