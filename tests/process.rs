@@ -868,3 +868,16 @@ fn processes_work_over_stdio() {
         json!({"method":"process/closed","params":{"processId":"s","seq":3}})
     );
 }
+
+#[test]
+fn sigterm_is_quick_even_with_a_peer_that_reads_nothing() {
+    let mut daemon = Daemon::start(&[]);
+    let (mut client, _) = daemon.session();
+    start(&mut client, start_params("zero", &["cat", "/dev/zero"]));
+    // The client stops reading; the output threads block on its full socket.
+    client.call("process/read", json!({"processId": "zero", "maxBytes": 1}));
+    let started = Instant::now();
+    let status = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+}
