@@ -1299,6 +1299,13 @@ mod tests {
         processes.read(p).expect("read succeeds")
     }
 
+    fn pid_of(processes: &Processes, id: &str) -> libc::pid_t {
+        match processes.lookup(id) {
+            Lookup::Running(proc) => proc.pid,
+            _ => panic!("{id} is not running"),
+        }
+    }
+
     #[test]
     fn signal_names_and_exit_codes() {
         assert_eq!(signal_name(9), "SIGKILL");
@@ -1576,14 +1583,12 @@ mod tests {
     fn terminate_kills_the_whole_tree() {
         let (processes, sink, live) = setup(Config::default());
         run(&processes, params("tree", &["sh", "-c", "sleep 100 & sleep 100"]));
-        let pid = match processes.lookup("tree") {
-            Lookup::Running(proc) => proc.pid,
-            _ => panic!("tree is running"),
-        };
+        let pid = pid_of(&processes, "tree");
+        // No event tells when the shell has forked; poll /proc within the deadline.
         let deadline = Instant::now() + DEADLINE;
         while session_members(pid).len() < 3 {
             assert!(Instant::now() < deadline, "tree never formed");
-            thread::yield_now();
+            thread::sleep(Duration::from_millis(10));
         }
         let r =
             processes.terminate(TerminateParams { process_id: "tree".into() }).expect("terminate");
@@ -1609,10 +1614,7 @@ mod tests {
         let (processes, sink, live) = setup(Config::default());
         // The leader exits at once; the background sleep keeps stdout open.
         run(&processes, params("orphan", &["sh", "-c", "sleep 100 & echo started"]));
-        let pid = match processes.lookup("orphan") {
-            Lookup::Running(proc) => proc.pid,
-            _ => panic!("orphan is running"),
-        };
+        let pid = pid_of(&processes, "orphan");
         let deadline = Instant::now() + DEADLINE;
         while !read(&processes, "orphan", 0, None, 1000).exited {
             assert!(Instant::now() < deadline, "leader never exited");

@@ -737,6 +737,20 @@ fn process_ids_are_per_session() {
     assert_eq!(output(&until_closed(&mut b, "p")), b"b\n");
 }
 
+/// A new connection that resumes `session` once its old connection has been noticed gone.
+fn resume(daemon: &Daemon, session: &str) -> Client {
+    let mut client = daemon.connect();
+    let mut response = Value::Null;
+    eventually("the session to be detached", || {
+        response =
+            client.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
+        response.get("error").is_none()
+    });
+    assert_eq!(response["result"], json!({"sessionId": session}));
+    client.send(&json!({"method": "initialized", "params": {}}));
+    client
+}
+
 #[test]
 fn resume_keeps_processes_and_their_detached_output() {
     let daemon = Daemon::start(&[]);
@@ -748,15 +762,7 @@ fn resume_keeps_processes_and_their_detached_output() {
     let w = client.call("process/write", json!({"processId": "bg", "chunk": BASE64.encode("v\n")}));
     assert_eq!(w["result"]["status"], "accepted");
     drop(client);
-    let mut resumed = daemon.connect();
-    let mut response = Value::Null;
-    eventually("the session to be detached", || {
-        response =
-            resumed.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
-        response.get("error").is_none()
-    });
-    assert_eq!(response["result"], json!({"sessionId": session}));
-    resumed.send(&json!({"method": "initialized", "params": {}}));
+    let mut resumed = resume(&daemon, &session);
     let r = read(&mut resumed, json!({"processId": "bg", "waitMs": 5000}));
     assert_eq!(r["chunks"][0]["chunk"], BASE64.encode("later:v\n"));
     assert_eq!(r["exited"], false);
@@ -829,14 +835,7 @@ fn a_stalled_peer_is_detached_and_output_keeps_draining() {
     let (mut client, session) = daemon.session();
     start(&mut client, start_params("zero", &["cat", "/dev/zero"]));
     // This client reads nothing more: the server's writes stall and it gives up on the peer.
-    let mut resumed = daemon.connect();
-    let mut response = Value::Null;
-    eventually("the stalled session to be detached", || {
-        response =
-            resumed.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
-        response.get("error").is_none()
-    });
-    resumed.send(&json!({"method": "initialized", "params": {}}));
+    let mut resumed = resume(&daemon, &session);
     // Detached, the child was never blocked; now attached again, it runs on.
     let first = read(&mut resumed, json!({"processId": "zero", "maxBytes": 1}));
     let second = read(
