@@ -1529,22 +1529,26 @@ mod tests {
             assert_eq!(write("cat", part.as_bytes()).expect("write").status, WriteStatus::Accepted);
         }
         let deadline = Instant::now() + DEADLINE;
-        while read(&processes, "cat", 0, None, 1000)
-            .chunks
-            .iter()
-            .map(|c| c.chunk.len())
-            .sum::<usize>()
-            < 4
-        {
+        let echoed = loop {
+            let chunks = read(&processes, "cat", 0, None, 1000).chunks;
+            let text: Vec<u8> = chunks
+                .iter()
+                .flat_map(|c| {
+                    base64::engine::general_purpose::STANDARD.decode(&c.chunk).expect("b64")
+                })
+                .collect();
+            if text.len() >= 4 {
+                break text;
+            }
             assert!(Instant::now() < deadline, "cat never echoed");
-        }
+        };
+        assert!(echoed.starts_with(b"abc\n"));
         assert!(
             processes
                 .terminate(TerminateParams { process_id: "cat".into() })
                 .expect("terminate")
                 .running
         );
-        assert!(sink.output_of("cat").starts_with("abc\n"));
         assert_eq!(write("cat", b"x"), Err(RpcError::internal("failed to write to process stdin")));
         assert_eq!(write("nope", b"x").expect("write").status, WriteStatus::UnknownProcess);
 
