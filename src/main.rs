@@ -4,8 +4,11 @@
 mod cli;
 mod cloud;
 mod config;
+mod envpolicy;
 mod fs;
 mod pool;
+mod process;
+mod pty;
 mod registry;
 mod rpc;
 mod session;

@@ -59,6 +59,7 @@ use serde_json::value::RawValue;
 use crate::config::Config;
 use crate::fs;
 use crate::pool::Pool;
+use crate::process::StartParams;
 use crate::session::{Session, Sessions};
 
 /// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
@@ -115,10 +116,11 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config) -> Arc<Server> {
+        let config = Arc::new(config);
         Arc::new(Server {
-            sessions: Sessions::new(config.detach_ttl),
+            sessions: Sessions::new(Arc::clone(&config)),
             pool: Pool::new(config.workers),
-            config: Arc::new(config),
+            config,
             conns: Mutex::new(HashMap::new()),
             conn_gone: Condvar::new(),
             next_conn: AtomicU64::new(1),
@@ -517,8 +519,22 @@ impl Connection {
     /// serialized result and, for some methods, work to do once the response is written.
     fn dispatch(&self, request: &Request) -> (Result<String, RpcError>, Option<After>) {
         let params = request.params();
+        let mut after: Option<After> = None;
         let result = match request.method.as_str() {
             "initialize" => decode_params(params).and_then(|p| encode(self.initialize(p))),
+            "process/start" => self.gated(Family::Exec, params, |p: StartParams, session| {
+                let id = p.process_id.clone();
+                let started = session.processes.start(p)?;
+                // §5: the process's notifications wait until this response is written.
+                let session = Arc::clone(session);
+                after = Some(Box::new(move || session.processes.announce(&id)));
+                Ok(started)
+            }),
+            "process/read" => self.gated(Family::Exec, params, |p, s| s.processes.read(p)),
+            "process/write" => self.gated(Family::Exec, params, |p, s| s.processes.write(p)),
+            "process/terminate" => {
+                self.gated(Family::Exec, params, |p, s| s.processes.terminate(p))
+            }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
             "fs/readFile" => self.gated(Family::Filesystem, params, |p, _| fs::read_file(p)),
             "fs/writeFile" => self.gated(Family::Filesystem, params, |p, _| fs::write_file(p)),
@@ -533,7 +549,7 @@ impl Connection {
             "fs/copy" => self.gated(Family::Filesystem, params, |p, _| fs::copy(p)),
             other => Err(RpcError::method_not_found(other)),
         };
-        (result, None)
+        (result, after)
     }
 
     /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),
