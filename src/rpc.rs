@@ -48,7 +48,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -485,10 +485,8 @@ impl Connection {
                 _ => Ok(text),
             }
         });
-        let text = match &result {
-            Ok(body) => response_text(&request.id, body),
-            Err(e) => error_text(&request.id, e),
-        };
+        let failed = result.is_err();
+        let text = result.unwrap_or_else(|e| error_text(&request.id, &e));
         let _ = self.out.send(text);
         if let Some(after) = after {
             after();
@@ -498,7 +496,7 @@ impl Connection {
             request.id,
             request.method,
             started.elapsed(),
-            if result.is_err() { " (error)" } else { "" }
+            if failed { " (error)" } else { "" }
         );
         let mut state = self.lock();
         state.running -= 1;
@@ -519,10 +517,11 @@ impl Connection {
     /// serialized result and, for some methods, work to do once the response is written.
     fn dispatch(&self, request: &Request) -> (Result<String, RpcError>, Option<After>) {
         let params = request.params();
+        let id = request.id.as_str();
         let mut after: Option<After> = None;
         let result = match request.method.as_str() {
-            "initialize" => decode_params(params).and_then(|p| encode(self.initialize(p))),
-            "process/start" => self.gated(Family::Exec, params, |p: StartParams, session| {
+            "initialize" => decode_params(params).and_then(|p| encode(id, self.initialize(p))),
+            "process/start" => self.gated(Family::Exec, id, params, |p: StartParams, session| {
                 let id = p.process_id.clone();
                 let started = session.processes.start(p)?;
                 // §5: the process's notifications wait until this response is written.
@@ -530,23 +529,25 @@ impl Connection {
                 after = Some(Box::new(move || session.processes.announce(&id)));
                 Ok(started)
             }),
-            "process/read" => self.gated(Family::Exec, params, |p, s| s.processes.read(p)),
-            "process/write" => self.gated(Family::Exec, params, |p, s| s.processes.write(p)),
+            "process/read" => self.gated(Family::Exec, id, params, |p, s| s.processes.read(p)),
+            "process/write" => self.gated(Family::Exec, id, params, |p, s| s.processes.write(p)),
             "process/terminate" => {
-                self.gated(Family::Exec, params, |p, s| s.processes.terminate(p))
+                self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
-            "fs/readFile" => self.gated(Family::Filesystem, params, |p, _| fs::read_file(p)),
-            "fs/writeFile" => self.gated(Family::Filesystem, params, |p, _| fs::write_file(p)),
+            "fs/readFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::read_file(p)),
+            "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),
             "fs/createDirectory" => {
-                self.gated(Family::Filesystem, params, |p, _| fs::create_directory(p))
+                self.gated(Family::Filesystem, id, params, |p, _| fs::create_directory(p))
             }
-            "fs/getMetadata" => self.gated(Family::Filesystem, params, |p, _| fs::get_metadata(p)),
+            "fs/getMetadata" => {
+                self.gated(Family::Filesystem, id, params, |p, _| fs::get_metadata(p))
+            }
             "fs/readDirectory" => {
-                self.gated(Family::Filesystem, params, |p, _| fs::read_directory(p))
+                self.gated(Family::Filesystem, id, params, |p, _| fs::read_directory(p))
             }
-            "fs/remove" => self.gated(Family::Filesystem, params, |p, _| fs::remove(p)),
-            "fs/copy" => self.gated(Family::Filesystem, params, |p, _| fs::copy(p)),
+            "fs/remove" => self.gated(Family::Filesystem, id, params, |p, _| fs::remove(p)),
+            "fs/copy" => self.gated(Family::Filesystem, id, params, |p, _| fs::copy(p)),
             other => Err(RpcError::method_not_found(other)),
         };
         (result, after)
@@ -558,6 +559,7 @@ impl Connection {
     fn gated<'a, P, R>(
         &self,
         family: Family,
+        id: &str,
         params: &'a str,
         handler: impl FnOnce(P, &Arc<Session>) -> Result<R, RpcError>,
     ) -> Result<String, RpcError>
@@ -567,7 +569,7 @@ impl Connection {
     {
         let params = decode_params(params)?;
         let session = self.gate(family)?;
-        encode(handler(params, &session))
+        encode(id, handler(params, &session))
     }
 
     /// §3.4: the session, if this connection may use `family` methods now.
@@ -763,7 +765,7 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
         keys.push(Key::Process(id));
     }
     for path in [named.path, named.source_path, named.destination_path].into_iter().flatten() {
-        if let Some(path) = normalize(&path) {
+        if let Some(path) = fs::normalize(&path) {
             keys.push(Key::Path(path));
         }
     }
@@ -780,26 +782,6 @@ fn is_quick(method: &str, waits: bool) -> bool {
     }
 }
 
-/// Lexical normalization of an absolute path: `.` and `..` removed without touching the
-/// disk. `None` for a relative path.
-pub fn normalize(path: &str) -> Option<PathBuf> {
-    let path = Path::new(path);
-    if !path.is_absolute() {
-        return None;
-    }
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    Some(out)
-}
-
 /// Decodes typed params; the error is the decoder's text without its position (§2.2).
 fn decode_params<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError> {
     serde_json::from_str(params).map_err(|e| {
@@ -809,20 +791,19 @@ fn decode_params<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError>
     })
 }
 
-/// Serializes a handler's result.
-fn encode<R: Serialize>(result: Result<R, RpcError>) -> Result<String, RpcError> {
+/// Serializes a handler's result straight into its response message, so a large result
+/// (a file's base64) is copied once.
+fn encode<R: Serialize>(id: &str, result: Result<R, RpcError>) -> Result<String, RpcError> {
     let value = result?;
-    serde_json::to_string(&value).map_err(|e| RpcError::internal(e.to_string()))
-}
-
-fn response_text(id: &str, result: &str) -> String {
-    let mut text = String::with_capacity(id.len() + result.len() + 16);
-    text.push_str("{\"id\":");
-    text.push_str(id);
-    text.push_str(",\"result\":");
-    text.push_str(result);
-    text.push('}');
-    text
+    let mut text = Vec::with_capacity(64);
+    text.extend_from_slice(b"{\"id\":");
+    text.extend_from_slice(id.as_bytes());
+    text.extend_from_slice(b",\"result\":");
+    serde_json::to_writer(&mut text, &value).map_err(|e| RpcError::internal(e.to_string()))?;
+    drop(value);
+    text.push(b'}');
+    // serde_json writes UTF-8 and the id is a slice of a `str`.
+    String::from_utf8(text).map_err(|e| RpcError::internal(e.to_string()))
 }
 
 fn error_text(id: &str, error: &RpcError) -> String {
