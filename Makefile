@@ -1,10 +1,37 @@
-.PHONY: static bench
+# Thin aliases over cargo and scripts/. `make run` and `make test` are all a fresh machine needs.
 
-# Static musl release binary: build, then check linkage, size (<= 2.5 MB) and an empty-root run.
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: build run test lint fmt
+
+build:
+	$(CARGO) build --release
+
+# Starts the daemon in local mode in the foreground (prints its ws:// URL; Ctrl-C stops it).
+run:
+	$(CARGO) run --release -- $(ARGS)
+
+# Everything the tests need is a Rust toolchain, which the machine has; the suite builds the
+# binary it drives.
+test:
+	$(CARGO) test --all-targets -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+# Static musl release binary: build, then check linkage, size (<= 2.5 MB) and a run inside an
+# empty root (scripts/static.sh).
+.PHONY: static
 static:
 	./scripts/static.sh
 
-# Performance table against an echo floor; REFERENCE_BIN=path adds a second server.
-# Not part of `make test`.
+# Performance table against an echo floor (benches/perf.rs); REFERENCE_BIN=path adds the
+# same table for another server. `make test` never runs it (the bench needs --bench).
+.PHONY: bench
 bench:
-	cargo bench --bench perf
+	$(CARGO) bench --bench perf

@@ -1,0 +1,280 @@
+//! The command line: flags (argh), their validation with the exact texts of PROTOCOL.md
+//! §1.1, §9.3 and §10, and the resulting mode and `Config`. It starts nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::config::Config;
+
+/// exec-server: run processes and use files on this host for a remote orchestrator, over
+/// JSON-RPC on a websocket, stdio, or an outbound cloud rendezvous.
+#[derive(FromArgs, Debug)]
+pub struct Flags {
+    /// where to serve: ws://IP:PORT (default ws://127.0.0.1:0) or stdio
+    #[argh(option)]
+    listen: Option<String>,
+    /// file holding the token websocket clients must present (wins over
+    /// EXEC_SERVER_CONNECTION_TOKEN)
+    #[argh(option)]
+    connection_token_file: Option<String>,
+    /// allow listening beyond loopback without a connection token
+    #[argh(switch)]
+    allow_unauthenticated: bool,
+    /// largest inbound message in bytes (default 268435456)
+    #[argh(option)]
+    max_message_bytes: Option<usize>,
+    /// websocket connections at once (default 256)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// requests executing at once over all connections (default 64)
+    #[argh(option)]
+    workers: Option<usize>,
+    /// requests executing at once per connection (default 16)
+    #[argh(option)]
+    concurrent_requests: Option<usize>,
+    /// seconds a TCP connection has to finish its upgrade (default 10)
+    #[argh(option)]
+    handshake_timeout_secs: Option<u64>,
+    /// seconds a detached session lives (default 30; 0 = ends at once)
+    #[argh(option)]
+    detach_ttl_secs: Option<u64>,
+    /// seconds a peer may accept no byte before it is dropped (default 60)
+    #[argh(option)]
+    write_stall_secs: Option<u64>,
+    /// live processes over all sessions (default 1024)
+    #[argh(option)]
+    max_processes: Option<usize>,
+    /// retained output bytes per process (default 1048576)
+    #[argh(option)]
+    retained_output_bytes: Option<usize>,
+    /// seconds a finished process stays readable (default 30)
+    #[argh(option)]
+    exited_retention_secs: Option<u64>,
+    /// cap on process/read waitMs in milliseconds (default 30000)
+    #[argh(option)]
+    max_wait_ms: Option<u64>,
+    /// cloud mode: register with an executor registry and serve its rendezvous
+    #[argh(switch)]
+    cloud: bool,
+    /// executor registry base URL (env CODEX_CLOUD_ENVIRONMENTS_BASE_URL)
+    #[argh(option)]
+    cloud_base_url: Option<String>,
+    /// same as --cloud-base-url; implies --cloud
+    #[argh(option)]
+    remote: Option<String>,
+    /// the registry's executor id (env CODEX_CLOUD_ENVIRONMENT_ID)
+    #[argh(option)]
+    cloud_environment_id: Option<String>,
+    /// same as --cloud-environment-id
+    #[argh(option)]
+    executor_id: Option<String>,
+    /// executor name to register (default codex-exec-server)
+    #[argh(option)]
+    cloud_name: Option<String>,
+    /// same as --cloud-name
+    #[argh(option)]
+    name: Option<String>,
+    /// file holding the registry bearer token (wins over
+    /// CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN)
+    #[argh(option)]
+    token_file: Option<String>,
+    /// extra PEM CA bundle to trust (env SSL_CERT_FILE)
+    #[argh(option)]
+    ca_file: Option<String>,
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+}
+
+/// What to run.
+pub enum Mode {
+    Version,
+    Listen { addr: SocketAddr, token: Option<String> },
+    Stdio,
+    Cloud(CloudFlags),
+}
+
+/// The raw cloud options, validated by the cloud module.
+#[derive(Debug, Default)]
+pub struct CloudFlags {
+    pub cloud: bool,
+    pub cloud_base_url: Option<String>,
+    pub remote: Option<String>,
+    pub cloud_environment_id: Option<String>,
+    pub executor_id: Option<String>,
+    pub cloud_name: Option<String>,
+    pub name: Option<String>,
+    pub token_file: Option<String>,
+    pub ca_file: Option<String>,
+}
+
+/// A startup failure: the message for stderr and the exit code (§8.8).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn usage(message: impl Into<String>) -> Exit {
+        Exit { code: 2, message: message.into() }
+    }
+}
+
+/// Parses the process's arguments into a mode and a configuration.
+pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
+    let command = args.first().map_or("exec-server", String::as_str);
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let flags = Flags::from_args(&[command], &rest).map_err(|early| match early.status {
+        Ok(()) => Exit { code: 0, message: early.output },
+        Err(()) => Exit::usage(early.output.trim_end()),
+    })?;
+    let config = config(&flags);
+    if flags.version {
+        return Ok((Mode::Version, config));
+    }
+    let cloud = flags.cloud || flags.remote.is_some();
+    if cloud {
+        if let Some(listen) = &flags.listen {
+            return Err(Exit::usage(format!(
+                "--listen `{listen}` cannot be combined with cloud mode"
+            )));
+        }
+        return Ok((Mode::Cloud(cloud_flags(flags)), config));
+    }
+    let listen = flags.listen.as_deref().unwrap_or("ws://127.0.0.1:0");
+    if listen == "stdio" || listen == "stdio://" {
+        return Ok((Mode::Stdio, config));
+    }
+    let addr = parse_listen(listen)?;
+    let token = connection_token(flags.connection_token_file.as_deref())?;
+    let loopback = addr.ip().is_loopback();
+    if !loopback && token.is_none() && !flags.allow_unauthenticated {
+        return Err(Exit::usage(format!(
+            "refusing to listen on {addr} without a connection token: set \
+             --connection-token-file or EXEC_SERVER_CONNECTION_TOKEN, or pass \
+             --allow-unauthenticated"
+        )));
+    }
+    Ok((Mode::Listen { addr, token }, config))
+}
+
+fn parse_listen(listen: &str) -> Result<SocketAddr, Exit> {
+    match listen.strip_prefix("ws://") {
+        Some(rest) => rest.parse().map_err(|_| {
+            Exit::usage(format!(
+                "invalid websocket --listen URL `{listen}`; expected `ws://IP:PORT`"
+            ))
+        }),
+        None => Err(Exit::usage(format!(
+            "unsupported --listen URL `{listen}`; expected `ws://IP:PORT` or `stdio`"
+        ))),
+    }
+}
+
+/// The connection token of §9.3, from its file (which wins) or the environment.
+fn connection_token(file: Option<&str>) -> Result<Option<String>, Exit> {
+    let token = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Exit::usage(format!("connection token file `{path}` could not be read: {e}"))
+            })?;
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(Exit::usage(format!("connection token file `{path}` is empty")));
+            }
+            token
+        }
+        None => match std::env::var("EXEC_SERVER_CONNECTION_TOKEN") {
+            Ok(value) if value.trim().is_empty() => {
+                return Err(Exit::usage("EXEC_SERVER_CONNECTION_TOKEN is empty"))
+            }
+            Ok(value) => value.trim().to_string(),
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Exit::usage("EXEC_SERVER_CONNECTION_TOKEN is not valid UTF-8"))
+            }
+        },
+    };
+    Ok(Some(token))
+}
+
+fn config(flags: &Flags) -> Config {
+    let defaults = Config::default();
+    let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+    Config {
+        max_message_bytes: flags.max_message_bytes.unwrap_or(defaults.max_message_bytes),
+        max_connections: flags.max_connections.unwrap_or(defaults.max_connections),
+        workers: flags.workers.unwrap_or(defaults.workers).max(1),
+        concurrent_requests: flags
+            .concurrent_requests
+            .unwrap_or(defaults.concurrent_requests)
+            .max(1),
+        handshake_timeout: secs(flags.handshake_timeout_secs, defaults.handshake_timeout),
+        detach_ttl: secs(flags.detach_ttl_secs, defaults.detach_ttl),
+        write_stall: secs(flags.write_stall_secs, defaults.write_stall),
+        max_processes: flags.max_processes.unwrap_or(defaults.max_processes),
+        retained_output_bytes: flags
+            .retained_output_bytes
+            .unwrap_or(defaults.retained_output_bytes),
+        exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
+        max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
+    }
+}
+
+fn cloud_flags(flags: Flags) -> CloudFlags {
+    CloudFlags {
+        cloud: flags.cloud,
+        cloud_base_url: flags.cloud_base_url,
+        remote: flags.remote,
+        cloud_environment_id: flags.cloud_environment_id,
+        executor_id: flags.executor_id,
+        cloud_name: flags.cloud_name,
+        name: flags.name,
+        token_file: flags.token_file,
+        ca_file: flags.ca_file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_args(args: &[&str]) -> Result<Mode, Exit> {
+        let mut all = vec!["exec-server".to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        parse(&all).map(|(mode, _)| mode)
+    }
+
+    #[test]
+    fn listen_urls() {
+        assert!(
+            matches!(parse_args(&[]), Ok(Mode::Listen { addr, .. }) if addr.to_string() == "127.0.0.1:0")
+        );
+        assert!(matches!(parse_args(&["--listen", "ws://[::1]:0"]), Ok(Mode::Listen { .. })));
+        assert!(matches!(parse_args(&["--listen", "stdio"]), Ok(Mode::Stdio)));
+        assert!(matches!(parse_args(&["--listen", "stdio://"]), Ok(Mode::Stdio)));
+        let e = parse_args(&["--listen", "ws://localhost:1234"]).err().expect("rejected");
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.message,
+            "invalid websocket --listen URL `ws://localhost:1234`; expected `ws://IP:PORT`"
+        );
+        let e = parse_args(&["--listen", "http://x"]).err().expect("rejected");
+        assert_eq!(
+            e.message,
+            "unsupported --listen URL `http://x`; expected `ws://IP:PORT` or `stdio`"
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert_eq!(parse_args(&["--bogus"]).err().map(|e| e.code), Some(2));
+        assert_eq!(parse_args(&["--workers", "x"]).err().map(|e| e.code), Some(2));
+        assert_eq!(parse_args(&["--help"]).err().map(|e| e.code), Some(0));
+        let e = parse_args(&["--cloud", "--listen", "stdio"]).err().expect("rejected");
+        assert_eq!(e.code, 2);
+    }
+}

@@ -1,0 +1,328 @@
+//! Test helpers: start the real binary, talk websocket or stdio to it, and wait for exact
+//! messages with a deadline on every wait.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_exec-server");
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `exec-server --listen ws://127.0.0.1:0 <args>` and reads its URL line.
+    pub fn start(args: &[&str]) -> Daemon {
+        let mut all = vec!["--listen", "ws://127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_raw(&all, &[])
+    }
+
+    /// Starts the binary with exactly `args` and extra environment.
+    pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(BIN);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn exec-server");
+        let stderr = collect(child.stderr.take().expect("stderr piped"));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Anything more on stdout is a contract violation; keep it for assertions.
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            assert!(rest.is_empty(), "stdout carried more than the URL line: {rest:?}");
+        });
+        let line = rx.recv_timeout(DEADLINE).expect("URL line in time");
+        let url = line.trim_end().to_string();
+        assert!(line.ends_with('\n'), "URL line must end with a newline: {line:?}");
+        let addr = url.strip_prefix("ws://").expect("ws:// URL").to_string();
+        Daemon { child, url, addr, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.url)
+    }
+
+    /// Connects and completes initialize + initialized.
+    pub fn session(&self) -> (Client, String) {
+        let mut client = self.connect();
+        let session = client.initialize();
+        (client, session)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), libc::SIGTERM);
+        wait_exit(&mut self.child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child we started.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Waits for a child to exit within the deadline (a pidfd becomes readable on exit).
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    // SAFETY: pidfd_open on our own child's pid.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
+    if fd >= 0 {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; the fd is closed right after.
+        let ready = unsafe { libc::poll(&mut pfd, 1, DEADLINE.as_millis() as i32) };
+        unsafe { libc::close(fd) };
+        assert!(ready > 0, "process did not exit in time");
+    }
+    child.wait().expect("wait")
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&out);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
+/// A websocket client with a buffer of messages not yet looked at.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pending: VecDeque<Value>,
+    next_id: i64,
+}
+
+impl Client {
+    pub fn connect(url: &str) -> Client {
+        let addr = url.strip_prefix("ws://").expect("ws url");
+        let addr = addr.split('/').next().expect("host");
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let (ws, _) = tungstenite::client(url, stream).expect("websocket upgrade");
+        Client { ws, pending: VecDeque::new(), next_id: 1 }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    pub fn send(&mut self, value: &Value) {
+        self.send_text(&value.to_string());
+    }
+
+    /// Receives the next message (text frames only), within the deadline.
+    pub fn recv_raw(&mut self) -> Message {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(message) => return message,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next JSON message, buffered ones first.
+    pub fn recv(&mut self) -> Value {
+        if let Some(v) = self.pending.pop_front() {
+            return v;
+        }
+        self.recv_wire()
+    }
+
+    fn recv_wire(&mut self) -> Value {
+        match self.recv_raw() {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(&text).expect("server sent JSON");
+                assert!(value.get("jsonrpc").is_none(), "server sent jsonrpc: {value}");
+                if let Some(error) = value.get("error") {
+                    assert!(error.get("data").is_none(), "server sent error.data: {value}");
+                }
+                value
+            }
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Waits for the response with `id`, keeping everything else for later.
+    pub fn response(&mut self, id: &Value) -> Value {
+        if let Some(i) =
+            self.pending.iter().position(|m| m.get("id") == Some(id) && m.get("method").is_none())
+        {
+            return self.pending.remove(i).expect("index valid");
+        }
+        loop {
+            let message = self.recv_wire();
+            if message.get("id") == Some(id) && message.get("method").is_none() {
+                return message;
+            }
+            self.pending.push_back(message);
+        }
+    }
+
+    /// Waits for the next notification matching `method`, keeping everything else.
+    pub fn notification(&mut self, method: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|m| m["method"] == method) {
+            return self.pending.remove(i).expect("index valid");
+        }
+        loop {
+            let message = self.recv_wire();
+            if message["method"] == method {
+                return message;
+            }
+            self.pending.push_back(message);
+        }
+    }
+
+    /// Sends a request with a fresh integer id and returns that id.
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = json!(self.next_id);
+        self.next_id += 1;
+        self.send(&json!({"id": id, "method": method, "params": params}));
+        id
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.request(method, params);
+        self.response(&id)
+    }
+
+    /// initialize + initialized; returns the session id.
+    pub fn initialize(&mut self) -> String {
+        let response = self.call("initialize", json!({"clientName": "test"}));
+        let session = response["result"]["sessionId"].as_str().expect("sessionId").to_string();
+        self.send(&json!({"method": "initialized", "params": {}}));
+        session
+    }
+
+    /// Waits for the server to close the connection; returns the close code if one came.
+    pub fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return None,
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("connection not closed in time")
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// The daemon over stdio.
+pub struct StdioDaemon {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl StdioDaemon {
+    pub fn start(args: &[&str]) -> StdioDaemon {
+        let mut child = Command::new(BIN)
+            .args(["--listen", "stdio"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        StdioDaemon { child, stdin, lines }
+    }
+
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let line = self.lines.recv_timeout(DEADLINE).expect("a line in time");
+        serde_json::from_str(&line).expect("JSON line")
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+}
+
+impl Drop for StdioDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a raw HTTP request and returns the status line and the whole response.
+pub fn http(addr: &str, request: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.lines().next().unwrap_or("").to_string();
+    (status, response)
+}
