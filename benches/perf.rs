@@ -4,7 +4,7 @@
 //! websockets as a PROTOCOL.md client, and prints one table per server with each figure
 //! next to its floor. `REFERENCE_BIN=path` adds a table for another server speaking the
 //! protocol (`REFERENCE_ARGS` overrides the arguments placed before `--listen`; a binary
-//! named `codex` gets `exec-server`). It owns no server code and must not touch the crate's
+//! named `codex` gets `exec-server`); `BENCH_BIN=path` measures another build of ours. It owns no server code and must not touch the crate's
 //! modules: it sees the server only through its command line, stdout line, websocket and
 //! `/proc/<pid>/status`. Every loop is bounded in count and time; every read has a deadline.
 
@@ -30,6 +30,8 @@ use tungstenite::{Message, WebSocket};
 
 /// Set in the environment of the re-executed bench binary to make it the echo floor.
 const ECHO_ENV: &str = "EXEC_SERVER_PERF_ECHO";
+/// Accept queue of the echo floor: room for every client of the connections scenario.
+const LISTEN_BACKLOG: i32 = 1024;
 
 const URL_LINE_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,11 +76,11 @@ fn main() {
         println!("perf: skipped (run it with `cargo bench --bench perf` or `make bench`)");
         return;
     }
-    let ours = Target {
-        name: "exec-server".into(),
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_exec-server")),
-        args: Vec::new(),
-    };
+    // BENCH_BIN measures another build of ours, e.g. the static musl binary of `make static`.
+    let bin = std::env::var_os("BENCH_BIN")
+        .filter(|b| !b.is_empty())
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_exec-server")), PathBuf::from);
+    let ours = Target { name: "exec-server".into(), bin, args: Vec::new() };
     let mut targets = vec![ours];
     if let Some(bin) = std::env::var_os("REFERENCE_BIN").filter(|b| !b.is_empty()) {
         targets.push(Target::reference(PathBuf::from(bin)));
@@ -159,7 +161,14 @@ fn launch(target: &Target, cpus: Option<&'static [usize]>) -> BenchResult<(Serve
     let line = read_line(&mut stdout, start + URL_LINE_TIMEOUT);
     let elapsed = start.elapsed();
     let pid = child.id() as i32;
-    let mut server = Server { child: Some(child), pid, url: String::new(), addr: ([0, 0, 0, 0], 0).into(), _stdout: stdout, home };
+    let mut server = Server {
+        child: Some(child),
+        pid,
+        url: String::new(),
+        addr: ([0, 0, 0, 0], 0).into(),
+        _stdout: stdout,
+        home,
+    };
     let line = line.map_err(|e| format!("{e}{}", server.stderr_tail()))?;
     let addr = line
         .strip_prefix("ws://")
@@ -274,7 +283,8 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
 }
 
 fn proc_status_kib(pid: i32, field: &str) -> BenchResult<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
@@ -290,7 +300,8 @@ impl TempDir {
     fn new(tag: &str) -> BenchResult<TempDir> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("exec-server-perf-{}-{tag}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("exec-server-perf-{}-{tag}-{n}", std::process::id()));
         std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(TempDir { path })
     }
@@ -345,14 +356,16 @@ const FRAGMENT_BYTES: usize = 4 << 20;
 
 impl Client {
     fn connect(addr: SocketAddr) -> BenchResult<Client> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         // Latency figures must not include Nagle's delay on our side.
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
         stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (ws, _) = tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
-            .map_err(|e| format!("websocket handshake: {e}"))?;
+        let (ws, _) =
+            tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
+                .map_err(|e| format!("websocket handshake: {e}"))?;
         Ok(Client { ws, next_id: 1 })
     }
 
@@ -365,7 +378,8 @@ impl Client {
         while offset < bytes.len() {
             let end = (offset + FRAGMENT_BYTES).min(bytes.len());
             let opcode = if offset == 0 { Data::Text } else { Data::Continue };
-            let frame = Frame::message(bytes.slice(offset..end), OpCode::Data(opcode), end == bytes.len());
+            let frame =
+                Frame::message(bytes.slice(offset..end), OpCode::Data(opcode), end == bytes.len());
             self.ws.write(Message::Frame(frame)).map_err(|e| format!("send: {e}"))?;
             offset = end;
         }
@@ -381,7 +395,8 @@ impl Client {
                 Message::Close(c) => return Err(format!("server closed the connection: {c:?}")),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
-            let msg = serde_json::from_slice(&payload).map_err(|e| format!("bad message from server: {e}"))?;
+            let msg = serde_json::from_slice(&payload)
+                .map_err(|e| format!("bad message from server: {e}"))?;
             return f(msg);
         }
     }
@@ -390,7 +405,9 @@ impl Client {
     fn await_response(&mut self, id: i64, method: &str) -> BenchResult<Value> {
         let deadline = Instant::now() + SCENARIO_DEADLINE;
         while Instant::now() < deadline {
-            let result = self.recv(|msg| Ok((msg.method.is_none() && msg.id == Some(id)).then(|| response(msg, method))))?;
+            let result = self.recv(|msg| {
+                Ok((msg.method.is_none() && msg.id == Some(id)).then(|| response(msg, method)))
+            })?;
             if let Some(result) = result {
                 return result;
             }
@@ -417,14 +434,20 @@ impl Client {
 
     fn start_process(&mut self, process_id: &str, argv: &[&str]) -> BenchResult<i64> {
         let id = self.next_id();
-        let params = json!({"processId": process_id, "argv": argv, "cwd": "/", "env": {}, "tty": false});
+        let params =
+            json!({"processId": process_id, "argv": argv, "cwd": "/", "env": {}, "tty": false});
         self.send(json!({"id": id, "method": "process/start", "params": params}).to_string())?;
         Ok(id)
     }
 
     /// Runs one process to its `process/closed`, feeding decoded output sizes to `on_output`.
     /// Tolerates notifications before the start response (the reference sends them).
-    fn run_process(&mut self, process_id: &str, argv: &[&str], deadline: Instant) -> BenchResult<ProcessOutcome> {
+    fn run_process(
+        &mut self,
+        process_id: &str,
+        argv: &[&str],
+        deadline: Instant,
+    ) -> BenchResult<ProcessOutcome> {
         let start_id = self.start_process(process_id, argv)?;
         let mut outcome = ProcessOutcome::default();
         let mut scratch = Vec::new();
@@ -446,7 +469,9 @@ impl Client {
                             return Ok(());
                         }
                         match method {
-                            "process/output" => outcome.bytes += decoded_len(params.chunk, &mut scratch)?,
+                            "process/output" => {
+                                outcome.bytes += decoded_len(params.chunk, &mut scratch)?
+                            }
                             "process/exited" => outcome.exit_code = params.exit_code,
                             "process/closed" => outcome.closed = true,
                             _ => {}
@@ -499,6 +524,10 @@ fn echo_server() {
             std::process::exit(1);
         }
     };
+    // std listens with a backlog of 128, so 200 simultaneous connects would overflow the
+    // accept queue and wait out a 1 s SYN retransmit; Linux lets listen(2) raise it.
+    // SAFETY: listen on a socket we own.
+    unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
     let addr = listener.local_addr().expect("a bound listener has an address");
     let mut out = io::stdout().lock();
     if writeln!(out, "ws://{addr}").and_then(|_| out.flush()).is_err() {
@@ -547,13 +576,35 @@ struct Table {
 }
 
 impl Table {
-    fn row(&mut self, metric: &str, value: BenchResult<String>, floor: BenchResult<String>, ratio: Option<f64>) {
+    fn row(
+        &mut self,
+        metric: &str,
+        value: BenchResult<String>,
+        floor: BenchResult<String>,
+        ratio: Option<f64>,
+    ) {
+        let value = self.cell(value);
+        let floor = self.cell(floor);
         self.rows.push(Row {
             metric: metric.into(),
-            value: value.unwrap_or_else(|e| format!("error: {e}")),
-            floor: floor.unwrap_or_else(|e| format!("error: {e}")),
+            value,
+            floor,
             ratio: ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}x")),
         });
+    }
+
+    /// A figure, or `error N` with the message once among the notes.
+    fn cell(&mut self, result: BenchResult<String>) -> String {
+        let Err(e) = result else { return result.unwrap_or_default() };
+        let note = format!("error: {e}");
+        let n = match self.notes.iter().position(|n| *n == note) {
+            Some(n) => n,
+            None => {
+                self.notes.push(note);
+                self.notes.len() - 1
+            }
+        };
+        format!("error [{}]", n + 1)
     }
 
     fn print(&self, target: &Target) {
@@ -566,8 +617,8 @@ impl Table {
         for r in &self.rows {
             println!("{:<width$}  {:>vw$}  {:>fw$}  {:>7}", r.metric, r.value, r.floor, r.ratio);
         }
-        for note in &self.notes {
-            println!("  note: {note}");
+        for (n, note) in self.notes.iter().enumerate() {
+            println!("  [{}] {note}", n + 1);
         }
     }
 }
@@ -580,7 +631,12 @@ fn machine_line() -> String {
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("exec-server perf: {cpus} CPUs ({model}), Linux {}", kernel.trim())
@@ -593,16 +649,28 @@ fn run_all(target: &Target, echo: &Target) -> Table {
     // Startup, against the echo child's spawn → URL line.
     let ours = startup(target);
     let floor = startup(echo);
-    table.row("startup: spawn -> URL line (median of 10)", ours.clone().map(fmt_dur), floor.clone().map(fmt_dur), ratio(&ours, &floor));
+    table.row(
+        "startup: spawn -> URL line (median of 10)",
+        ours.clone().map(fmt_dur),
+        floor.clone().map(fmt_dur),
+        ratio(&ours, &floor),
+    );
 
     // Round trips, pinned to one CPU and across two.
     for (label, server_cpu) in [("1 CPU", &[0usize][..]), ("2 CPUs", &[1usize][..])] {
         let ours = round_trips(target, server_cpu);
         let floor = round_trips(echo, server_cpu);
-        let p = |r: &BenchResult<Vec<Duration>>, q| r.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+        let p = |r: &BenchResult<Vec<Duration>>, q| {
+            r.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone)
+        };
         for (q, name) in [(50, "p50"), (99, "p99")] {
             let (o, f) = (p(&ours, q), p(&floor, q));
-            table.row(&format!("fs/getMetadata round trip, {label}, {name} of 5000"), o.clone().map(fmt_dur), f.clone().map(fmt_dur), ratio(&o, &f));
+            table.row(
+                &format!("fs/getMetadata round trip, {label}, {name} of 5000"),
+                o.clone().map(fmt_dur),
+                f.clone().map(fmt_dur),
+                ratio(&o, &f),
+            );
         }
     }
 
@@ -622,24 +690,47 @@ fn run_all(target: &Target, echo: &Target) -> Table {
     for (q, name) in [(50, "p50"), (99, "p99")] {
         let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
         let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-        table.row(&format!("process/start /bin/true -> closed, {name} of 300"), o.clone().map(fmt_dur), f.clone().map(fmt_dur), ratio(&o, &f));
+        table.row(
+            &format!("process/start /bin/true -> closed, {name} of 300"),
+            o.clone().map(fmt_dur),
+            f.clone().map(fmt_dur),
+            ratio(&o, &f),
+        );
     }
 
     // Streaming, against reading the same command's pipe directly.
     let streamed = streaming(&server);
     let floor = streaming_floor();
     let o = streamed.as_ref().map(|s| s.mib_per_sec).map_err(Clone::clone);
-    table.row("stream head -c 256MiB, MiB/s decoded", o.clone().map(fmt_rate), floor.clone().map(fmt_rate), ratio(&o, &floor));
-    table.row("RSS peak during streaming", streamed.as_ref().map(|s| fmt_kib(s.peak_kib)).map_err(Clone::clone), Ok("-".into()), None);
+    table.row(
+        "stream head -c 256MiB, MiB/s decoded",
+        o.clone().map(fmt_rate),
+        floor.clone().map(fmt_rate),
+        ratio(&o, &floor),
+    );
+    table.row(
+        "RSS peak during streaming",
+        streamed.as_ref().map(|s| fmt_kib(s.peak_kib)).map_err(Clone::clone),
+        Ok("-".into()),
+        None,
+    );
     if let Ok(s) = &streamed {
-        table.notes.push(format!("streaming: the client used {} CPU in {} wall", fmt_dur(s.client_cpu), fmt_dur(s.elapsed)));
+        table.notes.push(format!(
+            "streaming: the client used {} CPU in {} wall",
+            fmt_dur(s.client_cpu),
+            fmt_dur(s.elapsed)
+        ));
     }
 
     // Files, against std::fs in this process.
     let mut size = FILE_BYTES;
     let mut files = file_io(&server, size);
     if let Err(e) = &files {
-        table.notes.push(format!("fs at {} MiB failed ({e}); measured at {} MiB instead", FILE_BYTES >> 20, FALLBACK_FILE_BYTES >> 20));
+        table.notes.push(format!(
+            "fs at {} MiB failed ({e}); measured at {} MiB instead",
+            FILE_BYTES >> 20,
+            FALLBACK_FILE_BYTES >> 20
+        ));
         size = FALLBACK_FILE_BYTES;
         files = file_io(&server, size);
     }
@@ -658,13 +749,38 @@ fn run_all(target: &Target, echo: &Target) -> Table {
             let floor = connections(&echo_server, false);
             let wall = |r: &BenchResult<Crowd>| r.as_ref().map(|c| c.wall).map_err(Clone::clone);
             let (o, f) = (wall(&ours), wall(&floor));
-            table.row("200 connections: init + /bin/true, wall", o.clone().map(fmt_dur), f.clone().map(fmt_dur), ratio(&o, &f));
+            table.row(
+                "200 connections: init + /bin/true, wall",
+                o.clone().map(fmt_dur),
+                f.clone().map(fmt_dur),
+                ratio(&o, &f),
+            );
         }
-        Err(e) => table.row("200 connections: init + /bin/true, wall", ours.as_ref().map(|c| fmt_dur(c.wall)).map_err(Clone::clone), Err(e), None),
+        Err(e) => table.row(
+            "200 connections: init + /bin/true, wall",
+            ours.as_ref().map(|c| fmt_dur(c.wall)).map_err(Clone::clone),
+            Err(e),
+            None,
+        ),
     }
-    table.row("200 connections: failures", ours.as_ref().map(|c| c.failures.to_string()).map_err(Clone::clone), Ok("-".into()), None);
-    table.row("RSS with 200 connections open", ours.as_ref().map(|c| fmt_kib(c.rss_open_kib)).map_err(Clone::clone), Ok("-".into()), None);
-    table.row("RSS after the 200 connections closed", ours.as_ref().map(|c| fmt_kib(c.rss_after_kib)).map_err(Clone::clone), Ok("-".into()), None);
+    table.row(
+        "200 connections: failures",
+        ours.as_ref().map(|c| c.failures.to_string()).map_err(Clone::clone),
+        Ok("-".into()),
+        None,
+    );
+    table.row(
+        "RSS with 200 connections open",
+        ours.as_ref().map(|c| fmt_kib(c.rss_open_kib)).map_err(Clone::clone),
+        Ok("-".into()),
+        None,
+    );
+    table.row(
+        "RSS after the 200 connections closed",
+        ours.as_ref().map(|c| fmt_kib(c.rss_after_kib)).map_err(Clone::clone),
+        Ok("-".into()),
+        None,
+    );
     if let Ok(c) = &ours {
         if let Some(e) = &c.first_error {
             table.notes.push(format!("first connection failure: {e}"));
@@ -672,7 +788,12 @@ fn run_all(target: &Target, echo: &Target) -> Table {
     }
 
     let slow = slow_reader(&server);
-    table.row("RSS during slow reader (max over 10 s)", slow.as_ref().map(|s| fmt_kib(s.max_kib)).map_err(Clone::clone), Ok("-".into()), None);
+    table.row(
+        "RSS during slow reader (max over 10 s)",
+        slow.as_ref().map(|s| fmt_kib(s.max_kib)).map_err(Clone::clone),
+        Ok("-".into()),
+        None,
+    );
     if let Ok(s) = &slow {
         table.notes.push(format!(
             "slow reader: read {:.1} MiB in {:.1} s, RSS at end {}{}",
@@ -692,7 +813,10 @@ fn run_all(target: &Target, echo: &Target) -> Table {
     table
 }
 
-fn ratio(value: &BenchResult<impl Into<Measure> + Clone>, floor: &BenchResult<impl Into<Measure> + Clone>) -> Option<f64> {
+fn ratio(
+    value: &BenchResult<impl Into<Measure> + Clone>,
+    floor: &BenchResult<impl Into<Measure> + Clone>,
+) -> Option<f64> {
     let (Ok(v), Ok(f)) = (value, floor) else { return None };
     let (v, f) = (v.clone().into().0, f.clone().into().0);
     (f > 0.0).then(|| v / f)
@@ -765,7 +889,8 @@ fn round_trips(target: &Target, server_cpu: &'static [usize]) -> BenchResult<Vec
                 return Err("round trips did not finish before the deadline".into());
             }
             let id = client.next_id();
-            let request = json!({"id": id, "method": "fs/getMetadata", "params": {"path": path}}).to_string();
+            let request =
+                json!({"id": id, "method": "fs/getMetadata", "params": {"path": path}}).to_string();
             let start = Instant::now();
             client.send(request)?;
             // The echo floor returns the request itself, which parses the same way.
@@ -859,7 +984,11 @@ fn streaming(server: &Server) -> BenchResult<Streamed> {
     let exact_peak = server.reset_peak();
     let cpu_before = thread_cpu_time();
     let start = Instant::now();
-    let outcome = client.run_process("stream", &[&head, "-c", &count, "/dev/zero"], start + SCENARIO_DEADLINE);
+    let outcome = client.run_process(
+        "stream",
+        &[&head, "-c", &count, "/dev/zero"],
+        start + SCENARIO_DEADLINE,
+    );
     let elapsed = start.elapsed();
     let client_cpu = thread_cpu_time().saturating_sub(cpu_before);
     let sampled = sampler.stop();
@@ -868,7 +997,12 @@ fn streaming(server: &Server) -> BenchResult<Streamed> {
         return Err(format!("received {} of {STREAM_BYTES} bytes", outcome.bytes));
     }
     let peak_kib = if exact_peak { server.peak_kib()?.max(sampled) } else { sampled };
-    Ok(Streamed { mib_per_sec: outcome.bytes as f64 / 1048576.0 / elapsed.as_secs_f64(), peak_kib, client_cpu, elapsed })
+    Ok(Streamed {
+        mib_per_sec: outcome.bytes as f64 / 1048576.0 / elapsed.as_secs_f64(),
+        peak_kib,
+        client_cpu,
+        elapsed,
+    })
 }
 
 fn streaming_floor() -> BenchResult<f64> {
@@ -932,13 +1066,16 @@ fn file_io(server: &Server, size: usize) -> BenchResult<[f64; 2]> {
         writes.push(start.elapsed());
 
         let id = client.next_id();
-        let request = json!({"id": id, "method": "fs/readFile", "params": {"path": path}}).to_string();
+        let request =
+            json!({"id": id, "method": "fs/readFile", "params": {"path": path}}).to_string();
         let start = Instant::now();
         client.send(request)?;
         let result = client.await_response(id, "fs/readFile")?;
         reads.push(start.elapsed());
-        let body = result.get("dataBase64").and_then(Value::as_str).ok_or("fs/readFile: no dataBase64")?;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(body).map_err(|e| e.to_string())?;
+        let body =
+            result.get("dataBase64").and_then(Value::as_str).ok_or("fs/readFile: no dataBase64")?;
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(body).map_err(|e| e.to_string())?;
         if decoded != data {
             return Err("fs/readFile returned different bytes".into());
         }
@@ -998,7 +1135,11 @@ fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
                     let c = client.insert(Client::connect(addr)?);
                     if protocol {
                         c.initialize()?;
-                        let outcome = c.run_process(&format!("crowd-{i}"), &["/bin/true"], Instant::now() + SCENARIO_DEADLINE)?;
+                        let outcome = c.run_process(
+                            &format!("crowd-{i}"),
+                            &["/bin/true"],
+                            Instant::now() + SCENARIO_DEADLINE,
+                        )?;
                         if outcome.exit_code != Some(0) {
                             return Err(format!("/bin/true exited with {:?}", outcome.exit_code));
                         }
@@ -1053,10 +1194,24 @@ fn slow_reader(server: &Server) -> BenchResult<SlowRead> {
     let cat = find_program("cat")?;
     let mut client = Client::connect(server.addr)?;
     client.initialize()?;
-    client.start_process("slow", &[&cat, "/dev/zero"])?;
+    let start_id = client.start_process("slow", &[&cat, "/dev/zero"])?;
     let start = Instant::now();
-    let mut result = SlowRead { max_kib: 0, end_kib: 0, bytes: 0, elapsed: Duration::ZERO, aborted: false };
+    let mut result =
+        SlowRead { max_kib: 0, end_kib: 0, bytes: 0, elapsed: Duration::ZERO, aborted: false };
     let mut scratch = Vec::new();
+    // Output may precede the start response (the reference does that); it counts.
+    let mut answered = false;
+    while !answered {
+        result.bytes += client.recv(|msg| match (msg.method, msg.params) {
+            (Some("process/output"), Some(params)) => decoded_len(params.chunk, &mut scratch),
+            (None, _) if msg.id == Some(start_id) => {
+                response(msg, "process/start")?;
+                answered = true;
+                Ok(0)
+            }
+            _ => Ok(0),
+        })?;
+    }
     let mut tick = start;
     while tick.duration_since(start) < SLOW_READ_DURATION {
         let target = result.bytes + SLOW_READ_BYTES_PER_TICK;
