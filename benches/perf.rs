@@ -1202,9 +1202,9 @@ fn slow_reader(server: &Server) -> BenchResult<SlowRead> {
     // Output may precede the start response (the reference does that); it counts.
     let mut answered = false;
     while !answered {
-        result.bytes += client.recv(|msg| match (msg.method, msg.params) {
-            (Some("process/output"), Some(params)) => decoded_len(params.chunk, &mut scratch),
-            (None, _) if msg.id == Some(start_id) => {
+        result.bytes += client.recv(|msg| match msg.method {
+            Some("process/output") => decoded_len(msg.params.and_then(|p| p.chunk), &mut scratch),
+            None if msg.id == Some(start_id) => {
                 response(msg, "process/start")?;
                 answered = true;
                 Ok(0)
