@@ -4,9 +4,11 @@
 //! websockets as a PROTOCOL.md client, and prints one table per server with each figure
 //! next to its floor. `REFERENCE_BIN=path` adds a table for another server speaking the
 //! protocol (`REFERENCE_ARGS` overrides the arguments placed before `--listen`; a binary
-//! named `codex` gets `exec-server`); `BENCH_BIN=path` measures another build of ours. It owns no server code and must not touch the crate's
-//! modules: it sees the server only through its command line, stdout line, websocket and
-//! `/proc/<pid>/status`. Every loop is bounded in count and time; every read has a deadline.
+//! named `codex` gets `exec-server`); `BENCH_BIN=path` measures another build of ours;
+//! `BENCH_ONLY=stream,rtt` runs only the named scenarios (see `SCENARIOS`). It owns no
+//! server code and must not touch the crate's modules: it sees a server only through its
+//! command line, stdout line, websocket and `/proc/<pid>/status`. Every loop is bounded in
+//! count and time; every read has a deadline.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -80,16 +82,28 @@ fn main() {
     let bin = std::env::var_os("BENCH_BIN")
         .filter(|b| !b.is_empty())
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_exec-server")), PathBuf::from);
-    let ours = Target { name: "exec-server".into(), bin, args: Vec::new() };
+    let ours = Target { name: "exec-server".into(), kind: Kind::Ours, bin, args: Vec::new() };
     let mut targets = vec![ours];
     if let Some(bin) = std::env::var_os("REFERENCE_BIN").filter(|b| !b.is_empty()) {
         targets.push(Target::reference(PathBuf::from(bin)));
     }
     let echo = Target {
         name: "echo floor".into(),
+        kind: Kind::Echo,
         bin: std::env::current_exe().expect("the running bench has a path"),
         args: Vec::new(),
     };
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let unknown: Vec<&str> = only
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && !SCENARIOS.contains(s))
+            .collect();
+        if !unknown.is_empty() {
+            eprintln!("perf: unknown BENCH_ONLY scenario(s) {unknown:?}; known: {SCENARIOS:?}");
+            std::process::exit(2);
+        }
+    }
     println!("{}", machine_line());
     for target in &targets {
         let table = run_all(target, &echo);
@@ -104,6 +118,7 @@ fn main() {
 /// A server binary and the arguments that precede `--listen ws://127.0.0.1:0`.
 struct Target {
     name: String,
+    kind: Kind,
     bin: PathBuf,
     args: Vec<OsString>,
 }
@@ -116,19 +131,22 @@ impl Target {
             Err(_) if bin.file_name().is_some_and(|n| n == "codex") => vec!["exec-server".into()],
             Err(_) => Vec::new(),
         };
-        Target { name: "reference".into(), bin, args }
+        Target { name: "reference".into(), kind: Kind::Reference, bin, args }
     }
+}
 
-    fn is_echo(&self) -> bool {
-        self.name == "echo floor"
-    }
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Ours,
+    Reference,
+    /// This program in echo mode: no handshake, answers each message with itself.
+    Echo,
 }
 
 /// A running server child with its own temporary HOME; SIGTERMed and reaped on drop.
 struct Server {
     child: Option<Child>,
     pid: i32,
-    url: String,
     addr: SocketAddr,
     /// Held open so a server that writes to stdout never sees EPIPE.
     _stdout: ChildStdout,
@@ -145,7 +163,7 @@ fn launch(target: &Target, cpus: Option<&'static [usize]>) -> BenchResult<(Serve
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr);
-    if target.is_echo() {
+    if target.kind == Kind::Echo {
         cmd.env(ECHO_ENV, "1");
     }
     if let Some(cpus) = cpus {
@@ -161,20 +179,13 @@ fn launch(target: &Target, cpus: Option<&'static [usize]>) -> BenchResult<(Serve
     let line = read_line(&mut stdout, start + URL_LINE_TIMEOUT);
     let elapsed = start.elapsed();
     let pid = child.id() as i32;
-    let mut server = Server {
-        child: Some(child),
-        pid,
-        url: String::new(),
-        addr: ([0, 0, 0, 0], 0).into(),
-        _stdout: stdout,
-        home,
-    };
+    let mut server =
+        Server { child: Some(child), pid, addr: ([0, 0, 0, 0], 0).into(), _stdout: stdout, home };
     let line = line.map_err(|e| format!("{e}{}", server.stderr_tail()))?;
     let addr = line
         .strip_prefix("ws://")
         .and_then(|a| a.parse::<SocketAddr>().ok())
         .ok_or_else(|| format!("unexpected URL line {line:?}"))?;
-    server.url = line;
     server.addr = addr;
     Ok((server, elapsed))
 }
@@ -568,6 +579,8 @@ struct Row {
     value: String,
     floor: String,
     ratio: String,
+    /// The issue's bar for this figure and whether the value meets it.
+    bar: String,
 }
 
 struct Table {
@@ -590,7 +603,20 @@ impl Table {
             value,
             floor,
             ratio: ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}x")),
+            bar: String::new(),
         });
+    }
+
+    /// Sets the bar of the last row; `ok` is None when the value is missing.
+    fn bar(&mut self, bar: &str, ok: Option<bool>) {
+        let verdict = match ok {
+            Some(true) => "ok",
+            Some(false) => "MISS",
+            None => "?",
+        };
+        if let Some(row) = self.rows.last_mut() {
+            row.bar = format!("{bar} {verdict}");
+        }
     }
 
     /// A figure, or `error N` with the message once among the notes.
@@ -613,13 +639,17 @@ impl Table {
         let width = self.rows.iter().map(|r| r.metric.chars().count()).max().unwrap_or(0);
         let vw = self.rows.iter().map(|r| r.value.chars().count()).max().unwrap_or(0).max(5);
         let fw = self.rows.iter().map(|r| r.floor.chars().count()).max().unwrap_or(0).max(5);
-        println!("{:<width$}  {:>vw$}  {:>fw$}  {:>7}", "metric", "value", "floor", "ratio");
+        println!("{:<width$}  {:>vw$}  {:>fw$}  {:>7}  bar", "metric", "value", "floor", "ratio");
         for r in &self.rows {
-            println!("{:<width$}  {:>vw$}  {:>fw$}  {:>7}", r.metric, r.value, r.floor, r.ratio);
+            println!(
+                "{:<width$}  {:>vw$}  {:>fw$}  {:>7}  {}",
+                r.metric, r.value, r.floor, r.ratio, r.bar
+            );
         }
         for (n, note) in self.notes.iter().enumerate() {
             println!("  [{}] {note}", n + 1);
         }
+        println!("  floors: {FLOORS}");
     }
 }
 
@@ -642,35 +672,58 @@ fn machine_line() -> String {
     format!("exec-server perf: {cpus} CPUs ({model}), Linux {}", kernel.trim())
 }
 
+/// What each floor column measured.
+const FLOORS: &str = "startup = the echo child; round trip = the tungstenite echo child, \
+pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = the same command's \
+pipe read here; files = std::fs here; 200 connections = 200 echo connections, one round trip each";
+
+/// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from.
+const SCENARIOS: [&str; 7] = ["startup", "rtt", "oneshot", "stream", "files", "crowd", "slow"];
+
+fn wanted(scenario: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only.split(',').any(|s| s.trim() == scenario),
+        _ => true,
+    }
+}
+
 fn run_all(target: &Target, echo: &Target) -> Table {
     let mut table = Table { rows: Vec::new(), notes: Vec::new() };
     eprintln!("perf: {} ...", target.name);
 
-    // Startup, against the echo child's spawn → URL line.
-    let ours = startup(target);
-    let floor = startup(echo);
-    table.row(
-        "startup: spawn -> URL line (median of 10)",
-        ours.clone().map(fmt_dur),
-        floor.clone().map(fmt_dur),
-        ratio(&ours, &floor),
-    );
+    if wanted("startup") {
+        // Against the echo child's spawn → URL line.
+        let ours = startup(target);
+        let floor = startup(echo);
+        let ok = ours.as_ref().ok().map(|d| *d <= Duration::from_millis(3));
+        table.row(
+            "startup: spawn -> URL line (median of 10)",
+            ours.clone().map(fmt_dur),
+            floor.clone().map(fmt_dur),
+            ratio(&ours, &floor),
+        );
+        table.bar("<= 3 ms", ok);
+    }
 
-    // Round trips, pinned to one CPU and across two.
-    for (label, server_cpu) in [("1 CPU", &[0usize][..]), ("2 CPUs", &[1usize][..])] {
-        let ours = round_trips(target, server_cpu);
-        let floor = round_trips(echo, server_cpu);
-        let p = |r: &BenchResult<Vec<Duration>>, q| {
-            r.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone)
-        };
-        for (q, name) in [(50, "p50"), (99, "p99")] {
-            let (o, f) = (p(&ours, q), p(&floor, q));
-            table.row(
-                &format!("fs/getMetadata round trip, {label}, {name} of 5000"),
-                o.clone().map(fmt_dur),
-                f.clone().map(fmt_dur),
-                ratio(&o, &f),
-            );
+    if wanted("rtt") {
+        // Pinned to one CPU and across two, against the echo child pinned the same way.
+        for (label, server_cpu) in [("1 CPU", &[0usize][..]), ("2 CPUs", &[1usize][..])] {
+            let ours = round_trips(target, server_cpu);
+            let floor = round_trips(echo, server_cpu);
+            for (q, name) in [(50, "p50"), (99, "p99")] {
+                let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+                let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+                let r = ratio(&o, &f);
+                table.row(
+                    &format!("fs/getMetadata round trip, {label}, {name} of 5000"),
+                    o.map(fmt_dur),
+                    f.map(fmt_dur),
+                    r,
+                );
+                if q == 50 {
+                    table.bar("<= 1.3x floor", r.map(|r| r <= 1.3));
+                }
+            }
         }
     }
 
@@ -682,126 +735,140 @@ fn run_all(target: &Target, echo: &Target) -> Table {
         }
     };
     let idle = server.rss_kib();
+    let ok = idle.as_ref().ok().map(|&kib| kib <= 4 << 10);
     table.row("RSS idle (after startup)", idle.map(fmt_kib), Ok("-".into()), None);
+    table.bar("<= 4 MiB", ok);
 
-    // One-shot processes, against fork/exec/wait of /bin/true in this process.
-    let ours = one_shot(&server);
-    let floor = one_shot_floor();
-    for (q, name) in [(50, "p50"), (99, "p99")] {
-        let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-        let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-        table.row(
-            &format!("process/start /bin/true -> closed, {name} of 300"),
-            o.clone().map(fmt_dur),
-            f.clone().map(fmt_dur),
-            ratio(&o, &f),
-        );
-    }
-
-    // Streaming, against reading the same command's pipe directly.
-    let streamed = streaming(&server);
-    let floor = streaming_floor();
-    let o = streamed.as_ref().map(|s| s.mib_per_sec).map_err(Clone::clone);
-    table.row(
-        "stream head -c 256MiB, MiB/s decoded",
-        o.clone().map(fmt_rate),
-        floor.clone().map(fmt_rate),
-        ratio(&o, &floor),
-    );
-    table.row(
-        "RSS peak during streaming",
-        streamed.as_ref().map(|s| fmt_kib(s.peak_kib)).map_err(Clone::clone),
-        Ok("-".into()),
-        None,
-    );
-    if let Ok(s) = &streamed {
-        table.notes.push(format!(
-            "streaming: the client used {} CPU in {} wall",
-            fmt_dur(s.client_cpu),
-            fmt_dur(s.elapsed)
-        ));
-    }
-
-    // Files, against std::fs in this process.
-    let mut size = FILE_BYTES;
-    let mut files = file_io(&server, size);
-    if let Err(e) = &files {
-        table.notes.push(format!(
-            "fs at {} MiB failed ({e}); measured at {} MiB instead",
-            FILE_BYTES >> 20,
-            FALLBACK_FILE_BYTES >> 20
-        ));
-        size = FALLBACK_FILE_BYTES;
-        files = file_io(&server, size);
-    }
-    let floor = file_io_floor(&server.home.path, size);
-    for (i, name) in [(0, "fs/writeFile"), (1, "fs/readFile")] {
-        let o = files.as_ref().map(|f| f[i]).map_err(Clone::clone);
-        let f = floor.as_ref().map(|f| f[i]).map_err(Clone::clone);
-        let metric = format!("{name} {} MiB, MiB/s", size >> 20);
-        table.row(&metric, o.clone().map(fmt_rate), f.clone().map(fmt_rate), ratio(&o, &f));
-    }
-
-    // 200 connections at once, against 200 echo connections with one round trip each.
-    let ours = connections(&server, true);
-    match launch(echo, None) {
-        Ok((echo_server, _)) => {
-            let floor = connections(&echo_server, false);
-            let wall = |r: &BenchResult<Crowd>| r.as_ref().map(|c| c.wall).map_err(Clone::clone);
-            let (o, f) = (wall(&ours), wall(&floor));
+    if wanted("oneshot") {
+        // Against fork/exec/wait of /bin/true in this process.
+        let ours = one_shot(&server);
+        let floor = one_shot_floor();
+        for (q, name) in [(50, "p50"), (99, "p99")] {
+            let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+            let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+            let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(2));
+            let r = ratio(&o, &f);
             table.row(
-                "200 connections: init + /bin/true, wall",
-                o.clone().map(fmt_dur),
-                f.clone().map(fmt_dur),
-                ratio(&o, &f),
+                &format!("process/start /bin/true -> closed, {name} of 300"),
+                o.map(fmt_dur),
+                f.map(fmt_dur),
+                r,
             );
+            if q == 50 {
+                table.bar("<= 2 ms", ok);
+            }
         }
-        Err(e) => table.row(
-            "200 connections: init + /bin/true, wall",
-            ours.as_ref().map(|c| fmt_dur(c.wall)).map_err(Clone::clone),
-            Err(e),
-            None,
-        ),
     }
-    table.row(
-        "200 connections: failures",
-        ours.as_ref().map(|c| c.failures.to_string()).map_err(Clone::clone),
-        Ok("-".into()),
-        None,
-    );
-    table.row(
-        "RSS with 200 connections open",
-        ours.as_ref().map(|c| fmt_kib(c.rss_open_kib)).map_err(Clone::clone),
-        Ok("-".into()),
-        None,
-    );
-    table.row(
-        "RSS after the 200 connections closed",
-        ours.as_ref().map(|c| fmt_kib(c.rss_after_kib)).map_err(Clone::clone),
-        Ok("-".into()),
-        None,
-    );
-    if let Ok(c) = &ours {
-        if let Some(e) = &c.first_error {
+
+    if wanted("stream") {
+        // Against reading the same command's pipe directly.
+        let streamed = streaming(&server);
+        let floor = streaming_floor();
+        let o = streamed.as_ref().map(|s| s.mib_per_sec).map_err(Clone::clone);
+        let ok = o.as_ref().ok().map(|&r| r >= 600.0);
+        let r = ratio(&o, &floor);
+        table.row("stream head -c 256MiB, MiB/s decoded", o.map(fmt_rate), floor.map(fmt_rate), r);
+        table.bar(">= 600 MiB/s", ok);
+        table.row(
+            "RSS peak during streaming",
+            streamed.as_ref().map(|s| fmt_kib(s.peak_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        if let Ok(s) = &streamed {
+            table.notes.push(format!(
+                "streaming: the client used {} CPU in {} wall",
+                fmt_dur(s.client_cpu),
+                fmt_dur(s.elapsed)
+            ));
+        }
+    }
+
+    if wanted("files") {
+        // Against std::fs in this process.
+        let mut size = FILE_BYTES;
+        let mut files = file_io(&server, size);
+        if let Err(e) = &files {
+            table.notes.push(format!(
+                "fs at {} MiB failed ({e}); measured at {} MiB instead",
+                FILE_BYTES >> 20,
+                FALLBACK_FILE_BYTES >> 20
+            ));
+            size = FALLBACK_FILE_BYTES;
+            files = file_io(&server, size);
+        }
+        let floor = file_io_floor(&server.home.path, size);
+        for (i, name) in [(0, "fs/writeFile"), (1, "fs/readFile")] {
+            let o = files.as_ref().map(|f| f[i]).map_err(Clone::clone);
+            let f = floor.as_ref().map(|f| f[i]).map_err(Clone::clone);
+            let ok = o.as_ref().ok().map(|&r| r >= 500.0);
+            let r = ratio(&o, &f);
+            table.row(
+                &format!("{name} {} MiB, MiB/s", size >> 20),
+                o.map(fmt_rate),
+                f.map(fmt_rate),
+                r,
+            );
+            table.bar(">= 500 MiB/s", ok);
+        }
+    }
+
+    if wanted("crowd") {
+        // Against 200 echo connections with one round trip each.
+        let ours = connections(&server, true);
+        let floor =
+            launch(echo, None).and_then(|(echo_server, _)| connections(&echo_server, false));
+        let wall = |r: &BenchResult<Crowd>| r.as_ref().map(|c| c.wall).map_err(Clone::clone);
+        let (o, f) = (wall(&ours), wall(&floor));
+        let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(250));
+        let r = ratio(&o, &f);
+        table.row("200 connections: init + /bin/true, wall", o.map(fmt_dur), f.map(fmt_dur), r);
+        table.bar("<= 250 ms", ok);
+        let failures = ours.as_ref().map(|c| c.failures).map_err(Clone::clone);
+        let ok = failures.as_ref().ok().map(|&n| n == 0);
+        table.row(
+            "200 connections: failures",
+            failures.map(|n| n.to_string()),
+            Ok("-".into()),
+            None,
+        );
+        table.bar("0", ok);
+        table.row(
+            "RSS with 200 connections open",
+            ours.as_ref().map(|c| fmt_kib(c.rss_open_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        table.row(
+            "RSS after the 200 connections closed",
+            ours.as_ref().map(|c| fmt_kib(c.rss_after_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        if let Some(e) = ours.as_ref().ok().and_then(|c| c.first_error.as_ref()) {
             table.notes.push(format!("first connection failure: {e}"));
         }
     }
 
-    let slow = slow_reader(&server);
-    table.row(
-        "RSS during slow reader (max over 10 s)",
-        slow.as_ref().map(|s| fmt_kib(s.max_kib)).map_err(Clone::clone),
-        Ok("-".into()),
-        None,
-    );
-    if let Ok(s) = &slow {
-        table.notes.push(format!(
-            "slow reader: read {:.1} MiB in {:.1} s, RSS at end {}{}",
-            s.bytes as f64 / 1048576.0,
-            s.elapsed.as_secs_f64(),
-            fmt_kib(s.end_kib),
-            if s.aborted { ", stopped early: RSS passed the abort limit" } else { "" }
-        ));
+    if wanted("slow") {
+        let slow = slow_reader(&server);
+        let ok = slow.as_ref().ok().map(|s| s.max_kib <= 32 << 10);
+        table.row(
+            "RSS during slow reader (max over 10 s)",
+            slow.as_ref().map(|s| fmt_kib(s.max_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        table.bar("<= 32 MiB", ok);
+        if let Ok(s) = &slow {
+            table.notes.push(format!(
+                "slow reader: read {:.1} MiB in {:.1} s, RSS at end {}{}",
+                s.bytes as f64 / 1048576.0,
+                s.elapsed.as_secs_f64(),
+                fmt_kib(s.end_kib),
+                if s.aborted { ", stopped early: RSS passed the abort limit" } else { "" }
+            ));
+        }
     }
 
     match server.stop() {
@@ -809,7 +876,6 @@ fn run_all(target: &Target, echo: &Target) -> Table {
         Ok(status) => table.notes.push(format!("after SIGTERM the server exited with {status}")),
         Err(e) => table.notes.push(format!("stop: {e}")),
     }
-    table.notes.push("floors: startup = the echo child; round trip = tungstenite echo child pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = the command's pipe read here; files = std::fs here; 200 connections = 200 echo round trips".into());
     table
 }
 
@@ -872,7 +938,7 @@ fn startup(target: &Target) -> BenchResult<Duration> {
 /// client pinned to CPU 0 and the server to `server_cpu`.
 fn round_trips(target: &Target, server_cpu: &'static [usize]) -> BenchResult<Vec<Duration>> {
     let (server, _) = launch(target, Some(server_cpu))?;
-    let echo = target.is_echo();
+    let echo = target.kind == Kind::Echo;
     let path = server.home.path.display().to_string();
     let addr = server.addr;
     // A thread of its own, so pinning the client does not pin the rest of the bench.
