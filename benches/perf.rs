@@ -958,14 +958,18 @@ fn round_trips(target: &Target, server_cpu: &'static [usize]) -> BenchResult<Vec
             let request =
                 json!({"id": id, "method": "fs/getMetadata", "params": {"path": path}}).to_string();
             let start = Instant::now();
-            client.send(request)?;
+            client.send(request).map_err(|e| format!("request {i}: {e}"))?;
             // The echo floor returns the request itself, which parses the same way.
             let mut answered = false;
             while !answered {
-                answered = client.recv(|msg| match msg.error {
-                    Some(error) if msg.id == Some(id) => Err(format!("fs/getMetadata: {error}")),
-                    _ => Ok(msg.id == Some(id)),
-                })?;
+                answered = client
+                    .recv(|msg| match msg.error {
+                        Some(error) if msg.id == Some(id) => {
+                            Err(format!("fs/getMetadata: {error}"))
+                        }
+                        _ => Ok(msg.id == Some(id)),
+                    })
+                    .map_err(|e| format!("request {i} of {}: {e}", RTT_WARMUP + RTT_SAMPLES))?;
             }
             if i >= RTT_WARMUP {
                 times.push(start.elapsed());
