@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::cloud::CloudArgs;
 use crate::config::Config;
 
 /// exec-server: run processes and use files on this host for a remote orchestrator, over
@@ -93,21 +94,7 @@ pub enum Mode {
     Version,
     Listen { addr: SocketAddr, token: Option<String> },
     Stdio,
-    Cloud(CloudFlags),
-}
-
-/// The raw cloud options, validated by the cloud module.
-#[derive(Debug, Default)]
-pub struct CloudFlags {
-    pub cloud: bool,
-    pub cloud_base_url: Option<String>,
-    pub remote: Option<String>,
-    pub cloud_environment_id: Option<String>,
-    pub executor_id: Option<String>,
-    pub cloud_name: Option<String>,
-    pub name: Option<String>,
-    pub token_file: Option<String>,
-    pub ca_file: Option<String>,
+    Cloud(CloudArgs),
 }
 
 /// A startup failure: the message for stderr and the exit code (§8.8).
@@ -135,14 +122,12 @@ pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
     if flags.version {
         return Ok((Mode::Version, config));
     }
-    let cloud = flags.cloud || flags.remote.is_some();
-    if cloud {
-        if let Some(listen) = &flags.listen {
-            return Err(Exit::usage(format!(
-                "--listen `{listen}` cannot be combined with cloud mode"
-            )));
-        }
-        return Ok((Mode::Cloud(cloud_flags(flags)), config));
+    let cloud = cloud_args(&flags);
+    if let Some(message) = cloud.usage_error(flags.listen.as_deref()) {
+        return Err(Exit::usage(message));
+    }
+    if cloud.enabled() {
+        return Ok((Mode::Cloud(cloud), config));
     }
     let listen = flags.listen.as_deref().unwrap_or("ws://127.0.0.1:0");
     if listen == "stdio" || listen == "stdio://" {
@@ -224,17 +209,17 @@ fn config(flags: &Flags) -> Config {
     }
 }
 
-fn cloud_flags(flags: Flags) -> CloudFlags {
-    CloudFlags {
+fn cloud_args(flags: &Flags) -> CloudArgs {
+    CloudArgs {
         cloud: flags.cloud,
-        cloud_base_url: flags.cloud_base_url,
-        remote: flags.remote,
-        cloud_environment_id: flags.cloud_environment_id,
-        executor_id: flags.executor_id,
-        cloud_name: flags.cloud_name,
-        name: flags.name,
-        token_file: flags.token_file,
-        ca_file: flags.ca_file,
+        cloud_base_url: flags.cloud_base_url.clone(),
+        remote: flags.remote.clone(),
+        cloud_environment_id: flags.cloud_environment_id.clone(),
+        executor_id: flags.executor_id.clone(),
+        cloud_name: flags.cloud_name.clone(),
+        name: flags.name.clone(),
+        token_file: flags.token_file.clone(),
+        ca_file: flags.ca_file.clone(),
     }
 }
 

@@ -2,20 +2,27 @@
 //! stdio, cloud), run it, and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
 mod cli;
+mod cloud;
 mod config;
+mod envpolicy;
 mod pool;
+mod process;
+mod pty;
+mod registry;
 mod rpc;
 mod session;
 mod shutdown;
 mod socket;
 mod stdio;
+mod tls;
 
 use std::io::Write;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cli::{Exit, Mode};
-use rpc::Server;
+use rpc::{Server, Transport};
 
 /// How long graceful shutdown waits for connections to finish closing (§9.4 asks < 5 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -69,8 +76,47 @@ fn run(args: &[String]) -> Result<(), Exit> {
             stop(&server);
             Ok(())
         }
-        Mode::Cloud(_) => Err(Exit::usage("cloud mode is not available in this build")),
+        Mode::Cloud(flags) => run_cloud(&flags, config),
     }
+}
+
+/// Cloud mode (§8): the registration loop serves each rendezvous socket with the same
+/// code as local connections, and sleeps until the next round unless shutdown comes first.
+fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exit> {
+    let cloud = flags.validate(&|key| std::env::var(key).ok()).map_err(Exit::usage)?;
+    let server = Server::new(config);
+    // The loop blocks in `serve` while a rendezvous is up, and in a registry request or a
+    // dial (up to 10 s each) otherwise. This thread turns SIGTERM/SIGINT into closing the
+    // socket; if the loop is stuck in a request instead, it finishes the shutdown itself
+    // so that it stays within §9.4's few seconds.
+    let (done, loop_ended) = std::sync::mpsc::channel::<()>();
+    let watcher = Arc::clone(&server);
+    std::thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(move || {
+            shutdown::wait(None);
+            watcher.shutdown();
+            if loop_ended.recv_timeout(SHUTDOWN_GRACE).is_err() {
+                watcher.wait_closed(SHUTDOWN_GRACE);
+                log::info!("shutting down during a registry request");
+                std::process::exit(0);
+            }
+        })
+        .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
+    let keepalive =
+        socket::Keepalive { ping_every: cloud::PING_EVERY, dead_after: cloud::DEAD_AFTER };
+    let outcome = cloud::run(
+        cloud,
+        &mut |mut ws| {
+            // The client handshake used tungstenite's defaults; serve with ours.
+            ws.set_config(|c| *c = socket::ws_config(&server.config));
+            socket::serve(ws, &server, Transport::Rendezvous, Some(keepalive))
+        },
+        &|delay| shutdown::wait(Some(delay)),
+    );
+    stop(&server);
+    let _ = done.send(());
+    outcome.map_err(|e| Exit { code: e.code, message: e.message })
 }
 
 /// Graceful shutdown (§9.4): end every session and close every connection.

@@ -58,6 +58,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::pool::Pool;
+use crate::process::StartParams;
 use crate::session::{Session, Sessions};
 
 /// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
@@ -114,10 +115,11 @@ pub struct Server {
 
 impl Server {
     pub fn new(config: Config) -> Arc<Server> {
+        let config = Arc::new(config);
         Arc::new(Server {
-            sessions: Sessions::new(config.detach_ttl),
+            sessions: Sessions::new(Arc::clone(&config)),
             pool: Pool::new(config.workers),
-            config: Arc::new(config),
+            config,
             conns: Mutex::new(HashMap::new()),
             conn_gone: Condvar::new(),
             next_conn: AtomicU64::new(1),
@@ -258,6 +260,8 @@ struct Request {
     frame: Text,
     params: Option<Range<usize>>,
     keys: Vec<Key>,
+    /// May run on the reader's own thread (see `Connection::handle`).
+    quick: bool,
 }
 
 impl Request {
@@ -337,8 +341,11 @@ impl Connection {
                     let start = p.get().as_ptr() as usize - base;
                     start..start + p.get().len()
                 });
-                let mut request = Request { id, method, frame: text, params, keys: Vec::new() };
-                request.keys = keys(request.params());
+                let mut request =
+                    Request { id, method, frame: text, params, keys: Vec::new(), quick: false };
+                let (keys, waits) = keys(request.params());
+                request.keys = keys;
+                request.quick = is_quick(&request.method, waits);
                 Item::Request(request)
             }
             None if method == "initialized" => Item::Initialized,
@@ -355,7 +362,12 @@ impl Connection {
             return Flow::Close;
         }
         state.queue.push_back(item);
-        self.pump(&mut state)
+        let (flow, inline) = self.pump(&mut state, true);
+        drop(state);
+        if let Some(request) = inline {
+            Arc::clone(self).execute(request);
+        }
+        flow
     }
 
     /// Answers a message the transport could not even turn into text (§1.4).
@@ -363,6 +375,17 @@ impl Connection {
         let error = RpcError::invalid_request(format!("{}{detail}", self.prefix));
         let _ = self.out.send(error_text("-1", &error));
         Flow::Continue
+    }
+
+    /// Waits, for at most `grace`, until every request received so far has been answered.
+    pub fn drain(&self, grace: std::time::Duration) {
+        let state = self.lock();
+        let _ = self
+            .room
+            .wait_timeout_while(state, grace, |s| {
+                !s.closed && (s.running > 0 || !s.queue.is_empty())
+            })
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// The transport ended: detach the session and forget what was waiting.
@@ -390,7 +413,13 @@ impl Connection {
 
     /// Starts every waiting item whose turn has come (§1.5, see `startable`); an
     /// `initialized` barrier takes effect here, in its turn.
-    fn pump(self: &Arc<Self>, state: &mut ConnState) -> Flow {
+    ///
+    /// With `inline`, a lone quick request (one that cannot block: memory-only work, a
+    /// signal, a single stat) is returned to the caller — the reader — to execute on its own
+    /// thread instead of being handed to a worker. That handoff (a wake-up and a context
+    /// switch) would otherwise double the round trip of exactly the requests that are
+    /// cheapest to answer.
+    fn pump(self: &Arc<Self>, state: &mut ConnState, inline: bool) -> (Flow, Option<Request>) {
         let limit = self.server.config.concurrent_requests;
         loop {
             let shapes = state.queue.iter().map(Item::shape);
@@ -408,7 +437,7 @@ impl Connection {
                     state.queue.clear();
                     self.out.close(CloseReason::Protocol);
                     self.room.notify_all();
-                    return Flow::Close;
+                    return (Flow::Close, None);
                 }
                 state.initialized = true;
                 continue;
@@ -419,18 +448,23 @@ impl Connection {
                     started.push(request);
                 }
             }
+            let lone = started.len() == 1 && state.queue.is_empty() && state.running == 0;
             for request in started.into_iter().rev() {
                 for key in &request.keys {
                     *state.busy.entry(key.clone()).or_insert(0) += 1;
                 }
                 state.running += 1;
+                if inline && lone && request.quick {
+                    self.room.notify_all();
+                    return (Flow::Continue, Some(request));
+                }
                 let conn = Arc::clone(self);
                 self.server.pool.submit(Box::new(move || conn.execute(request)));
             }
             break;
         }
         self.room.notify_all();
-        Flow::Continue
+        (Flow::Continue, None)
     }
 
     /// Runs one request on a pool worker and writes its response.
@@ -476,7 +510,7 @@ impl Connection {
             }
         }
         if !state.closed {
-            self.pump(&mut state);
+            self.pump(&mut state, false);
         }
     }
 
@@ -484,12 +518,26 @@ impl Connection {
     /// serialized result and, for some methods, work to do once the response is written.
     fn dispatch(&self, request: &Request) -> (Result<String, RpcError>, Option<After>) {
         let params = request.params();
+        let mut after: Option<After> = None;
         let result = match request.method.as_str() {
             "initialize" => decode_params(params).and_then(|p| encode(self.initialize(p))),
+            "process/start" => self.gated(Family::Exec, params, |p: StartParams, session| {
+                let id = p.process_id.clone();
+                let started = session.processes.start(p)?;
+                // §5: the process's notifications wait until this response is written.
+                let session = Arc::clone(session);
+                after = Some(Box::new(move || session.processes.announce(&id)));
+                Ok(started)
+            }),
+            "process/read" => self.gated(Family::Exec, params, |p, s| s.processes.read(p)),
+            "process/write" => self.gated(Family::Exec, params, |p, s| s.processes.write(p)),
+            "process/terminate" => {
+                self.gated(Family::Exec, params, |p, s| s.processes.terminate(p))
+            }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
             other => Err(RpcError::method_not_found(other)),
         };
-        (result, None)
+        (result, after)
     }
 
     /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),
@@ -680,8 +728,9 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
     false
 }
 
-/// The ordering keys of a request (§1.5), read from its raw params.
-fn keys(params: &str) -> Vec<Key> {
+/// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
+/// to long-poll (`waitMs` above zero).
+fn keys(params: &str) -> (Vec<Key>, bool) {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Named {
@@ -689,12 +738,14 @@ fn keys(params: &str) -> Vec<Key> {
         path: Option<String>,
         source_path: Option<String>,
         destination_path: Option<String>,
+        wait_ms: Option<u64>,
     }
     // A direct struct decode skips unknown members (large payloads included) without
     // copying them; params of any other shape simply have no keys.
     let Ok(named) = serde_json::from_str::<Named>(params) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
+    let waits = named.wait_ms.is_some_and(|ms| ms > 0);
     let mut keys = Vec::new();
     if let Some(id) = named.process_id {
         keys.push(Key::Process(id));
@@ -704,7 +755,17 @@ fn keys(params: &str) -> Vec<Key> {
             keys.push(Key::Path(path));
         }
     }
-    keys
+    (keys, waits)
+}
+
+/// Requests that finish without blocking on anything but a local syscall, and so may run
+/// on the reader's thread.
+fn is_quick(method: &str, waits: bool) -> bool {
+    match method {
+        "initialize" | "process/write" | "process/terminate" | "fs/getMetadata" => true,
+        "process/read" => !waits,
+        _ => false,
+    }
 }
 
 /// Lexical normalization of an absolute path: `.` and `..` removed without touching the
@@ -829,13 +890,16 @@ mod tests {
 
     #[test]
     fn keys_name_processes_and_normalized_paths() {
-        assert_eq!(keys(r#"{"processId":"p1","chunk":""}"#), vec![Key::Process("p1".into())]);
+        assert_eq!(keys(r#"{"processId":"p1","chunk":""}"#).0, vec![Key::Process("p1".into())]);
         assert_eq!(
-            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#),
+            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#).0,
             vec![Key::Path("/a/c".into()), Key::Path("/d".into())]
         );
-        assert_eq!(keys(r#"{"path":"relative"}"#), vec![]);
-        assert_eq!(keys("[1,2]"), vec![]);
+        assert_eq!(keys(r#"{"path":"relative"}"#).0, vec![]);
+        assert_eq!(keys("[1,2]").0, vec![]);
+        assert!(keys(r#"{"processId":"p","waitMs":5000}"#).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":0}"#).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":null}"#).1);
     }
 
     fn key(name: &str) -> Key {

@@ -4,9 +4,12 @@
 //! sockets or parses requests.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
+use crate::process::{Notify, Processes};
 use crate::rpc::{Outbound, RpcError};
 
 /// Where a session's notifications go: the attached connection, or nowhere while detached.
@@ -37,10 +40,17 @@ impl Link {
     }
 }
 
+impl Notify for Link {
+    fn notify(&self, message: String) {
+        Link::notify(self, message);
+    }
+}
+
 /// One client session: its id, its link and the processes it owns.
 pub struct Session {
     pub id: String,
     pub link: Arc<Link>,
+    pub processes: Processes,
 }
 
 impl Session {
@@ -53,6 +63,7 @@ impl Session {
     /// Kills and reaps everything the session owns; called once it is removed.
     fn end(&self) {
         log::info!("session {} removed", self.id);
+        self.processes.kill_all();
     }
 }
 
@@ -62,13 +73,21 @@ pub struct Sessions {
     /// Wakes the reaper when a session is detached.
     detached: Condvar,
     ttl: Duration,
+    config: Arc<Config>,
+    /// Registered processes over all sessions (`--max-processes`).
+    live_processes: Arc<AtomicUsize>,
 }
 
 impl Sessions {
     /// Creates the registry and starts its reaper thread.
-    pub fn new(ttl: Duration) -> Arc<Sessions> {
-        let sessions =
-            Arc::new(Sessions { map: Mutex::new(HashMap::new()), detached: Condvar::new(), ttl });
+    pub fn new(config: Arc<Config>) -> Arc<Sessions> {
+        let sessions = Arc::new(Sessions {
+            map: Mutex::new(HashMap::new()),
+            detached: Condvar::new(),
+            ttl: config.detach_ttl,
+            config,
+            live_processes: Arc::default(),
+        });
         let reaper = Arc::clone(&sessions);
         let spawned =
             std::thread::Builder::new().name("reaper".into()).spawn(move || reap(&reaper));
@@ -84,7 +103,12 @@ impl Sessions {
         let link = Arc::new(Link {
             state: Mutex::new(LinkState { conn: Some((conn, out)), detached_at: None }),
         });
-        let session = Arc::new(Session { id: id.clone(), link });
+        let processes = Processes::new(
+            Arc::clone(&self.config),
+            Arc::clone(&self.live_processes),
+            Arc::clone(&link) as Arc<dyn Notify>,
+        );
+        let session = Arc::new(Session { id: id.clone(), link, processes });
         self.lock().insert(id, Arc::clone(&session));
         session
     }

@@ -443,7 +443,7 @@ pub fn serve<S>(
     let mut last_heard = Instant::now();
     let mut next_ping = keepalive.map(|k| last_heard + k.ping_every);
     let mut drained = false;
-    'serve: loop {
+    loop {
         if drained {
             let timeout = match (keepalive, next_ping) {
                 (Some(k), Some(ping)) => Some(ping.min(last_heard + k.dead_after)),
@@ -455,77 +455,81 @@ pub fn serve<S>(
                 if last_heard.elapsed() >= k.dead_after {
                     log::warn!("rendezvous link silent for {:?}; closing", k.dead_after);
                     writer.close(CloseReason::GoingAway);
-                    break 'serve;
+                    break;
                 }
                 let _ = writer.lock().write(Message::Ping(Bytes::new()));
                 let _ = writer.lock().flush();
                 next_ping = Some(Instant::now() + k.ping_every);
                 continue;
             }
+            drained = false;
         }
-        let mut inbound: Vec<Result<Text, String>> = Vec::new();
-        let mut end: Option<Option<CloseReason>> = None;
-        drained = false;
-        {
-            let mut ws = writer.lock();
-            while inbound.len() < 16 {
-                match ws.read() {
-                    Ok(Message::Text(text)) => inbound.push(Ok(Box::new(text))),
-                    Ok(Message::Binary(bytes)) => inbound.push(
-                        Utf8Bytes::try_from(bytes)
-                            .map(|t| Box::new(t) as Text)
-                            .map_err(|e| format!("binary frame is not UTF-8: {e}")),
-                    ),
-                    Ok(Message::Close(_)) => {
-                        end = Some(None);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        drained = true;
-                        break;
-                    }
-                    Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(WsError::Capacity(e)) => {
-                        log::warn!("closing: {e}");
-                        end = Some(Some(CloseReason::TooBig));
-                        break;
-                    }
-                    Err(WsError::Utf8(_)) => {
-                        end = Some(Some(CloseReason::InvalidData));
-                        break;
-                    }
-                    Err(WsError::Protocol(e)) => {
-                        log::warn!("closing: websocket protocol error: {e}");
-                        end = Some(Some(CloseReason::Protocol));
-                        break;
-                    }
-                    Err(_) => {
-                        end = Some(None);
-                        break;
-                    }
+        // One message per lock: it is handled (and, when quick, answered) before the next
+        // read, so a lone request's response never waits behind the read that finds the
+        // socket empty.
+        let event = read_one(&mut writer.lock());
+        if !matches!(event, Inbound::Drained) {
+            last_heard = Instant::now();
+        }
+        let flow = match event {
+            Inbound::Text(text) => conn.handle(text),
+            Inbound::Malformed(detail) => conn.malformed(&detail),
+            Inbound::Drained => {
+                drained = true;
+                Flow::Continue
+            }
+            Inbound::Nothing => Flow::Continue,
+            Inbound::End(reason) => {
+                if let Some(reason) = reason {
+                    writer.close(reason);
                 }
+                Flow::Close
             }
-        }
-        last_heard = Instant::now();
-        for message in inbound {
-            let flow = match message {
-                Ok(text) => conn.handle(text),
-                Err(detail) => conn.malformed(&detail),
-            };
-            if flow == Flow::Close {
-                break 'serve;
-            }
-        }
-        if let Some(reason) = end {
-            if let Some(reason) = reason {
-                writer.close(reason);
-            }
+        };
+        if flow == Flow::Close {
             break;
         }
     }
     writer.finish();
     conn.closed();
+}
+
+/// What one read from a websocket produced.
+enum Inbound {
+    Text(Text),
+    /// A binary message that is not UTF-8 (§1.4).
+    Malformed(String),
+    /// A control frame or a partial message: read again.
+    Nothing,
+    /// The socket has nothing more for now: wait in poll.
+    Drained,
+    /// The connection is over, with the close reason to send if it is ours to send.
+    End(Option<CloseReason>),
+}
+
+fn read_one<S: Read + Write>(ws: &mut WebSocket<S>) -> Inbound {
+    match ws.read() {
+        Ok(Message::Text(text)) => Inbound::Text(Box::new(text)),
+        Ok(Message::Binary(bytes)) => match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Inbound::Text(Box::new(text)),
+            Err(e) => Inbound::Malformed(format!("binary frame is not UTF-8: {e}")),
+        },
+        // Our reply to the peer's Close is queued; `Writer::finish` flushes it.
+        Ok(Message::Close(_)) => Inbound::End(None),
+        Ok(_) => Inbound::Nothing,
+        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Inbound::Drained,
+        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => Inbound::Nothing,
+        Err(WsError::Capacity(e)) => {
+            log::warn!("closing: {e}");
+            Inbound::End(Some(CloseReason::TooBig))
+        }
+        Err(WsError::Utf8(_)) => Inbound::End(Some(CloseReason::InvalidData)),
+        Err(WsError::Protocol(e)) => {
+            log::warn!("closing: websocket protocol error: {e}");
+            Inbound::End(Some(CloseReason::Protocol))
+        }
+        Err(_) => Inbound::End(None),
+    }
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {

@@ -4,6 +4,7 @@
 use std::io::{self, BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::rpc::{CloseReason, Closed, Flow, Outbound, Server, Transport};
 use crate::shutdown;
@@ -35,6 +36,9 @@ impl Outbound for Stdout {
         shutdown::trigger();
     }
 }
+
+/// How long the end of stdin waits for requests already received to be answered.
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
 /// Serves stdin/stdout until stdin ends or shutdown is requested.
 pub fn serve(server: &Arc<Server>) {
@@ -69,6 +73,8 @@ pub fn serve(server: &Arc<Server>) {
                 }
             }
         }
+        // A client that writes its requests and closes stdin still gets its answers.
+        reader.drain(DRAIN_GRACE);
         shutdown::trigger();
     });
     if let Err(e) = spawned {

@@ -94,7 +94,10 @@ fn stdio_serves_one_json_per_line_and_exits_0_on_eof() {
         daemon.recv(),
         json!({"id":"two","error":{"code":-32601,"message":"exec-server stub does not implement `x/y` yet"}})
     );
+    // Requests already sent are answered even when stdin ends right after them.
+    daemon.send_line(r#"{"id":"last","method":"x/z"}"#);
     daemon.close_stdin();
+    assert_eq!(daemon.recv()["id"], "last");
     let status = common::wait_exit(&mut daemon.child);
     assert_eq!(status.code(), Some(0));
 }
@@ -521,4 +524,22 @@ fn two_hundred_concurrent_connections_each_get_a_session() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 200);
+}
+
+#[test]
+fn pipelined_handshake_and_requests_are_all_answered_in_order() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.connect();
+    for text in [
+        r#"{"id":1,"method":"initialize","params":{"clientName":"p"}}"#,
+        r#"{"method":"initialized","params":{}}"#,
+        r#"{"id":2,"method":"a/b"}"#,
+        r#"{"id":3,"method":"c/d"}"#,
+    ] {
+        client.ws.write(Message::text(text)).expect("queue");
+    }
+    client.ws.flush().expect("flush");
+    assert!(client.response(&json!(1))["result"]["sessionId"].is_string());
+    assert_eq!(client.response(&json!(2))["error"]["code"], -32601);
+    assert_eq!(client.response(&json!(3))["error"]["code"], -32601);
 }
