@@ -845,6 +845,14 @@ fn run_all(target: &Target, echo: &Target) -> Table {
             Ok("-".into()),
             None,
         );
+        if let Ok(c) = &ours {
+            table.notes.push(format!(
+                "200 connections: slowest connect {}, initialize {}, process {}",
+                fmt_dur(c.slowest[0]),
+                fmt_dur(c.slowest[1]),
+                fmt_dur(c.slowest[2])
+            ));
+        }
         if let Some(e) = ours.as_ref().ok().and_then(|c| c.first_error.as_ref()) {
             table.notes.push(format!("first connection failure: {e}"));
         }
@@ -1184,6 +1192,8 @@ struct Crowd {
     first_error: Option<String>,
     rss_open_kib: u64,
     rss_after_kib: u64,
+    /// The slowest client's connect (TCP + websocket handshake), initialize, and the rest.
+    slowest: [Duration; 3],
 }
 
 /// `CONNECTIONS` clients released at once; each initializes and runs `/bin/true` to closed
@@ -1201,10 +1211,14 @@ fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
             .spawn(move || {
                 go.wait();
                 let mut client = None;
+                // When the websocket was up and when initialize was answered.
+                let mut marks: [Option<Instant>; 2] = [None, None];
                 let result = (|| -> BenchResult<()> {
                     let c = client.insert(Client::connect(addr)?);
+                    marks[0] = Some(Instant::now());
                     if protocol {
                         c.initialize()?;
+                        marks[1] = Some(Instant::now());
                         let outcome = c.run_process(
                             &format!("crowd-{i}"),
                             &["/bin/true"],
@@ -1224,7 +1238,7 @@ fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
                 // Connections stay open until the RSS with all of them has been read.
                 release.wait();
                 drop(client);
-                (result, finished)
+                (result, marks, finished)
             })
             .map_err(|e| format!("spawn client thread: {e}"))?;
         handles.push(handle);
@@ -1237,16 +1251,25 @@ fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
     let mut failures = 0;
     let mut first_error = None;
     let mut last = start;
+    let mut slowest = [Duration::ZERO; 3];
     for handle in handles {
-        let (result, finished) = handle.join().map_err(|_| "client thread panicked".to_string())?;
+        let (result, marks, finished) =
+            handle.join().map_err(|_| "client thread panicked".to_string())?;
         last = last.max(finished);
+        // Phase lengths: connect + websocket handshake, initialize, the rest.
+        let connected = marks[0].unwrap_or(finished);
+        let initialized = marks[1].unwrap_or(connected);
+        let phases = [connected - start, initialized - connected, finished - initialized];
+        for (slow, phase) in slowest.iter_mut().zip(phases) {
+            *slow = (*slow).max(phase);
+        }
         if let Err(e) = result {
             failures += 1;
             first_error.get_or_insert(e);
         }
     }
     let rss_after_kib = server.rss_kib()?;
-    Ok(Crowd { wall: last - start, failures, first_error, rss_open_kib, rss_after_kib })
+    Ok(Crowd { wall: last - start, failures, first_error, rss_open_kib, rss_after_kib, slowest })
 }
 
 struct SlowRead {
