@@ -5,6 +5,7 @@ mod cli;
 mod cloud;
 mod config;
 mod envpolicy;
+mod fs;
 mod pool;
 mod process;
 mod pty;

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
+use crate::fs;
 use crate::pool::Pool;
 use crate::process::StartParams;
 use crate::session::{Session, Sessions};
@@ -535,6 +536,17 @@ impl Connection {
                 self.gated(Family::Exec, params, |p, s| s.processes.terminate(p))
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
+            "fs/readFile" => self.gated(Family::Filesystem, params, |p, _| fs::read_file(p)),
+            "fs/writeFile" => self.gated(Family::Filesystem, params, |p, _| fs::write_file(p)),
+            "fs/createDirectory" => {
+                self.gated(Family::Filesystem, params, |p, _| fs::create_directory(p))
+            }
+            "fs/getMetadata" => self.gated(Family::Filesystem, params, |p, _| fs::get_metadata(p)),
+            "fs/readDirectory" => {
+                self.gated(Family::Filesystem, params, |p, _| fs::read_directory(p))
+            }
+            "fs/remove" => self.gated(Family::Filesystem, params, |p, _| fs::remove(p)),
+            "fs/copy" => self.gated(Family::Filesystem, params, |p, _| fs::copy(p)),
             other => Err(RpcError::method_not_found(other)),
         };
         (result, after)
