@@ -2,7 +2,8 @@
 # Build the static musl release binary and prove it is what the issue promises: statically
 # linked, at most 2.5 MB, and able to serve in local mode inside an otherwise empty root
 # (only the binary, /dev, /proc and /etc/hosts). Installs the rustup target and musl-tools
-# only when they are missing. Exits non-zero on the first failed check.
+# only when they are missing. Linkage and size failures are all reported, then the run check;
+# any failure exits non-zero. STATIC_CHECK_BIN=path checks another binary without building.
 set -euo pipefail
 
 TARGET=x86_64-unknown-linux-musl
