@@ -23,3 +23,15 @@ lint:
 
 fmt:
 	$(CARGO) fmt
+
+# Static musl release binary: build, then check linkage, size (<= 2.5 MB) and a run inside an
+# empty root (scripts/static.sh).
+.PHONY: static
+static:
+	./scripts/static.sh
+
+# Performance table against an echo floor (benches/perf.rs); REFERENCE_BIN=path adds the
+# same table for another server. `make test` never runs it (the bench needs --bench).
+.PHONY: bench
+bench:
+	$(CARGO) bench --bench perf

@@ -1,0 +1,1362 @@
+//! The performance bench of issue 6 (`make bench`, `cargo bench --bench perf`): starts the
+//! release server binary and, in the same run, a minimal tungstenite echo server (this
+//! program re-executed as a child) as the transport floor, drives both over loopback
+//! websockets as a PROTOCOL.md client, and prints one table per server with each figure
+//! next to its floor. `REFERENCE_BIN=path` adds a table for another server speaking the
+//! protocol (`REFERENCE_ARGS` overrides the arguments placed before `--listen`; a binary
+//! named `codex` gets `exec-server`); `BENCH_BIN=path` measures another build of ours;
+//! `BENCH_ONLY=stream,rtt` runs only the named scenarios (see `SCENARIOS`). It owns no
+//! server code and must not touch the crate's modules: it sees a server only through its
+//! command line, stdout line, websocket and `/proc/<pid>/status`. Every loop is bounded in
+//! count and time; every read has a deadline.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+/// Set in the environment of the re-executed bench binary to make it the echo floor.
+const ECHO_ENV: &str = "EXEC_SERVER_PERF_ECHO";
+/// Accept queue of the echo floor: room for every client of the connections scenario.
+const LISTEN_BACKLOG: i32 = 1024;
+
+const URL_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read and write deadline of every client socket: a server that stops answering fails
+/// the scenario instead of hanging the bench.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound on any one scenario's main loop.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(120);
+
+const STARTUP_RUNS: usize = 10;
+const RTT_WARMUP: usize = 500;
+const RTT_SAMPLES: usize = 5000;
+const ONESHOT_WARMUP: usize = 10;
+const ONESHOT_SAMPLES: usize = 300;
+const STREAM_BYTES: u64 = 256 << 20;
+const FILE_BYTES: usize = 64 << 20;
+/// Tried when a server refuses `FILE_BYTES` (the reference's 64 MiB message limit is below
+/// the 85 MiB of base64 a 64 MiB file takes), so its table still has a file figure.
+const FALLBACK_FILE_BYTES: usize = 32 << 20;
+const FILE_RUNS: usize = 3;
+const CONNECTIONS: usize = 200;
+/// The 200 client threads only hold one socket each.
+const CONNECTION_THREAD_STACK_BYTES: usize = 256 << 10;
+const SLOW_READ_BYTES_PER_TICK: u64 = 1 << 20;
+const SLOW_READ_TICK: Duration = Duration::from_millis(100);
+const SLOW_READ_DURATION: Duration = Duration::from_secs(10);
+/// A server whose RSS passes this during the slow reader is not bounding its buffers;
+/// the scenario stops there rather than exhaust the machine.
+const RSS_ABORT_KIB: u64 = 2 << 20;
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
+
+type BenchResult<T> = Result<T, String>;
+
+fn main() {
+    if std::env::var_os(ECHO_ENV).is_some() {
+        echo_server();
+        return;
+    }
+    // `cargo bench` passes --bench; `cargo test --benches`/`--all-targets` runs this binary
+    // without it, and the benchmark must never run as part of the tests.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("perf: skipped (run it with `cargo bench --bench perf` or `make bench`)");
+        return;
+    }
+    // BENCH_BIN measures another build of ours, e.g. the static musl binary of `make static`.
+    let bin = std::env::var_os("BENCH_BIN")
+        .filter(|b| !b.is_empty())
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_exec-server")), PathBuf::from);
+    let ours = Target { name: "exec-server".into(), kind: Kind::Ours, bin, args: Vec::new() };
+    let mut targets = vec![ours];
+    if let Some(bin) = std::env::var_os("REFERENCE_BIN").filter(|b| !b.is_empty()) {
+        targets.push(Target::reference(PathBuf::from(bin)));
+    }
+    let echo = Target {
+        name: "echo floor".into(),
+        kind: Kind::Echo,
+        bin: std::env::current_exe().expect("the running bench has a path"),
+        args: Vec::new(),
+    };
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let unknown: Vec<&str> = only
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && !SCENARIOS.contains(s))
+            .collect();
+        if !unknown.is_empty() {
+            eprintln!("perf: unknown BENCH_ONLY scenario(s) {unknown:?}; known: {SCENARIOS:?}");
+            std::process::exit(2);
+        }
+    }
+    println!("{}", machine_line());
+    for target in &targets {
+        let table = run_all(target, &echo);
+        table.print(target);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Launching servers
+// ---------------------------------------------------------------------------------------
+
+/// A server binary and the arguments that precede `--listen ws://127.0.0.1:0`.
+struct Target {
+    name: String,
+    kind: Kind,
+    bin: PathBuf,
+    args: Vec<OsString>,
+}
+
+impl Target {
+    fn reference(bin: PathBuf) -> Target {
+        let args = match std::env::var("REFERENCE_ARGS") {
+            Ok(args) => args.split_whitespace().map(OsString::from).collect(),
+            // The reference ships as a multi-call `codex` binary.
+            Err(_) if bin.file_name().is_some_and(|n| n == "codex") => vec!["exec-server".into()],
+            Err(_) => Vec::new(),
+        };
+        Target { name: "reference".into(), kind: Kind::Reference, bin, args }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Ours,
+    Reference,
+    /// This program in echo mode: no handshake, answers each message with itself.
+    Echo,
+}
+
+/// A running server child with its own temporary HOME; SIGTERMed and reaped on drop.
+struct Server {
+    child: Option<Child>,
+    pid: i32,
+    addr: SocketAddr,
+    /// Held open so a server that writes to stdout never sees EPIPE.
+    _stdout: ChildStdout,
+    home: TempDir,
+}
+
+fn launch(target: &Target, cpus: Option<&'static [usize]>) -> BenchResult<(Server, Duration)> {
+    let home = TempDir::new("home")?;
+    let stderr = std::fs::File::create(home.path.join("stderr.log")).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&target.bin);
+    cmd.args(&target.args)
+        .args(["--listen", "ws://127.0.0.1:0"])
+        .env("HOME", &home.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    if target.kind == Kind::Echo {
+        cmd.env(ECHO_ENV, "1");
+    }
+    if let Some(cpus) = cpus {
+        // Pinned before exec so every thread the server ever starts inherits the mask.
+        // SAFETY: sched_setaffinity is a plain syscall, async-signal-safe after fork.
+        unsafe {
+            cmd.pre_exec(move || set_affinity(0, cpus));
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", target.bin.display()))?;
+    let mut stdout = child.stdout.take().expect("stdout was configured as a pipe");
+    let line = read_line(&mut stdout, start + URL_LINE_TIMEOUT);
+    let elapsed = start.elapsed();
+    let pid = child.id() as i32;
+    let mut server =
+        Server { child: Some(child), pid, addr: ([0, 0, 0, 0], 0).into(), _stdout: stdout, home };
+    let line = line.map_err(|e| format!("{e}{}", server.stderr_tail()))?;
+    let addr = line
+        .strip_prefix("ws://")
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .ok_or_else(|| format!("unexpected URL line {line:?}"))?;
+    server.addr = addr;
+    Ok((server, elapsed))
+}
+
+impl Server {
+    fn rss_kib(&self) -> BenchResult<u64> {
+        proc_status_kib(self.pid, "VmRSS:")
+    }
+
+    /// Resets VmHWM so the next reading is the peak of what follows.
+    fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5").is_ok()
+    }
+
+    fn peak_kib(&self) -> BenchResult<u64> {
+        proc_status_kib(self.pid, "VmHWM:")
+    }
+
+    fn stderr_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.home.path.join("stderr.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(" (stderr: {})", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        }
+    }
+
+    /// SIGTERM, then reap within the deadline (SIGKILL after it); returns the exit status.
+    fn stop(&mut self) -> BenchResult<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or("already stopped")?;
+        // SAFETY: signalling our own child, which is not yet reaped, so the pid is valid.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(SHUTDOWN_TIMEOUT) {
+            Ok(status) => status.map_err(|e| e.to_string()),
+            Err(_) => {
+                // SAFETY: as above; the waiting thread reaps it after the kill.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                let _ = rx.recv_timeout(SHUTDOWN_TIMEOUT);
+                Err(format!("no exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM"))
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line from a pipe, waiting with poll(2) against the deadline.
+fn read_line(pipe: &mut ChildStdout, deadline: Instant) -> BenchResult<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no URL line before the deadline".into());
+        }
+        let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err.to_string());
+        }
+        if ready == 0 {
+            continue;
+        }
+        // One byte at a time: nothing after the line may be consumed, and it is ~30 bytes.
+        match pipe.read(&mut byte) {
+            Ok(0) => return Err("stdout closed before the URL line".into()),
+            Ok(_) if byte[0] == b'\n' => return String::from_utf8(line).map_err(|e| e.to_string()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array for which all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: cpu is below CPU_SETSIZE on any machine this bench runs on.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: set is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn proc_status_kib(pid: i32, field: &str) -> BenchResult<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(tag: &str) -> BenchResult<TempDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("exec-server-perf-{}-{tag}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------
+
+struct Client {
+    ws: WebSocket<TcpStream>,
+    next_id: i64,
+}
+
+/// The parts of any incoming message the scenarios look at, borrowed from the frame (base64
+/// and ids never need unescaping).
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default, borrow)]
+    method: Option<&'a str>,
+    #[serde(default, borrow)]
+    params: Option<EventParams<'a>>,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventParams<'a> {
+    #[serde(default, borrow)]
+    process_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    chunk: Option<&'a str>,
+    #[serde(default)]
+    exit_code: Option<i64>,
+}
+
+/// Messages above this go out as fragments of `FRAGMENT_BYTES`: servers built on
+/// tungstenite's defaults refuse single frames over 16 MiB, but not fragmented messages.
+const FRAGMENT_THRESHOLD_BYTES: usize = 16 << 20;
+const FRAGMENT_BYTES: usize = 4 << 20;
+
+impl Client {
+    fn connect(addr: SocketAddr) -> BenchResult<Client> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        // Latency figures must not include Nagle's delay on our side.
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+        let (ws, _) =
+            tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
+                .map_err(|e| format!("websocket handshake: {e}"))?;
+        Ok(Client { ws, next_id: 1 })
+    }
+
+    fn send(&mut self, text: String) -> BenchResult<()> {
+        if text.len() <= FRAGMENT_THRESHOLD_BYTES {
+            return self.ws.send(Message::text(text)).map_err(|e| format!("send: {e}"));
+        }
+        let bytes = tungstenite::Bytes::from(text);
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let end = (offset + FRAGMENT_BYTES).min(bytes.len());
+            let opcode = if offset == 0 { Data::Text } else { Data::Continue };
+            let frame =
+                Frame::message(bytes.slice(offset..end), OpCode::Data(opcode), end == bytes.len());
+            self.ws.write(Message::Frame(frame)).map_err(|e| format!("send: {e}"))?;
+            offset = end;
+        }
+        self.ws.flush().map_err(|e| format!("send: {e}"))
+    }
+
+    /// Reads the next data message and hands it, parsed, to `f`.
+    fn recv<R>(&mut self, f: impl FnOnce(Incoming<'_>) -> BenchResult<R>) -> BenchResult<R> {
+        loop {
+            let payload = match self.ws.read().map_err(|e| format!("read: {e}"))? {
+                Message::Text(t) => tungstenite::Bytes::from(t),
+                Message::Binary(b) => b,
+                Message::Close(c) => return Err(format!("server closed the connection: {c:?}")),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            };
+            let msg = serde_json::from_slice(&payload)
+                .map_err(|e| format!("bad message from server: {e}"))?;
+            return f(msg);
+        }
+    }
+
+    /// Reads until the response to `id`, skipping notifications; returns its result.
+    fn await_response(&mut self, id: i64, method: &str) -> BenchResult<Value> {
+        let deadline = Instant::now() + SCENARIO_DEADLINE;
+        while Instant::now() < deadline {
+            let result = self.recv(|msg| {
+                Ok((msg.method.is_none() && msg.id == Some(id)).then(|| response(msg, method)))
+            })?;
+            if let Some(result) = result {
+                return result;
+            }
+        }
+        Err(format!("{method}: no response before the deadline"))
+    }
+
+    fn next_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Sends a request and waits for its response, skipping notifications.
+    fn call(&mut self, method: &str, params: Value) -> BenchResult<Value> {
+        let id = self.next_id();
+        self.send(json!({"id": id, "method": method, "params": params}).to_string())?;
+        self.await_response(id, method)
+    }
+
+    fn initialize(&mut self) -> BenchResult<()> {
+        self.call("initialize", json!({"clientName": "exec-server-perf"}))?;
+        self.send(json!({"method": "initialized", "params": {}}).to_string())
+    }
+
+    fn start_process(&mut self, process_id: &str, argv: &[&str]) -> BenchResult<i64> {
+        let id = self.next_id();
+        let params =
+            json!({"processId": process_id, "argv": argv, "cwd": "/", "env": {}, "tty": false});
+        self.send(json!({"id": id, "method": "process/start", "params": params}).to_string())?;
+        Ok(id)
+    }
+
+    /// Runs one process to its `process/closed`, feeding decoded output sizes to `on_output`.
+    /// Tolerates notifications before the start response (the reference sends them).
+    fn run_process(
+        &mut self,
+        process_id: &str,
+        argv: &[&str],
+        deadline: Instant,
+    ) -> BenchResult<ProcessOutcome> {
+        let start_id = self.start_process(process_id, argv)?;
+        let mut outcome = ProcessOutcome::default();
+        let mut scratch = Vec::new();
+        let mut answered = false;
+        while !(answered && outcome.closed) {
+            if Instant::now() >= deadline {
+                return Err(format!("process {process_id}: not closed before the deadline"));
+            }
+            self.recv(|msg| {
+                match msg.method {
+                    None if msg.id == Some(start_id) => {
+                        response(msg, "process/start")?;
+                        answered = true;
+                    }
+                    None => {}
+                    Some(method) => {
+                        let Some(params) = msg.params else { return Ok(()) };
+                        if params.process_id != Some(process_id) {
+                            return Ok(());
+                        }
+                        match method {
+                            "process/output" => {
+                                outcome.bytes += decoded_len(params.chunk, &mut scratch)?
+                            }
+                            "process/exited" => outcome.exit_code = params.exit_code,
+                            "process/closed" => outcome.closed = true,
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(outcome)
+    }
+}
+
+#[derive(Default)]
+struct ProcessOutcome {
+    bytes: u64,
+    exit_code: Option<i64>,
+    closed: bool,
+}
+
+/// Decodes an output chunk into `scratch` (reused, so streaming allocates nothing per
+/// chunk) and returns the payload size.
+fn decoded_len(chunk: Option<&str>, scratch: &mut Vec<u8>) -> BenchResult<u64> {
+    scratch.clear();
+    base64::engine::general_purpose::STANDARD
+        .decode_vec(chunk.unwrap_or_default().as_bytes(), scratch)
+        .map_err(|e| format!("output chunk: {e}"))?;
+    Ok(scratch.len() as u64)
+}
+
+fn response(msg: Incoming<'_>, method: &str) -> BenchResult<Value> {
+    match (msg.result, msg.error) {
+        (_, Some(error)) => Err(format!("{method}: {error}")),
+        (Some(result), None) => Ok(result),
+        (None, None) => Err(format!("{method}: response without result")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The echo floor
+// ---------------------------------------------------------------------------------------
+
+/// A websocket server that answers every data message with itself: the least a server can
+/// do per round trip with the same transport stack (std TCP, tungstenite, TCP_NODELAY).
+fn echo_server() {
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("echo: bind: {e}");
+            std::process::exit(1);
+        }
+    };
+    // std listens with a backlog of 128, so 200 simultaneous connects would overflow the
+    // accept queue and wait out a 1 s SYN retransmit; Linux lets listen(2) raise it.
+    // SAFETY: listen on a socket we own.
+    unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    let mut out = io::stdout().lock();
+    if writeln!(out, "ws://{addr}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(1);
+    }
+    drop(out);
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        thread::spawn(move || echo_connection(stream));
+    }
+}
+
+fn echo_connection(stream: TcpStream) {
+    if stream.set_nodelay(true).is_err() {
+        return;
+    }
+    let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+    let Ok(mut ws) = tungstenite::accept_with_config(stream, Some(config)) else { return };
+    loop {
+        match ws.read() {
+            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                if ws.send(msg).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
+
+struct Row {
+    metric: String,
+    value: String,
+    floor: String,
+    ratio: String,
+    /// The issue's bar for this figure and whether the value meets it.
+    bar: String,
+}
+
+struct Table {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn row(
+        &mut self,
+        metric: &str,
+        value: BenchResult<String>,
+        floor: BenchResult<String>,
+        ratio: Option<f64>,
+    ) {
+        let value = self.cell(value);
+        let floor = self.cell(floor);
+        self.rows.push(Row {
+            metric: metric.into(),
+            value,
+            floor,
+            ratio: ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}x")),
+            bar: String::new(),
+        });
+    }
+
+    /// Sets the bar of the last row; `ok` is None when the value is missing.
+    fn bar(&mut self, bar: &str, ok: Option<bool>) {
+        let verdict = match ok {
+            Some(true) => "ok",
+            Some(false) => "MISS",
+            None => "?",
+        };
+        if let Some(row) = self.rows.last_mut() {
+            row.bar = format!("{bar} {verdict}");
+        }
+    }
+
+    /// A figure, or `error N` with the message once among the notes.
+    fn cell(&mut self, result: BenchResult<String>) -> String {
+        let Err(e) = result else { return result.unwrap_or_default() };
+        let note = format!("error: {e}");
+        let n = match self.notes.iter().position(|n| *n == note) {
+            Some(n) => n,
+            None => {
+                self.notes.push(note);
+                self.notes.len() - 1
+            }
+        };
+        format!("error [{}]", n + 1)
+    }
+
+    fn print(&self, target: &Target) {
+        println!();
+        println!("== {} ({}{}) ==", target.name, target.bin.display(), file_size(&target.bin));
+        let width = self.rows.iter().map(|r| r.metric.chars().count()).max().unwrap_or(0);
+        let vw = self.rows.iter().map(|r| r.value.chars().count()).max().unwrap_or(0).max(5);
+        let fw = self.rows.iter().map(|r| r.floor.chars().count()).max().unwrap_or(0).max(5);
+        println!("{:<width$}  {:>vw$}  {:>fw$}  {:>7}  bar", "metric", "value", "floor", "ratio");
+        for r in &self.rows {
+            println!(
+                "{:<width$}  {:>vw$}  {:>fw$}  {:>7}  {}",
+                r.metric, r.value, r.floor, r.ratio, r.bar
+            );
+        }
+        for (n, note) in self.notes.iter().enumerate() {
+            println!("  [{}] {note}", n + 1);
+        }
+        println!("  floors: {FLOORS}");
+    }
+}
+
+fn file_size(path: &Path) -> String {
+    std::fs::metadata(path).map_or_else(|_| String::new(), |m| format!(", {} bytes", m.len()))
+}
+
+fn machine_line() -> String {
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("exec-server perf: {cpus} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+/// What each floor column measured.
+const FLOORS: &str = "startup = the echo child; round trip = the tungstenite echo child, \
+pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = the same command's \
+pipe read here; files = std::fs here; 200 connections = 200 echo connections, one round trip each";
+
+/// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from.
+const SCENARIOS: [&str; 7] = ["startup", "rtt", "oneshot", "stream", "files", "crowd", "slow"];
+
+fn wanted(scenario: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only.split(',').any(|s| s.trim() == scenario),
+        _ => true,
+    }
+}
+
+fn run_all(target: &Target, echo: &Target) -> Table {
+    let mut table = Table { rows: Vec::new(), notes: Vec::new() };
+    eprintln!("perf: {} ...", target.name);
+
+    if wanted("startup") {
+        // Against the echo child's spawn → URL line.
+        let ours = startup(target);
+        let floor = startup(echo);
+        let ok = ours.as_ref().ok().map(|d| *d <= Duration::from_millis(3));
+        table.row(
+            "startup: spawn -> URL line (median of 10)",
+            ours.clone().map(fmt_dur),
+            floor.clone().map(fmt_dur),
+            ratio(&ours, &floor),
+        );
+        table.bar("<= 3 ms", ok);
+    }
+
+    if wanted("rtt") {
+        // Pinned to one CPU and across two, against the echo child pinned the same way.
+        for (label, server_cpu) in [("1 CPU", &[0usize][..]), ("2 CPUs", &[1usize][..])] {
+            let ours = round_trips(target, server_cpu);
+            let floor = round_trips(echo, server_cpu);
+            for (q, name) in [(50, "p50"), (99, "p99")] {
+                let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+                let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+                let r = ratio(&o, &f);
+                table.row(
+                    &format!("fs/getMetadata round trip, {label}, {name} of 5000"),
+                    o.map(fmt_dur),
+                    f.map(fmt_dur),
+                    r,
+                );
+                if q == 50 {
+                    table.bar("<= 1.3x floor", r.map(|r| r <= 1.3));
+                }
+            }
+        }
+    }
+
+    let (mut server, _) = match launch(target, None) {
+        Ok(s) => s,
+        Err(e) => {
+            table.notes.push(format!("server did not start: {e}"));
+            return table;
+        }
+    };
+    let idle = server.rss_kib();
+    let ok = idle.as_ref().ok().map(|&kib| kib <= 4 << 10);
+    table.row("RSS idle (after startup)", idle.map(fmt_kib), Ok("-".into()), None);
+    table.bar("<= 4 MiB", ok);
+
+    if wanted("oneshot") {
+        // Against fork/exec/wait of /bin/true in this process.
+        let ours = one_shot(&server);
+        let floor = one_shot_floor();
+        for (q, name) in [(50, "p50"), (99, "p99")] {
+            let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+            let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+            let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(2));
+            let r = ratio(&o, &f);
+            table.row(
+                &format!("process/start /bin/true -> closed, {name} of 300"),
+                o.map(fmt_dur),
+                f.map(fmt_dur),
+                r,
+            );
+            if q == 50 {
+                table.bar("<= 2 ms", ok);
+            }
+        }
+    }
+
+    if wanted("stream") {
+        // Against reading the same command's pipe directly.
+        let streamed = streaming(&server);
+        let floor = streaming_floor();
+        let o = streamed.as_ref().map(|s| s.mib_per_sec).map_err(Clone::clone);
+        let ok = o.as_ref().ok().map(|&r| r >= 600.0);
+        let r = ratio(&o, &floor);
+        table.row("stream head -c 256MiB, MiB/s decoded", o.map(fmt_rate), floor.map(fmt_rate), r);
+        table.bar(">= 600 MiB/s", ok);
+        table.row(
+            "RSS peak during streaming",
+            streamed.as_ref().map(|s| fmt_kib(s.peak_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        if let Ok(s) = &streamed {
+            table.notes.push(format!(
+                "streaming: the client used {} CPU in {} wall",
+                fmt_dur(s.client_cpu),
+                fmt_dur(s.elapsed)
+            ));
+        }
+    }
+
+    if wanted("files") {
+        // Against std::fs in this process.
+        let mut size = FILE_BYTES;
+        let mut files = file_io(&server, size);
+        if let Err(e) = &files {
+            table.notes.push(format!(
+                "fs at {} MiB failed ({e}); measured at {} MiB instead",
+                FILE_BYTES >> 20,
+                FALLBACK_FILE_BYTES >> 20
+            ));
+            size = FALLBACK_FILE_BYTES;
+            files = file_io(&server, size);
+        }
+        let floor = file_io_floor(&server.home.path, size);
+        for (i, name) in [(0, "fs/writeFile"), (1, "fs/readFile")] {
+            let o = files.as_ref().map(|f| f[i]).map_err(Clone::clone);
+            let f = floor.as_ref().map(|f| f[i]).map_err(Clone::clone);
+            let ok = o.as_ref().ok().map(|&r| r >= 500.0);
+            let r = ratio(&o, &f);
+            table.row(
+                &format!("{name} {} MiB, MiB/s", size >> 20),
+                o.map(fmt_rate),
+                f.map(fmt_rate),
+                r,
+            );
+            table.bar(">= 500 MiB/s", ok);
+        }
+    }
+
+    if wanted("crowd") {
+        // Against 200 echo connections with one round trip each.
+        let ours = connections(&server, true);
+        let floor =
+            launch(echo, None).and_then(|(echo_server, _)| connections(&echo_server, false));
+        let wall = |r: &BenchResult<Crowd>| r.as_ref().map(|c| c.wall).map_err(Clone::clone);
+        let (o, f) = (wall(&ours), wall(&floor));
+        let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(250));
+        let r = ratio(&o, &f);
+        table.row("200 connections: init + /bin/true, wall", o.map(fmt_dur), f.map(fmt_dur), r);
+        table.bar("<= 250 ms", ok);
+        let failures = ours.as_ref().map(|c| c.failures).map_err(Clone::clone);
+        let ok = failures.as_ref().ok().map(|&n| n == 0);
+        table.row(
+            "200 connections: failures",
+            failures.map(|n| n.to_string()),
+            Ok("-".into()),
+            None,
+        );
+        table.bar("0", ok);
+        table.row(
+            "RSS with 200 connections open",
+            ours.as_ref().map(|c| fmt_kib(c.rss_open_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        table.row(
+            "RSS after the 200 connections closed",
+            ours.as_ref().map(|c| fmt_kib(c.rss_after_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        if let Ok(c) = &ours {
+            table.notes.push(format!(
+                "200 connections: slowest connect {}, initialize {}, process {}",
+                fmt_dur(c.slowest[0]),
+                fmt_dur(c.slowest[1]),
+                fmt_dur(c.slowest[2])
+            ));
+        }
+        if let Some(e) = ours.as_ref().ok().and_then(|c| c.first_error.as_ref()) {
+            table.notes.push(format!("first connection failure: {e}"));
+        }
+    }
+
+    if wanted("slow") {
+        let slow = slow_reader(&server);
+        let ok = slow.as_ref().ok().map(|s| s.max_kib <= 32 << 10);
+        table.row(
+            "RSS during slow reader (max over 10 s)",
+            slow.as_ref().map(|s| fmt_kib(s.max_kib)).map_err(Clone::clone),
+            Ok("-".into()),
+            None,
+        );
+        table.bar("<= 32 MiB", ok);
+        if let Ok(s) = &slow {
+            table.notes.push(format!(
+                "slow reader: read {:.1} MiB in {:.1} s, RSS at end {}{}",
+                s.bytes as f64 / 1048576.0,
+                s.elapsed.as_secs_f64(),
+                fmt_kib(s.end_kib),
+                if s.aborted { ", stopped early: RSS passed the abort limit" } else { "" }
+            ));
+        }
+    }
+
+    match server.stop() {
+        Ok(status) if status.success() => {}
+        Ok(status) => table.notes.push(format!("after SIGTERM the server exited with {status}")),
+        Err(e) => table.notes.push(format!("stop: {e}")),
+    }
+    table
+}
+
+fn ratio(
+    value: &BenchResult<impl Into<Measure> + Clone>,
+    floor: &BenchResult<impl Into<Measure> + Clone>,
+) -> Option<f64> {
+    let (Ok(v), Ok(f)) = (value, floor) else { return None };
+    let (v, f) = (v.clone().into().0, f.clone().into().0);
+    (f > 0.0).then(|| v / f)
+}
+
+/// A figure as f64 so durations and rates share `ratio`.
+struct Measure(f64);
+
+impl From<Duration> for Measure {
+    fn from(d: Duration) -> Measure {
+        Measure(d.as_secs_f64())
+    }
+}
+
+impl From<f64> for Measure {
+    fn from(v: f64) -> Measure {
+        Measure(v)
+    }
+}
+
+fn percentile(sorted: &[Duration], q: usize) -> Duration {
+    sorted[(sorted.len() * q / 100).min(sorted.len() - 1)]
+}
+
+fn fmt_dur(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{:.1} us", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn fmt_rate(mib_per_sec: f64) -> String {
+    format!("{mib_per_sec:.0} MiB/s")
+}
+
+fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn startup(target: &Target) -> BenchResult<Duration> {
+    let mut times = Vec::with_capacity(STARTUP_RUNS);
+    for _ in 0..STARTUP_RUNS {
+        let (mut server, elapsed) = launch(target, None)?;
+        times.push(elapsed);
+        server.stop()?;
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// Sorted round-trip times of `fs/getMetadata` (an echoed copy of it for the echo floor),
+/// client pinned to CPU 0 and the server to `server_cpu`.
+fn round_trips(target: &Target, server_cpu: &'static [usize]) -> BenchResult<Vec<Duration>> {
+    let (server, _) = launch(target, Some(server_cpu))?;
+    let echo = target.kind == Kind::Echo;
+    let path = server.home.path.display().to_string();
+    let addr = server.addr;
+    // A thread of its own, so pinning the client does not pin the rest of the bench.
+    let result = thread::spawn(move || -> BenchResult<Vec<Duration>> {
+        set_affinity(0, &[0]).map_err(|e| format!("sched_setaffinity: {e}"))?;
+        let mut client = Client::connect(addr)?;
+        if !echo {
+            client.initialize()?;
+        }
+        let mut times = Vec::with_capacity(RTT_SAMPLES);
+        let deadline = Instant::now() + SCENARIO_DEADLINE;
+        for i in 0..RTT_WARMUP + RTT_SAMPLES {
+            if Instant::now() >= deadline {
+                return Err("round trips did not finish before the deadline".into());
+            }
+            let id = client.next_id();
+            let request =
+                json!({"id": id, "method": "fs/getMetadata", "params": {"path": path}}).to_string();
+            let start = Instant::now();
+            client.send(request).map_err(|e| format!("request {i}: {e}"))?;
+            // The echo floor returns the request itself, which parses the same way.
+            let mut answered = false;
+            while !answered {
+                answered = client
+                    .recv(|msg| match msg.error {
+                        Some(error) if msg.id == Some(id) => {
+                            Err(format!("fs/getMetadata: {error}"))
+                        }
+                        _ => Ok(msg.id == Some(id)),
+                    })
+                    .map_err(|e| format!("request {i} of {}: {e}", RTT_WARMUP + RTT_SAMPLES))?;
+            }
+            if i >= RTT_WARMUP {
+                times.push(start.elapsed());
+            }
+        }
+        times.sort();
+        Ok(times)
+    })
+    .join()
+    .map_err(|_| "round-trip thread panicked".to_string())?;
+    drop(server);
+    result
+}
+
+fn one_shot(server: &Server) -> BenchResult<Vec<Duration>> {
+    let mut client = Client::connect(server.addr)?;
+    client.initialize()?;
+    let mut times = Vec::with_capacity(ONESHOT_SAMPLES);
+    let deadline = Instant::now() + SCENARIO_DEADLINE;
+    for i in 0..ONESHOT_WARMUP + ONESHOT_SAMPLES {
+        let start = Instant::now();
+        let outcome = client.run_process(&format!("true-{i}"), &["/bin/true"], deadline)?;
+        if outcome.exit_code != Some(0) {
+            return Err(format!("/bin/true exited with {:?}", outcome.exit_code));
+        }
+        if i >= ONESHOT_WARMUP {
+            times.push(start.elapsed());
+        }
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn one_shot_floor() -> BenchResult<Vec<Duration>> {
+    let mut times = Vec::with_capacity(ONESHOT_SAMPLES);
+    for i in 0..ONESHOT_WARMUP + ONESHOT_SAMPLES {
+        let start = Instant::now();
+        let status = Command::new("/bin/true").status().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("/bin/true: {status}"));
+        }
+        if i >= ONESHOT_WARMUP {
+            times.push(start.elapsed());
+        }
+    }
+    times.sort();
+    Ok(times)
+}
+
+struct Streamed {
+    mib_per_sec: f64,
+    peak_kib: u64,
+    /// CPU time the bench's client thread spent, to show whether the client was the limit.
+    client_cpu: Duration,
+    elapsed: Duration,
+}
+
+fn thread_cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn find_program(name: &str) -> BenchResult<String> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| format!("{name} not found in PATH"))
+}
+
+fn streaming(server: &Server) -> BenchResult<Streamed> {
+    let head = find_program("head")?;
+    let count = STREAM_BYTES.to_string();
+    let mut client = Client::connect(server.addr)?;
+    client.initialize()?;
+    let sampler = RssSampler::start(server.pid);
+    let exact_peak = server.reset_peak();
+    let cpu_before = thread_cpu_time();
+    let start = Instant::now();
+    let outcome = client.run_process(
+        "stream",
+        &[&head, "-c", &count, "/dev/zero"],
+        start + SCENARIO_DEADLINE,
+    );
+    let elapsed = start.elapsed();
+    let client_cpu = thread_cpu_time().saturating_sub(cpu_before);
+    let sampled = sampler.stop();
+    let outcome = outcome?;
+    if outcome.bytes != STREAM_BYTES {
+        return Err(format!("received {} of {STREAM_BYTES} bytes", outcome.bytes));
+    }
+    let peak_kib = if exact_peak { server.peak_kib()?.max(sampled) } else { sampled };
+    Ok(Streamed {
+        mib_per_sec: outcome.bytes as f64 / 1048576.0 / elapsed.as_secs_f64(),
+        peak_kib,
+        client_cpu,
+        elapsed,
+    })
+}
+
+fn streaming_floor() -> BenchResult<f64> {
+    let head = find_program("head")?;
+    let start = Instant::now();
+    let mut child = Command::new(head)
+        .args(["-c", &STREAM_BYTES.to_string(), "/dev/zero"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut out = child.stdout.take().expect("stdout was configured as a pipe");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        match out.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    child.wait().map_err(|e| e.to_string())?;
+    if total != STREAM_BYTES {
+        return Err(format!("read {total} of {STREAM_BYTES} bytes"));
+    }
+    Ok(total as f64 / 1048576.0 / start.elapsed().as_secs_f64())
+}
+
+/// Deterministic incompressible-looking bytes (xorshift), so no layer gets a free ride on
+/// zeros.
+fn test_data(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+/// [writeFile, readFile] MiB/s, medians of `FILE_RUNS`; the clock covers sending the
+/// request through receiving and parsing the response (base64 encoding of the upload is
+/// prepared beforehand, decoding of the download is verified afterwards).
+fn file_io(server: &Server, size: usize) -> BenchResult<[f64; 2]> {
+    let data = test_data(size);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+    let path = server.home.path.join("perf-file.bin").display().to_string();
+    let mut client = Client::connect(server.addr)?;
+    client.initialize()?;
+    let mut writes = Vec::new();
+    let mut reads = Vec::new();
+    for _ in 0..FILE_RUNS {
+        let id = client.next_id();
+        let request = json!({"id": id, "method": "fs/writeFile", "params": {"path": path, "dataBase64": encoded}}).to_string();
+        let start = Instant::now();
+        client.send(request)?;
+        client.await_response(id, "fs/writeFile")?;
+        writes.push(start.elapsed());
+
+        let id = client.next_id();
+        let request =
+            json!({"id": id, "method": "fs/readFile", "params": {"path": path}}).to_string();
+        let start = Instant::now();
+        client.send(request)?;
+        let result = client.await_response(id, "fs/readFile")?;
+        reads.push(start.elapsed());
+        let body =
+            result.get("dataBase64").and_then(Value::as_str).ok_or("fs/readFile: no dataBase64")?;
+        let decoded =
+            base64::engine::general_purpose::STANDARD.decode(body).map_err(|e| e.to_string())?;
+        if decoded != data {
+            return Err("fs/readFile returned different bytes".into());
+        }
+    }
+    Ok([median_rate(&mut writes, size), median_rate(&mut reads, size)])
+}
+
+fn median_rate(times: &mut [Duration], size: usize) -> f64 {
+    times.sort();
+    size as f64 / 1048576.0 / times[times.len() / 2].as_secs_f64()
+}
+
+fn file_io_floor(dir: &Path, size: usize) -> BenchResult<[f64; 2]> {
+    let data = test_data(size);
+    let path = dir.join("perf-floor.bin");
+    let mut writes = Vec::new();
+    let mut reads = Vec::new();
+    for _ in 0..FILE_RUNS {
+        let start = Instant::now();
+        std::fs::write(&path, &data).map_err(|e| e.to_string())?;
+        writes.push(start.elapsed());
+        let start = Instant::now();
+        let back = std::fs::read(&path).map_err(|e| e.to_string())?;
+        reads.push(start.elapsed());
+        if back.len() != data.len() {
+            return Err("short read".into());
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok([median_rate(&mut writes, size), median_rate(&mut reads, size)])
+}
+
+struct Crowd {
+    wall: Duration,
+    failures: usize,
+    first_error: Option<String>,
+    rss_open_kib: u64,
+    rss_after_kib: u64,
+    /// The slowest client's connect (TCP + websocket handshake), initialize, and the rest.
+    slowest: [Duration; 3],
+}
+
+/// `CONNECTIONS` clients released at once; each initializes and runs `/bin/true` to closed
+/// (`protocol`), or makes one echo round trip (the floor). Wall time runs from the release
+/// until the last client is done; RSS is read while all are still open and after all closed.
+fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
+    let go = Arc::new(Barrier::new(CONNECTIONS + 1));
+    let done = Arc::new(Barrier::new(CONNECTIONS + 1));
+    let release = Arc::new(Barrier::new(CONNECTIONS + 1));
+    let mut handles = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let (go, done, release, addr) = (go.clone(), done.clone(), release.clone(), server.addr);
+        let handle = thread::Builder::new()
+            .stack_size(CONNECTION_THREAD_STACK_BYTES)
+            .spawn(move || {
+                go.wait();
+                let mut client = None;
+                // When the websocket was up and when initialize was answered.
+                let mut marks: [Option<Instant>; 2] = [None, None];
+                let result = (|| -> BenchResult<()> {
+                    let c = client.insert(Client::connect(addr)?);
+                    marks[0] = Some(Instant::now());
+                    if protocol {
+                        c.initialize()?;
+                        marks[1] = Some(Instant::now());
+                        let outcome = c.run_process(
+                            &format!("crowd-{i}"),
+                            &["/bin/true"],
+                            Instant::now() + SCENARIO_DEADLINE,
+                        )?;
+                        if outcome.exit_code != Some(0) {
+                            return Err(format!("/bin/true exited with {:?}", outcome.exit_code));
+                        }
+                    } else {
+                        c.send("{\"id\":1,\"method\":\"echo\"}".into())?;
+                        c.recv(|_| Ok(()))?;
+                    }
+                    Ok(())
+                })();
+                let finished = Instant::now();
+                done.wait();
+                // Connections stay open until the RSS with all of them has been read.
+                release.wait();
+                drop(client);
+                (result, marks, finished)
+            })
+            .map_err(|e| format!("spawn client thread: {e}"))?;
+        handles.push(handle);
+    }
+    go.wait();
+    let start = Instant::now();
+    done.wait();
+    let rss_open_kib = server.rss_kib()?;
+    release.wait();
+    let mut failures = 0;
+    let mut first_error = None;
+    let mut last = start;
+    let mut slowest = [Duration::ZERO; 3];
+    for handle in handles {
+        let (result, marks, finished) =
+            handle.join().map_err(|_| "client thread panicked".to_string())?;
+        last = last.max(finished);
+        // Phase lengths: connect + websocket handshake, initialize, the rest.
+        let connected = marks[0].unwrap_or(finished);
+        let initialized = marks[1].unwrap_or(connected);
+        let phases = [connected - start, initialized - connected, finished - initialized];
+        for (slow, phase) in slowest.iter_mut().zip(phases) {
+            *slow = (*slow).max(phase);
+        }
+        if let Err(e) = result {
+            failures += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+    let rss_after_kib = server.rss_kib()?;
+    Ok(Crowd { wall: last - start, failures, first_error, rss_open_kib, rss_after_kib, slowest })
+}
+
+struct SlowRead {
+    max_kib: u64,
+    end_kib: u64,
+    bytes: u64,
+    elapsed: Duration,
+    aborted: bool,
+}
+
+/// `cat /dev/zero` while the client reads about 1 MiB per 100 ms for 10 s; the server's
+/// RSS is read at every tick. The connection is dropped at the end (the session detaches;
+/// the server's shutdown kills the child).
+fn slow_reader(server: &Server) -> BenchResult<SlowRead> {
+    let cat = find_program("cat")?;
+    let mut client = Client::connect(server.addr)?;
+    client.initialize()?;
+    let start_id = client.start_process("slow", &[&cat, "/dev/zero"])?;
+    let start = Instant::now();
+    let mut result =
+        SlowRead { max_kib: 0, end_kib: 0, bytes: 0, elapsed: Duration::ZERO, aborted: false };
+    let mut scratch = Vec::new();
+    // Output may precede the start response (the reference does that); it counts.
+    let mut answered = false;
+    while !answered {
+        result.bytes += client.recv(|msg| match msg.method {
+            Some("process/output") => decoded_len(msg.params.and_then(|p| p.chunk), &mut scratch),
+            None if msg.id == Some(start_id) => {
+                response(msg, "process/start")?;
+                answered = true;
+                Ok(0)
+            }
+            _ => Ok(0),
+        })?;
+    }
+    let mut tick = start;
+    while tick.duration_since(start) < SLOW_READ_DURATION {
+        let target = result.bytes + SLOW_READ_BYTES_PER_TICK;
+        while result.bytes < target {
+            result.bytes += client.recv(|msg| match (msg.method, msg.params) {
+                (Some("process/output"), Some(params)) => decoded_len(params.chunk, &mut scratch),
+                _ => Ok(0),
+            })?;
+        }
+        let rss = server.rss_kib()?;
+        result.max_kib = result.max_kib.max(rss);
+        result.end_kib = rss;
+        if rss > RSS_ABORT_KIB {
+            result.aborted = true;
+            break;
+        }
+        // The reader is slow on purpose: it paces itself to the tick.
+        tick += SLOW_READ_TICK;
+        thread::sleep(tick.saturating_duration_since(Instant::now()));
+    }
+    result.elapsed = start.elapsed();
+    Ok(result)
+}
+
+/// Samples a process's VmRSS every few milliseconds on a thread until stopped; the maximum
+/// seen is the peak where VmHWM cannot be reset.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: i32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut max = 0;
+            let deadline = Instant::now() + SCENARIO_DEADLINE;
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok(kib) = proc_status_kib(pid, "VmRSS:") {
+                    max = max.max(kib);
+                }
+                // Periodic sampling, not waiting for an event.
+                thread::sleep(RSS_SAMPLE_INTERVAL);
+            }
+            max
+        });
+        RssSampler { stop, handle }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
+    }
+}
