@@ -12,9 +12,10 @@ build:
 run:
 	$(CARGO) run --release -- $(ARGS)
 
-# Everything the tests need is a Rust toolchain, which the machine has; the suite builds the
-# binary it drives.
+# Installs the few system tools the integration tests start (scripts/test-deps.sh), then
+# builds the binary and runs every test; the benchmark is not run.
 test:
+	./scripts/test-deps.sh
 	$(CARGO) test --all-targets -- --test-threads=2
 
 lint:
