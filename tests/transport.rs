@@ -543,3 +543,46 @@ fn pipelined_handshake_and_requests_are_all_answered_in_order() {
     assert_eq!(client.response(&json!(2))["error"]["code"], -32601);
     assert_eq!(client.response(&json!(3))["error"]["code"], -32601);
 }
+
+#[test]
+fn pipelined_initialize_initialized_start_and_get_metadata_succeed_in_order() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.connect();
+    for value in [
+        json!({"id": 1, "method": "initialize", "params": {"clientName": "p"}}),
+        json!({"method": "initialized", "params": {}}),
+        json!({"id": 2, "method": "process/start", "params": {"processId": "p1", "argv": ["true"], "cwd": "/", "env": {}, "tty": false}}),
+        json!({"id": 3, "method": "fs/getMetadata", "params": {"path": "/"}}),
+    ] {
+        client.ws.write(Message::text(value.to_string())).expect("queue");
+    }
+    client.ws.flush().expect("flush");
+    assert!(client.response(&json!(1))["result"]["sessionId"].is_string());
+    assert_eq!(client.response(&json!(2))["result"], json!({"processId": "p1"}));
+    let metadata = client.response(&json!(3));
+    assert_eq!(metadata["result"]["isDirectory"], true);
+    let closed = client.notification("process/closed");
+    assert_eq!(closed["params"]["processId"], "p1");
+}
+
+#[test]
+fn a_long_poll_does_not_delay_another_request_on_the_connection() {
+    let daemon = Daemon::start(&[]);
+    let (mut client, _) = daemon.session();
+    let start = client.call(
+        "process/start",
+        json!({"processId": "idle", "argv": ["sleep", "30"], "cwd": "/", "env": {"PATH": "/usr/bin:/bin"}, "tty": false}),
+    );
+    assert_eq!(start["result"], json!({"processId": "idle"}));
+    let poll = client.request("process/read", json!({"processId": "idle", "waitMs": 5000}));
+    let started = Instant::now();
+    let metadata = client.call("fs/getMetadata", json!({"path": "/"}));
+    assert_eq!(metadata["result"]["isDirectory"], true);
+    // Answered while the long poll still waits: well before its 5 s deadline.
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    let read = client.response(&poll);
+    assert_eq!(read["result"]["chunks"], json!([]));
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let stop = client.call("process/terminate", json!({"processId": "idle"}));
+    assert_eq!(stop["result"], json!({"running": true}));
+}
