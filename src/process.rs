@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ use crate::rpc::RpcError;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Capacity given to the pipe of a child that keeps it full (see `grow_pipe`).
+const BUSY_PIPE_BYTES: libc::c_int = 1 << 20;
 /// Bytes accepted for stdin but not yet written to the child (§10).
 const STDIN_QUEUE_BYTES: usize = 8 << 20;
 /// How long `process/terminate` waits for the killed child to be reaped.
@@ -42,6 +45,8 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
 /// How long the exit event waits for the output streams to reach EOF after the child was
 /// reaped (output read later still gets later numbers, §4.2).
 const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
+/// Long-lived threads that fork children (see `spawn_on_spawner`).
+const SPAWNER_THREADS: usize = 8;
 /// Stack of the per-process I/O threads: they hold their buffers on the heap.
 const IO_THREAD_STACK_BYTES: usize = 128 << 10;
 /// Sweeps over `/proc` when killing a session: a member may fork while it is being killed.
@@ -199,15 +204,6 @@ struct Notification<P> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct OutputParams<'a> {
-    process_id: &'a str,
-    seq: u64,
-    stream: Stream,
-    chunk: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct ExitedParams<'a> {
     process_id: &'a str,
     seq: u64,
@@ -226,6 +222,29 @@ struct ClosedParams<'a> {
 fn encode<P: Serialize>(method: &'static str, params: P) -> String {
     serde_json::to_string(&Notification { method, params })
         .expect("notification params are plain strings and integers")
+}
+
+/// A `process/output` notification, written by hand rather than through serde: the chunk is
+/// base64, which needs no JSON escaping, and serde_json would scan and copy its ~87 KiB once
+/// more per chunk (the hottest loop of streaming). `id_json` is the process id as a JSON
+/// string literal. Same member order as the derived encoding of the other notifications.
+fn output_message(id_json: &str, seq: u64, stream: Stream, bytes: &[u8]) -> String {
+    let stream = match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+        Stream::Pty => "pty",
+    };
+    const PREFIX: &str = r#"{"method":"process/output","params":{"processId":"#;
+    // Room for the fixed text, a u64 and the padded base64 of `bytes`.
+    let capacity = PREFIX.len() + id_json.len() + 64 + bytes.len().div_ceil(3) * 4;
+    let mut message = String::with_capacity(capacity);
+    message.push_str(PREFIX);
+    message.push_str(id_json);
+    // Writing into a String cannot fail.
+    let _ = write!(message, r#","seq":{seq},"stream":"{stream}","chunk":""#);
+    BASE64.encode_string(bytes, &mut message);
+    message.push_str("\"}}");
+    message
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,6 +397,8 @@ struct State {
 
 struct Proc {
     id: String,
+    /// `id` as a JSON string literal, for the hand-built output notifications.
+    id_json: String,
     /// Also the process group id and session id of the child (it is a session leader).
     pid: libc::pid_t,
     sink: Arc<dyn Notify>,
@@ -399,19 +420,22 @@ impl Proc {
     /// notifications once the start response is out.
     fn emit(self: &Arc<Self>, event: Event) {
         let _emitting = lock(&self.emitting);
-        // Encoded before taking the state lock, which `process/read` waits on.
-        let chunk = match &event {
-            Event::Output(_, bytes) => BASE64.encode(bytes),
-            _ => String::new(),
+        // Encoded before taking the state lock, which `process/read` waits on. Only `emit`
+        // numbers events, under the emitting lock we hold, so the next number is stable.
+        let output = match &event {
+            Event::Output(stream, bytes) => {
+                let seq = lock(&self.state).next_seq;
+                Some((seq, output_message(&self.id_json, seq, *stream, bytes)))
+            }
+            _ => None,
         };
         let to_send = {
             let mut state = lock(&self.state);
             match event {
                 Event::Output(stream, bytes) => {
                     let seq = take_seq(&mut state);
-                    let process_id = &self.id;
-                    let message =
-                        encode("process/output", OutputParams { process_id, seq, stream, chunk });
+                    let (numbered, message) = output.expect("output events are encoded above");
+                    debug_assert_eq!(seq, numbered, "only emit numbers events");
                     state.retention.push(seq, stream, bytes);
                     queue(&mut state, message);
                 }
@@ -625,29 +649,40 @@ impl StdinQueue {
 
 type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
 
-/// Children are forked by one long-lived thread because Linux delivers PR_SET_PDEATHSIG when
-/// the *thread* that forked the child exits, not the process: a pool worker that ends would
-/// otherwise kill the children it started.
+/// Children are forked by long-lived spawner threads because Linux delivers PR_SET_PDEATHSIG
+/// when the *thread* that forked the child exits, not the process: a pool worker that ends
+/// would otherwise kill the children it started. The spawners never exit. There are several
+/// because a spawn occupies its thread until the child has exec'd (std reports exec errors
+/// through a pipe), and under load that is mostly waiting for the child to be scheduled:
+/// one thread made 200 simultaneous starts wait for each other.
 fn spawn_on_spawner(command: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<SpawnJob>>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (jobs, receiver) = mpsc::channel::<SpawnJob>();
-        let started = thread::Builder::new().name("spawner".into()).spawn(move || {
-            for (mut command, reply) in receiver {
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
+        for _ in 0..SPAWNER_THREADS {
+            let receiver = Arc::clone(&receiver);
+            let body = move || loop {
+                // The lock is held only to take a job, never while spawning.
+                let job = lock(&receiver).recv();
+                let Ok((mut command, reply)) = job else { return };
                 let result = command.spawn();
                 // Drop the command here, closing the parent's copies of the child's stdio
                 // (a PTY reader sees EIO only once every slave descriptor is closed).
                 drop(command);
                 let _ = reply.send(result);
-            }
-        });
-        match started {
-            Ok(_) => Some(Mutex::new(jobs)),
-            Err(e) => {
-                log::error!("cannot start the spawner thread: {e}");
-                None
+            };
+            match thread::Builder::new()
+                .name("spawner".into())
+                .stack_size(IO_THREAD_STACK_BYTES)
+                .spawn(body)
+            {
+                Ok(_) => started += 1,
+                Err(e) => log::error!("cannot start a spawner thread: {e}"),
             }
         }
+        (started > 0).then(|| Mutex::new(jobs))
     });
     let Some(jobs) = spawner else {
         return Err(io::Error::other("spawner thread unavailable"));
@@ -977,6 +1012,7 @@ impl Processes {
         };
         let proc = Arc::new(Proc {
             id: p.process_id.clone(),
+            id_json: serde_json::to_string(&p.process_id).expect("a string always encodes as JSON"),
             pid,
             sink: self.sink.clone(),
             stdin: stdin_file.as_ref().map(|_| Arc::new(StdinQueue::new())),
@@ -1190,10 +1226,17 @@ fn wait_loop(proc: Arc<Proc>) {
 /// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).
 fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut pipe_grown = stream == Stream::Pty;
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => proc.emit(Event::Output(stream, buf[..n].to_vec())),
+            Ok(n) => {
+                if n == buf.len() && !pipe_grown {
+                    grow_pipe(&file);
+                    pipe_grown = true;
+                }
+                proc.emit(Event::Output(stream, buf[..n].to_vec()));
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if stream == Stream::Pty && e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
@@ -1204,6 +1247,15 @@ fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
     }
     drop(file);
     proc.emit(Event::StreamEnd);
+}
+
+/// Enlarges the pipe of a child seen filling a whole read: with the default 64 KiB the child
+/// and this reader wake each other for every chunk, which dominates streaming. Only busy
+/// pipes grow, since pipe pages count against the user's pipe quota. Events still carry at
+/// most `READ_CHUNK_BYTES`. Failure (quota reached) just keeps the default size.
+fn grow_pipe(file: &File) {
+    // SAFETY: fcntl on a pipe descriptor we own; no memory is involved.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, BUSY_PIPE_BYTES) };
 }
 
 #[cfg(test)]
