@@ -30,6 +30,9 @@ use crate::rpc::RpcError;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Reads at least this large give their buffer to retention instead of a copy (smaller
+/// ones are copied, so a retained chunk never holds much more memory than its length).
+const HANDOFF_MIN_BYTES: usize = READ_CHUNK_BYTES / 2;
 /// Capacity given to the pipe of a child that keeps it full (see `grow_pipe`).
 const BUSY_PIPE_BYTES: libc::c_int = 1 << 20;
 /// Bytes accepted for stdin but not yet written to the child (§10).
@@ -334,14 +337,21 @@ impl Retention {
         Retention { chunks: VecDeque::new(), bytes: 0, limit }
     }
 
-    fn push(&mut self, seq: u64, stream: Stream, bytes: Vec<u8>) {
+    /// Retains `bytes`, evicting the oldest chunks as needed; returns one evicted buffer for
+    /// the caller to read into again, so steady streaming allocates nothing per chunk.
+    fn push(&mut self, seq: u64, stream: Stream, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let mut spare: Option<Vec<u8>> = None;
         while !self.chunks.is_empty() && self.bytes + bytes.len() > self.limit {
             if let Some(old) = self.chunks.pop_front() {
                 self.bytes -= old.bytes.len();
+                if spare.as_ref().is_none_or(|s| s.capacity() < old.bytes.capacity()) {
+                    spare = Some(old.bytes);
+                }
             }
         }
         self.bytes += bytes.len();
         self.chunks.push_back(Retained { seq, stream, bytes });
+        spare
     }
 
     fn has_after(&self, after_seq: u64) -> bool {
@@ -419,7 +429,8 @@ struct Proc {
 impl Proc {
     /// Numbers `event` (and the closed event it may complete), retains output, and sends the
     /// notifications once the start response is out.
-    fn emit(self: &Arc<Self>, event: Event) {
+    /// Returns a buffer that retention no longer needs, if any.
+    fn emit(self: &Arc<Self>, event: Event) -> Option<Vec<u8>> {
         let _emitting = lock(&self.emitting);
         // Encoded before taking the state lock, which `process/read` waits on. Only `emit`
         // numbers events, under the emitting lock we hold, so the next number is stable.
@@ -430,6 +441,7 @@ impl Proc {
             }
             _ => None,
         };
+        let mut spare = None;
         let to_send = {
             let mut state = lock(&self.state);
             match event {
@@ -437,7 +449,7 @@ impl Proc {
                     let seq = take_seq(&mut state);
                     let (numbered, message) = output.expect("output events are encoded above");
                     debug_assert_eq!(seq, numbered, "only emit numbers events");
-                    state.retention.push(seq, stream, bytes);
+                    spare = state.retention.push(seq, stream, bytes);
                     queue(&mut state, message);
                 }
                 Event::StreamEnd => state.open_streams -= 1,
@@ -483,6 +495,7 @@ impl Proc {
         for message in to_send {
             self.sink.notify(message);
         }
+        spare
     }
 
     fn announce(self: &Arc<Self>) {
@@ -1367,7 +1380,17 @@ fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
                     grow_pipe(&file);
                     pipe_grown = true;
                 }
-                proc.emit(Event::Output(stream, buf[..n].to_vec()));
+                if n < HANDOFF_MIN_BYTES {
+                    // Copied, so that what retention holds stays close to what it counts.
+                    proc.emit(Event::Output(stream, buf[..n].to_vec()));
+                    continue;
+                }
+                // Large reads hand the buffer itself to retention and read into one it
+                // evicted: no allocation or copy per chunk while streaming.
+                buf.truncate(n);
+                let spare = proc.emit(Event::Output(stream, buf));
+                buf = spare.filter(|b| b.capacity() >= READ_CHUNK_BYTES).unwrap_or_default();
+                buf.resize(READ_CHUNK_BYTES, 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if stream == Stream::Pty && e.raw_os_error() == Some(libc::EIO) => break,
