@@ -6,14 +6,14 @@
 //! leave through `Notify`, and the caller decides when a start response has been written.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread;
@@ -30,6 +30,11 @@ use crate::rpc::RpcError;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Reads at least this large give their buffer to retention instead of a copy (smaller
+/// ones are copied, so a retained chunk never holds much more memory than its length).
+const HANDOFF_MIN_BYTES: usize = READ_CHUNK_BYTES / 2;
+/// Capacity given to the pipe of a child that keeps it full (see `grow_pipe`).
+const BUSY_PIPE_BYTES: libc::c_int = 1 << 20;
 /// Bytes accepted for stdin but not yet written to the child (§10).
 const STDIN_QUEUE_BYTES: usize = 8 << 20;
 /// How long `process/terminate` waits for the killed child to be reaped.
@@ -42,6 +47,10 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
 /// How long the exit event waits for the output streams to reach EOF after the child was
 /// reaped (output read later still gets later numbers, §4.2).
 const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
+/// Long-lived threads that fork children (see `spawn_on_spawner`).
+const SPAWNER_THREADS: usize = 8;
+/// Stack the cloned child runs on until exec (a few libc calls).
+const CHILD_STACK_BYTES: usize = 64 << 10;
 /// Stack of the per-process I/O threads: they hold their buffers on the heap.
 const IO_THREAD_STACK_BYTES: usize = 128 << 10;
 /// Sweeps over `/proc` when killing a session: a member may fork while it is being killed.
@@ -199,15 +208,6 @@ struct Notification<P> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct OutputParams<'a> {
-    process_id: &'a str,
-    seq: u64,
-    stream: Stream,
-    chunk: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct ExitedParams<'a> {
     process_id: &'a str,
     seq: u64,
@@ -226,6 +226,74 @@ struct ClosedParams<'a> {
 fn encode<P: Serialize>(method: &'static str, params: P) -> String {
     serde_json::to_string(&Notification { method, params })
         .expect("notification params are plain strings and integers")
+}
+
+/// A `process/output` notification, written by hand rather than through serde: the chunk is
+/// base64, which needs no JSON escaping, and serde_json would scan and copy its ~87 KiB once
+/// more per chunk (the hottest loop of streaming). `id_json` is the process id as a JSON
+/// string literal. Same member order as the derived encoding of the other notifications.
+fn output_message(id_json: &str, seq: u64, stream: Stream, bytes: &[u8]) -> String {
+    let stream = match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+        Stream::Pty => "pty",
+    };
+    const PREFIX: &str = r#"{"method":"process/output","params":{"processId":"#;
+    // Room for the fixed text, a u64 and the padded base64 of `bytes`.
+    let capacity = PREFIX.len() + id_json.len() + 64 + bytes.len().div_ceil(3) * 4;
+    let mut message = String::with_capacity(capacity);
+    message.push_str(PREFIX);
+    message.push_str(id_json);
+    // Writing into a String cannot fail.
+    let _ = write!(message, r#","seq":{seq},"stream":"{stream}","chunk":""#);
+    // SAFETY: `encode_base64` appends only ASCII, so the String stays UTF-8.
+    encode_base64(bytes, unsafe { message.as_mut_vec() });
+    message.push_str("\"}}");
+    message
+}
+
+/// The standard base64 alphabet.
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// The two base64 characters of every 12-bit value.
+static BASE64_PAIRS: [[u8; 2]; 4096] = {
+    let mut pairs = [[0u8; 2]; 4096];
+    let mut i = 0;
+    while i < 4096 {
+        pairs[i] = [BASE64_ALPHABET[i >> 6], BASE64_ALPHABET[i & 63]];
+        i += 1;
+    }
+    pairs
+};
+
+/// Appends the padded standard base64 of `bytes` to `out`. The base64 crate's generic
+/// encoder is built at this crate's size-optimized level and was the hottest code of
+/// streaming; two lookups in a table of character pairs per three bytes is several times
+/// faster. `tests::base64_matches_the_crate` holds it to the crate's output.
+fn encode_base64(bytes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + bytes.len().div_ceil(3) * 4, b'=');
+    let groups = bytes.chunks_exact(3);
+    let tail = groups.remainder();
+    let mut slots = out[start..].chunks_exact_mut(4);
+    for (group, slot) in groups.zip(&mut slots) {
+        let n =
+            (usize::from(group[0]) << 16) | (usize::from(group[1]) << 8) | usize::from(group[2]);
+        let [a, b] = BASE64_PAIRS[n >> 12];
+        let [c, d] = BASE64_PAIRS[n & 0xfff];
+        slot.copy_from_slice(&[a, b, c, d]);
+    }
+    if let Some(slot) = slots.next() {
+        // One or two bytes left: their characters, then the '=' padding already in place.
+        let b1 = tail.get(1).copied().unwrap_or(0);
+        let n = (usize::from(tail[0]) << 16) | (usize::from(b1) << 8);
+        slot[0] = BASE64_ALPHABET[n >> 18];
+        slot[1] = BASE64_ALPHABET[(n >> 12) & 63];
+        if tail.len() == 2 {
+            slot[2] = BASE64_ALPHABET[(n >> 6) & 63];
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -314,14 +382,21 @@ impl Retention {
         Retention { chunks: VecDeque::new(), bytes: 0, limit }
     }
 
-    fn push(&mut self, seq: u64, stream: Stream, bytes: Vec<u8>) {
+    /// Retains `bytes`, evicting the oldest chunks as needed; returns one evicted buffer for
+    /// the caller to read into again, so steady streaming allocates nothing per chunk.
+    fn push(&mut self, seq: u64, stream: Stream, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let mut spare: Option<Vec<u8>> = None;
         while !self.chunks.is_empty() && self.bytes + bytes.len() > self.limit {
             if let Some(old) = self.chunks.pop_front() {
                 self.bytes -= old.bytes.len();
+                if spare.as_ref().is_none_or(|s| s.capacity() < old.bytes.capacity()) {
+                    spare = Some(old.bytes);
+                }
             }
         }
         self.bytes += bytes.len();
         self.chunks.push_back(Retained { seq, stream, bytes });
+        spare
     }
 
     fn has_after(&self, after_seq: u64) -> bool {
@@ -378,6 +453,8 @@ struct State {
 
 struct Proc {
     id: String,
+    /// `id` as a JSON string literal, for the hand-built output notifications.
+    id_json: String,
     /// Also the process group id and session id of the child (it is a session leader).
     pid: libc::pid_t,
     sink: Arc<dyn Notify>,
@@ -397,22 +474,27 @@ struct Proc {
 impl Proc {
     /// Numbers `event` (and the closed event it may complete), retains output, and sends the
     /// notifications once the start response is out.
-    fn emit(self: &Arc<Self>, event: Event) {
+    /// Returns a buffer that retention no longer needs, if any.
+    fn emit(self: &Arc<Self>, event: Event) -> Option<Vec<u8>> {
         let _emitting = lock(&self.emitting);
-        // Encoded before taking the state lock, which `process/read` waits on.
-        let chunk = match &event {
-            Event::Output(_, bytes) => BASE64.encode(bytes),
-            _ => String::new(),
+        // Encoded before taking the state lock, which `process/read` waits on. Only `emit`
+        // numbers events, under the emitting lock we hold, so the next number is stable.
+        let output = match &event {
+            Event::Output(stream, bytes) => {
+                let seq = lock(&self.state).next_seq;
+                Some((seq, output_message(&self.id_json, seq, *stream, bytes)))
+            }
+            _ => None,
         };
+        let mut spare = None;
         let to_send = {
             let mut state = lock(&self.state);
             match event {
                 Event::Output(stream, bytes) => {
                     let seq = take_seq(&mut state);
-                    let process_id = &self.id;
-                    let message =
-                        encode("process/output", OutputParams { process_id, seq, stream, chunk });
-                    state.retention.push(seq, stream, bytes);
+                    let (numbered, message) = output.expect("output events are encoded above");
+                    debug_assert_eq!(seq, numbered, "only emit numbers events");
+                    spare = state.retention.push(seq, stream, bytes);
                     queue(&mut state, message);
                 }
                 Event::StreamEnd => state.open_streams -= 1,
@@ -458,6 +540,7 @@ impl Proc {
         for message in to_send {
             self.sink.notify(message);
         }
+        spare
     }
 
     fn announce(self: &Arc<Self>) {
@@ -623,38 +706,188 @@ impl StdinQueue {
 // Spawning
 // ---------------------------------------------------------------------------------------------
 
-type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
+/// Everything the child needs between clone and exec, prepared by the parent: the child
+/// shares the parent's memory and must not allocate or take locks.
+struct SpawnPlan {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+    /// Descriptors (all >= 3, close-on-exec) to install as the child's 0, 1 and 2; the
+    /// caller keeps them open until the spawn returns.
+    stdio: [RawFd; 3],
+    /// Make stdin (a PTY slave) the controlling terminal.
+    tty: bool,
+}
 
-/// Children are forked by one long-lived thread because Linux delivers PR_SET_PDEATHSIG when
-/// the *thread* that forked the child exits, not the process: a pool worker that ends would
-/// otherwise kill the children it started.
-fn spawn_on_spawner(command: Command) -> io::Result<Child> {
+type SpawnJob = (SpawnPlan, mpsc::SyncSender<io::Result<libc::pid_t>>);
+
+/// Children are created by long-lived spawner threads because Linux delivers
+/// PR_SET_PDEATHSIG when the *thread* that created the child exits, not the process: a pool
+/// worker that ends would otherwise kill the children it started. The spawners never exit.
+/// There are several because a spawn occupies its thread until the child has exec'd, and
+/// under load that is mostly waiting for the child to be scheduled.
+fn spawn_on_spawner(plan: SpawnPlan) -> io::Result<libc::pid_t> {
     static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<SpawnJob>>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (jobs, receiver) = mpsc::channel::<SpawnJob>();
-        let started = thread::Builder::new().name("spawner".into()).spawn(move || {
-            for (mut command, reply) in receiver {
-                let result = command.spawn();
-                // Drop the command here, closing the parent's copies of the child's stdio
-                // (a PTY reader sees EIO only once every slave descriptor is closed).
-                drop(command);
-                let _ = reply.send(result);
-            }
-        });
-        match started {
-            Ok(_) => Some(Mutex::new(jobs)),
-            Err(e) => {
-                log::error!("cannot start the spawner thread: {e}");
-                None
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
+        for _ in 0..SPAWNER_THREADS {
+            let receiver = Arc::clone(&receiver);
+            let body = move || loop {
+                // The lock is held only to take a job, never while spawning.
+                let job = lock(&receiver).recv();
+                let Ok((plan, reply)) = job else { return };
+                let _ = reply.send(clone_and_exec(&plan));
+            };
+            match thread::Builder::new()
+                .name("spawner".into())
+                .stack_size(IO_THREAD_STACK_BYTES)
+                .spawn(body)
+            {
+                Ok(_) => started += 1,
+                Err(e) => log::error!("cannot start a spawner thread: {e}"),
             }
         }
+        (started > 0).then(|| Mutex::new(jobs))
     });
     let Some(jobs) = spawner else {
         return Err(io::Error::other("spawner thread unavailable"));
     };
     let (reply, result) = mpsc::sync_channel(1);
-    lock(jobs).send((command, reply)).map_err(|_| io::Error::other("spawner thread stopped"))?;
+    lock(jobs).send((plan, reply)).map_err(|_| io::Error::other("spawner thread stopped"))?;
     result.recv().map_err(|_| io::Error::other("spawner thread stopped"))?
+}
+
+/// What the child reads (and writes its failure into) while it shares our memory.
+struct ChildArgs<'a> {
+    plan: &'a SpawnPlan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    parent: libc::pid_t,
+    /// The errno of the step that failed, or 0 once exec succeeded.
+    error: libc::c_int,
+}
+
+/// Starts the child with `clone(CLONE_VM | CLONE_VFORK)`, the way posix_spawn does: unlike
+/// fork, nothing of our address space is copied, which with hundreds of threads (each a
+/// stack mapping) made every fork cost milliseconds. We are suspended until the child has
+/// exec'd or given up, so its failure is known when this returns, and a failed child is
+/// reaped here.
+fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
+    let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
+        strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
+    };
+    let (argv, envp) = (pointers(&plan.argv), pointers(&plan.envp));
+    let mut args = ChildArgs {
+        plan,
+        argv: &argv,
+        envp: &envp,
+        parent: std::process::id() as libc::pid_t,
+        error: 0,
+    };
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    // SAFETY: the stack grows down from its (16-byte aligned) top; `stack` and `args` outlive
+    // the child's use of them, since CLONE_VFORK suspends us until it execs or exits. All
+    // signals are blocked around clone so that no handler of ours runs in the child before it
+    // has reset the dispositions; the previous mask is restored right after.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(CHILD_STACK_BYTES);
+        let top = top.sub(top as usize % 16);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        let pid = libc::clone(
+            child_main,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast(),
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        pid
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the child wrote `error` before exec or exit, and no longer runs on our memory.
+    let error = unsafe { std::ptr::read_volatile(&args.error) };
+    if error != 0 {
+        let mut status = 0;
+        // SAFETY: reaping our own child, which has exited.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(io::Error::from_raw_os_error(error));
+    }
+    Ok(pid)
+}
+
+/// The child between clone and exec: only async-signal-safe calls, no allocation, no locks
+/// (it shares the parent's memory). It becomes a session leader (with the PTY as controlling
+/// terminal), dies with the server (PR_SET_PDEATHSIG), gets default signal dispositions and
+/// an empty mask, and keeps no descriptor beyond its stdio.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `ChildArgs`, alive while the parent is suspended.
+    let args = unsafe { &mut *arg.cast::<ChildArgs>() };
+    let plan = args.plan;
+    // SAFETY: each call is async-signal-safe and acts only on this (child) process.
+    unsafe {
+        let fail = |args: &mut ChildArgs| -> libc::c_int {
+            let errno = *libc::__errno_location();
+            std::ptr::write_volatile(
+                &mut args.error,
+                if errno == 0 { libc::EINVAL } else { errno },
+            );
+            libc::_exit(127)
+        };
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                // Fails harmlessly for numbers the C library reserves.
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return fail(args);
+        }
+        if libc::setsid() < 0 {
+            return fail(args);
+        }
+        for (target, &fd) in plan.stdio.iter().enumerate() {
+            // The sources are >= 3, so dup2 always makes a fresh (inheritable) descriptor.
+            if libc::dup2(fd, target as libc::c_int) < 0 {
+                return fail(args);
+            }
+        }
+        if plan.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            return fail(args);
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+            return fail(args);
+        }
+        if libc::getppid() != args.parent {
+            // The server died before the death signal was armed.
+            libc::_exit(137);
+        }
+        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+            return fail(args);
+        }
+        // Everything we open is close-on-exec, but make sure no descriptor beyond stdio
+        // leaks into the child, whoever opened it.
+        let marked =
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        if marked != 0 {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            let top = limit.rlim_cur.min(1 << 16) as libc::c_int;
+            for fd in 3..top {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        libc::execve(plan.program.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
+        fail(args)
+    }
 }
 
 /// The program to execute for `argv0`: itself if it holds a `/`, else the first executable
@@ -687,51 +920,36 @@ fn resolve_program(
     Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT }))
 }
 
-/// Runs in the forked child before exec: only async-signal-safe calls, no allocation.
-fn child_setup(tty: bool, parent: libc::pid_t) -> io::Result<()> {
-    fn check(ret: libc::c_int) -> io::Result<()> {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+/// What std reports for an argument, variable or path holding a NUL byte.
+fn nul_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data")
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
     }
-    // SAFETY: each call is async-signal-safe and acts only on this (child) process.
-    unsafe {
-        check(libc::setsid())?;
-        if tty {
-            // std has already put the PTY slave on 0/1/2.
-            check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
-        }
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        if libc::getppid() != parent {
-            // The server died before the death signal was armed.
-            libc::_exit(137);
-        }
-        for signal in 1..=64 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                // Fails harmlessly for numbers the C library reserves.
-                libc::signal(signal, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        check(libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()))?;
-        // std opens everything close-on-exec, but make sure no descriptor beyond stdio leaks
-        // into the child, whoever opened it. (Marking, not closing: std's exec-error pipe must
-        // stay usable until exec.)
-        let marked =
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-        if marked != 0 {
-            let mut limit: libc::rlimit = std::mem::zeroed();
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-            let top = limit.rlim_cur.min(1 << 16) as libc::c_int;
-            for fd in 3..top {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `fd` moved to a number >= 3 (close-on-exec), so that installing the child's stdio with
+/// dup2 never finds a source already in place (which would keep it close-on-exec) nor
+/// overwrites a source not yet installed. Only a server started with stdio closed needs it.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
     }
-    Ok(())
+    // SAFETY: duplicating a descriptor we own into a fresh one we then own.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
 fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
@@ -917,53 +1135,60 @@ impl Processes {
     fn spawn(&self, p: &StartParams) -> io::Result<Arc<Proc>> {
         let env = envpolicy::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
         let program = resolve_program(&p.argv[0], &env, Path::new(&p.cwd))?;
-        let mut command = Command::new(program);
-        command
-            .arg0(p.arg0.as_deref().unwrap_or(&p.argv[0]))
-            .args(&p.argv[1..])
-            .env_clear()
-            .envs(&env)
-            .current_dir(&p.cwd);
-        let pty_master = if p.tty {
-            let pty = pty::open()?;
-            command
-                .stdin(Stdio::from(pty.slave.try_clone()?))
-                .stdout(Stdio::from(pty.slave.try_clone()?))
-                .stderr(Stdio::from(pty.slave));
-            Some(pty.master)
-        } else {
-            command
-                .stdin(if p.pipe_stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            None
-        };
-        let tty = p.tty;
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: child_setup makes only async-signal-safe calls and does not allocate.
-        unsafe { command.pre_exec(move || child_setup(tty, parent)) };
-        let mut child = spawn_on_spawner(command)?;
-        let pid = child.id() as libc::pid_t;
+        let text = |s: &str| CString::new(s).map_err(|_| nul_error());
+        let argv0 = p.arg0.as_deref().unwrap_or(&p.argv[0]);
+        let argv = std::iter::once(argv0)
+            .chain(p.argv[1..].iter().map(String::as_str))
+            .map(text)
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = env
+            .iter()
+            .map(|(name, value)| {
+                let mut entry = name.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                CString::new(entry).map_err(|_| nul_error())
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let program = CString::new(program.into_os_string().into_vec()).map_err(|_| nul_error())?;
+        let cwd = text(&p.cwd)?;
 
+        // The child's ends (kept until the spawn returns) and ours.
         let mut outputs: Vec<(Stream, File)> = Vec::new();
         let mut stdin_file: Option<File> = None;
-        let setup = (|| -> io::Result<()> {
-            if let Some(master) = pty_master {
-                stdin_file = Some(File::from(master.try_clone()?));
-                outputs.push((Stream::Pty, File::from(master)));
+        let child_ends: [OwnedFd; 3] = if p.tty {
+            let pty = pty::open()?;
+            stdin_file = Some(File::from(pty.master.try_clone()?));
+            outputs.push((Stream::Pty, File::from(pty.master)));
+            let slave = above_stdio(pty.slave)?;
+            [slave.try_clone()?, slave.try_clone()?, slave]
+        } else {
+            let stdin = if p.pipe_stdin {
+                let (read, write) = pipe()?;
+                stdin_file = Some(File::from(write));
+                read
             } else {
-                if let Some(stdin) = child.stdin.take() {
-                    stdin_file = Some(File::from(OwnedFd::from(stdin)));
-                }
-                if let Some(stdout) = child.stdout.take() {
-                    outputs.push((Stream::Stdout, File::from(OwnedFd::from(stdout))));
-                }
-                if let Some(stderr) = child.stderr.take() {
-                    outputs.push((Stream::Stderr, File::from(OwnedFd::from(stderr))));
-                }
-            }
-            Ok(())
-        })();
+                OwnedFd::from(File::open("/dev/null")?)
+            };
+            let (stdout_read, stdout_write) = pipe()?;
+            let (stderr_read, stderr_write) = pipe()?;
+            outputs.push((Stream::Stdout, File::from(stdout_read)));
+            outputs.push((Stream::Stderr, File::from(stderr_read)));
+            [above_stdio(stdin)?, above_stdio(stdout_write)?, above_stdio(stderr_write)?]
+        };
+        let plan = SpawnPlan {
+            program,
+            argv,
+            envp,
+            cwd,
+            stdio: child_ends.each_ref().map(|fd| fd.as_raw_fd()),
+            tty: p.tty,
+        };
+        let pid = spawn_on_spawner(plan)?;
+        // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
+        // every copy is closed.
+        drop(child_ends);
+
         let state = State {
             next_seq: 1,
             retention: Retention::new(self.config.retained_output_bytes),
@@ -977,6 +1202,7 @@ impl Processes {
         };
         let proc = Arc::new(Proc {
             id: p.process_id.clone(),
+            id_json: serde_json::to_string(&p.process_id).expect("a string always encodes as JSON"),
             pid,
             sink: self.sink.clone(),
             stdin: stdin_file.as_ref().map(|_| Arc::new(StdinQueue::new())),
@@ -996,7 +1222,7 @@ impl Processes {
             unsafe { libc::waitpid(pid, &mut status, 0) };
             return Err(e);
         }
-        let started = setup.and_then(|()| {
+        let started = (|| -> io::Result<()> {
             for (stream, file) in outputs {
                 let reader = proc.clone();
                 spawn_thread("process-output", move || read_loop(reader, stream, file))?;
@@ -1005,7 +1231,7 @@ impl Processes {
                 spawn_thread("process-stdin", move || queue.run(file))?;
             }
             Ok(())
-        });
+        })();
         if let Err(e) = started {
             // Threads already running end at EOF once the tree is dead; the waiter reaps.
             proc.close_stdin();
@@ -1190,10 +1416,27 @@ fn wait_loop(proc: Arc<Proc>) {
 /// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).
 fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut pipe_grown = stream == Stream::Pty;
     loop {
         match file.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => proc.emit(Event::Output(stream, buf[..n].to_vec())),
+            Ok(n) => {
+                if n == buf.len() && !pipe_grown {
+                    grow_pipe(&file);
+                    pipe_grown = true;
+                }
+                if n < HANDOFF_MIN_BYTES {
+                    // Copied, so that what retention holds stays close to what it counts.
+                    proc.emit(Event::Output(stream, buf[..n].to_vec()));
+                    continue;
+                }
+                // Large reads hand the buffer itself to retention and read into one it
+                // evicted: no allocation or copy per chunk while streaming.
+                buf.truncate(n);
+                let spare = proc.emit(Event::Output(stream, buf));
+                buf = spare.filter(|b| b.capacity() >= READ_CHUNK_BYTES).unwrap_or_default();
+                buf.resize(READ_CHUNK_BYTES, 0);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if stream == Stream::Pty && e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
@@ -1204,6 +1447,15 @@ fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
     }
     drop(file);
     proc.emit(Event::StreamEnd);
+}
+
+/// Enlarges the pipe of a child seen filling a whole read: with the default 64 KiB the child
+/// and this reader wake each other for every chunk, which dominates streaming. Only busy
+/// pipes grow, since pipe pages count against the user's pipe quota. Events still carry at
+/// most `READ_CHUNK_BYTES`. Failure (quota reached) just keeps the default size.
+fn grow_pipe(file: &File) {
+    // SAFETY: fcntl on a pipe descriptor we own; no memory is involved.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, BUSY_PIPE_BYTES) };
 }
 
 #[cfg(test)]
@@ -1304,6 +1556,28 @@ mod tests {
             Lookup::Running(proc) => proc.pid,
             _ => panic!("{id} is not running"),
         }
+    }
+
+    #[test]
+    fn base64_matches_the_crate() {
+        let bytes: Vec<u8> = (0..300u32).map(|i| (i * 37 + i / 7) as u8).collect();
+        for len in (0..20).chain([255, 256, 257, 299, 300]) {
+            let mut out = b"x".to_vec();
+            encode_base64(&bytes[..len], &mut out);
+            assert_eq!(out[1..], *BASE64.encode(&bytes[..len]).as_bytes(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn output_message_matches_serde() {
+        let id = "p\"1\u{e9}";
+        let id_json = serde_json::to_string(id).expect("encodes");
+        let message = output_message(&id_json, 7, Stream::Stderr, b"hi\n");
+        let value: Value = serde_json::from_str(&message).expect("valid JSON");
+        assert_eq!(
+            value,
+            json!({"method":"process/output","params":{"processId":id,"seq":7,"stream":"stderr","chunk":"aGkK"}})
+        );
     }
 
     #[test]
