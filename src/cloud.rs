@@ -208,8 +208,8 @@ pub fn run(
                         serve(ws);
                         let lasted = started.elapsed();
                         log::info!(
-                            "rendezvous connection {shown} ended after {:.1} s",
-                            lasted.as_secs_f64()
+                            "rendezvous connection {shown} ended after {} s",
+                            Tenths(lasted)
                         );
                         backoff.connection_ended(lasted);
                     }
@@ -226,10 +226,22 @@ pub fn run(
             }
         }
         let delay = backoff.next_sleep(retry_after);
-        log::info!("registering again in {:.1} s", delay.as_secs_f64());
+        log::info!("registering again in {} s", Tenths(delay));
         if sleep(delay) {
             return Ok(());
         }
+    }
+}
+
+/// A duration in seconds with one decimal, for log lines ("2.0"). Integer arithmetic on
+/// purpose: formatting an `f64` with a precision links ~10 KB of float printing into a
+/// binary that has a 2.5 MB limit and no other use for it.
+struct Tenths(Duration);
+
+impl fmt::Display for Tenths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenths = (self.0.as_millis() + 50) / 100;
+        write!(f, "{}.{}", tenths / 10, tenths % 10)
     }
 }
 
