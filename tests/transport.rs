@@ -477,7 +477,12 @@ fn an_idle_tcp_connection_delays_no_handshake() {
     let mut idle = idle;
     idle.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut buf = [0u8; 1];
-    assert_eq!(idle.read(&mut buf).expect("eof"), 0);
+    match idle.read(&mut buf) {
+        Ok(0) => {}
+        // A reset is as good a drop as a FIN.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the idle connection was not dropped: {other:?}"),
+    }
     assert!(started.elapsed() >= Duration::from_secs(1));
 }
 
