@@ -107,6 +107,13 @@ pub struct ReadFileResponse {
     data_base64: Box<RawValue>,
 }
 
+impl ReadFileResponse {
+    /// The size of this response as JSON: `{"dataBase64":` and `}` around the text.
+    pub fn json_len(&self) -> usize {
+        self.data_base64.get().len() + r#"{"dataBase64":}"#.len()
+    }
+}
+
 #[cfg(test)]
 impl ReadFileResponse {
     /// The base64 text, without the JSON quotes.
