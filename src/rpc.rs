@@ -520,9 +520,7 @@ impl Connection {
         let id = request.id.as_str();
         let mut after: Option<After> = None;
         let result = match request.method.as_str() {
-            "initialize" => decode_params(params)
-                .and_then(|p| self.initialize(p))
-                .and_then(|r| encode(id, &r, 0)),
+            "initialize" => decode_params(params).and_then(|p| encode(id, self.initialize(p))),
             "process/start" => self.gated(Family::Exec, id, params, |p: StartParams, session| {
                 let id = p.process_id.clone();
                 let started = session.processes.start(p)?;
@@ -537,13 +535,8 @@ impl Connection {
                 self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
-            "fs/readFile" => self.gated_sized(
-                Family::Filesystem,
-                id,
-                params,
-                |p, _| fs::read_file(p),
-                fs::ReadFileResponse::json_len,
-            ),
+            "fs/readFile" => self
+                .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
             "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),
             "fs/createDirectory" => {
                 self.gated(Family::Filesystem, id, params, |p, _| fs::create_directory(p))
@@ -574,27 +567,29 @@ impl Connection {
         P: Deserialize<'a>,
         R: Serialize,
     {
-        self.gated_sized(family, id, params, handler, |_| 0)
+        let params = decode_params(params)?;
+        let session = self.gate(family)?;
+        encode(id, handler(params, &session))
     }
 
-    /// `gated` for a result whose serialized size `json_len` tells in advance, so a large
-    /// response is written into a buffer of its final size (no regrowth, no re-faulting).
-    fn gated_sized<'a, P, R>(
+    /// `gated` for a handler that writes its result's JSON itself, straight into the
+    /// response message, so a large result (a file's base64) is never copied.
+    fn gated_into<'a, P>(
         &self,
         family: Family,
         id: &str,
         params: &'a str,
-        handler: impl FnOnce(P, &Arc<Session>) -> Result<R, RpcError>,
-        json_len: fn(&R) -> usize,
+        handler: impl FnOnce(P, &Arc<Session>, &mut String) -> Result<(), RpcError>,
     ) -> Result<String, RpcError>
     where
         P: Deserialize<'a>,
-        R: Serialize,
     {
         let params = decode_params(params)?;
         let session = self.gate(family)?;
-        let value = handler(params, &session)?;
-        encode(id, &value, json_len(&value))
+        let mut text = format!("{{\"id\":{id},\"result\":");
+        handler(params, &session, &mut text)?;
+        text.push('}');
+        Ok(text)
     }
 
     /// §3.4: the session, if this connection may use `family` methods now.
@@ -826,17 +821,14 @@ fn decode_params<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError>
     })
 }
 
-/// Serializes a handler's result straight into its response message, so a large result
-/// (a file's base64) is copied once; `result_len` (the result's JSON size if known, else
-/// 0) sizes the buffer up front.
-fn encode<R: Serialize>(id: &str, result: &R, result_len: usize) -> Result<String, RpcError> {
-    /// `{"id":` … `,"result":` … `}`.
-    const FRAME_BYTES: usize = 17;
-    let mut text = Vec::with_capacity(FRAME_BYTES + id.len() + result_len.max(64));
+/// Serializes a handler's result straight into its response message.
+fn encode<R: Serialize>(id: &str, result: Result<R, RpcError>) -> Result<String, RpcError> {
+    let value = result?;
+    let mut text = Vec::with_capacity(64);
     text.extend_from_slice(b"{\"id\":");
     text.extend_from_slice(id.as_bytes());
     text.extend_from_slice(b",\"result\":");
-    serde_json::to_writer(&mut text, result).map_err(|e| RpcError::internal(e.to_string()))?;
+    serde_json::to_writer(&mut text, &value).map_err(|e| RpcError::internal(e.to_string()))?;
     text.push(b'}');
     // serde_json writes UTF-8 and the id is a slice of a `str`.
     String::from_utf8(text).map_err(|e| RpcError::internal(e.to_string()))
