@@ -535,7 +535,8 @@ impl Connection {
                 self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
-            "fs/readFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::read_file(p)),
+            "fs/readFile" => self
+                .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
             "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),
             "fs/createDirectory" => {
                 self.gated(Family::Filesystem, id, params, |p, _| fs::create_directory(p))
@@ -555,7 +556,6 @@ impl Connection {
 
     /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),
     /// run the handler, serialize its result.
-    #[allow(dead_code)]
     fn gated<'a, P, R>(
         &self,
         family: Family,
@@ -570,6 +570,26 @@ impl Connection {
         let params = decode_params(params)?;
         let session = self.gate(family)?;
         encode(id, handler(params, &session))
+    }
+
+    /// `gated` for a handler that writes its result's JSON itself, straight into the
+    /// response message, so a large result (a file's base64) is never copied.
+    fn gated_into<'a, P>(
+        &self,
+        family: Family,
+        id: &str,
+        params: &'a str,
+        handler: impl FnOnce(P, &Arc<Session>, &mut String) -> Result<(), RpcError>,
+    ) -> Result<String, RpcError>
+    where
+        P: Deserialize<'a>,
+    {
+        let params = decode_params(params)?;
+        let session = self.gate(family)?;
+        let mut text = format!("{{\"id\":{id},\"result\":");
+        handler(params, &session, &mut text)?;
+        text.push('}');
+        Ok(text)
     }
 
     /// §3.4: the session, if this connection may use `family` methods now.
@@ -677,7 +697,7 @@ fn decode(text: &str) -> Result<Message<'_>, Malformed> {
     if trimmed.starts_with('[') {
         return Err(Malformed("batch requests are not supported".into()));
     }
-    if nesting_exceeds(text.as_bytes(), MAX_NESTING) {
+    if nesting_exceeds(text, MAX_NESTING) {
         return Err(Malformed(format!("nesting deeper than {MAX_NESTING} levels")));
     }
     if !trimmed.starts_with('{') {
@@ -709,25 +729,20 @@ fn decode(text: &str) -> Result<Message<'_>, Malformed> {
 }
 
 /// True when `json` nests arrays/objects deeper than `max` (strings are skipped).
-fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+///
+/// A string body is skipped with a `memchr` search for its closing quote (a quote is
+/// escaped exactly when an odd run of backslashes precedes it): the scan covers the whole
+/// message, and a file's base64 makes up nearly all of a large one.
+fn nesting_exceeds(json: &str, max: usize) -> bool {
+    let bytes = json.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                i += 1;
-                loop {
-                    match json[i.min(json.len())..].iter().position(|&b| b == b'"' || b == b'\\') {
-                        Some(k) if json[i + k] == b'\\' => i += k + 2,
-                        Some(k) => {
-                            i += k + 1;
-                            break;
-                        }
-                        None => return false,
-                    }
-                }
-                continue;
-            }
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => match closing_quote(json, i + 1) {
+                Some(end) => i = end,
+                None => return false,
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -740,6 +755,21 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
         i += 1;
     }
     false
+}
+
+/// The index of the unescaped quote that ends a string whose body starts at `from`.
+fn closing_quote(json: &str, from: usize) -> Option<usize> {
+    let bytes = json.as_bytes();
+    let mut at = from;
+    loop {
+        // `str::find` with a char searches with `memchr`, a word at a time.
+        let quote = at + json.get(at..)?.find('"')?;
+        let backslashes = bytes[from..quote].iter().rev().take_while(|&&b| b == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
+        }
+        at = quote + 1;
+    }
 }
 
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
@@ -791,8 +821,7 @@ fn decode_params<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError>
     })
 }
 
-/// Serializes a handler's result straight into its response message, so a large result
-/// (a file's base64) is copied once.
+/// Serializes a handler's result straight into its response message.
 fn encode<R: Serialize>(id: &str, result: Result<R, RpcError>) -> Result<String, RpcError> {
     let value = result?;
     let mut text = Vec::with_capacity(64);
@@ -800,7 +829,6 @@ fn encode<R: Serialize>(id: &str, result: Result<R, RpcError>) -> Result<String,
     text.extend_from_slice(id.as_bytes());
     text.extend_from_slice(b",\"result\":");
     serde_json::to_writer(&mut text, &value).map_err(|e| RpcError::internal(e.to_string()))?;
-    drop(value);
     text.push(b'}');
     // serde_json writes UTF-8 and the id is a slice of a `str`.
     String::from_utf8(text).map_err(|e| RpcError::internal(e.to_string()))
@@ -868,9 +896,13 @@ mod tests {
     #[test]
     fn nesting_limit() {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(!nesting_exceeds(deep(128).as_bytes(), 128));
-        assert!(nesting_exceeds(deep(129).as_bytes(), 128));
-        assert!(!nesting_exceeds(br#"{"a":"[[[[\"[[["}"#, 2));
+        assert!(!nesting_exceeds(&deep(128), 128));
+        assert!(nesting_exceeds(&deep(129), 128));
+        assert!(!nesting_exceeds(r#"{"a":"[[[[\"[[["}"#, 2));
+        assert!(!nesting_exceeds(r#"{"a":"\\\\"}"#, 1));
+        assert!(nesting_exceeds(r#"{"a":"\\\\",["#, 1));
+        assert!(!nesting_exceeds(r#"{"a":"\\\"[[["#, 1));
+        assert!(nesting_exceeds(r#"{"a":"x\\"}[[]]"#, 1));
         let text = format!(r#"{{"id":1,"method":"m","params":{}}}"#, deep(100_000));
         assert!(decode(&text).is_err());
     }
