@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::b64;
 use crate::rpc::RpcError;
 
 /// `fs/readFile` refuses files larger than this (§10): the file's base64 text and then the
@@ -257,7 +258,6 @@ pub fn read_file_into(p: ReadFileParams, out: &mut String) -> Result<(), RpcErro
     }
     // The limit also bounds files whose size says nothing (`/proc`, devices, a file
     // growing meanwhile): at most one chunk past it is read.
-    let engine = base64::engine::general_purpose::STANDARD;
     let expected = usize::try_from(len).map_err(|_| too_large())?;
     let encoded = base64::encoded_len(expected, true).unwrap_or(0);
     // One byte more: the response's closing brace, which the caller appends.
@@ -274,7 +274,7 @@ pub fn read_file_into(p: ReadFileParams, out: &mut String) -> Result<(), RpcErro
         }
         // Every chunk but the last is full, and its length a multiple of 3, so the
         // encoded chunks concatenate to the encoding of the whole file.
-        engine.encode_string(&chunk[..n], out);
+        b64::encode_into(&chunk[..n], out);
         if n < chunk.len() {
             break;
         }

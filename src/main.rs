@@ -1,6 +1,7 @@
 //! exec-server: the table of contents. Parse flags, set up logging, pick the mode (listen,
 //! stdio, cloud), run it, and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
+mod b64;
 mod cli;
 mod cloud;
 mod config;

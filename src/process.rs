@@ -23,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::b64;
 use crate::config::Config;
 use crate::envpolicy::{self, EnvPolicy};
 use crate::pty;
@@ -246,54 +247,9 @@ fn output_message(id_json: &str, seq: u64, stream: Stream, bytes: &[u8]) -> Stri
     message.push_str(id_json);
     // Writing into a String cannot fail.
     let _ = write!(message, r#","seq":{seq},"stream":"{stream}","chunk":""#);
-    // SAFETY: `encode_base64` appends only ASCII, so the String stays UTF-8.
-    encode_base64(bytes, unsafe { message.as_mut_vec() });
+    b64::encode_into(bytes, &mut message);
     message.push_str("\"}}");
     message
-}
-
-/// The standard base64 alphabet.
-const BASE64_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// The two base64 characters of every 12-bit value.
-static BASE64_PAIRS: [[u8; 2]; 4096] = {
-    let mut pairs = [[0u8; 2]; 4096];
-    let mut i = 0;
-    while i < 4096 {
-        pairs[i] = [BASE64_ALPHABET[i >> 6], BASE64_ALPHABET[i & 63]];
-        i += 1;
-    }
-    pairs
-};
-
-/// Appends the padded standard base64 of `bytes` to `out`. The base64 crate's generic
-/// encoder is built at this crate's size-optimized level and was the hottest code of
-/// streaming; two lookups in a table of character pairs per three bytes is several times
-/// faster. `tests::base64_matches_the_crate` holds it to the crate's output.
-fn encode_base64(bytes: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + bytes.len().div_ceil(3) * 4, b'=');
-    let groups = bytes.chunks_exact(3);
-    let tail = groups.remainder();
-    let mut slots = out[start..].chunks_exact_mut(4);
-    for (group, slot) in groups.zip(&mut slots) {
-        let n =
-            (usize::from(group[0]) << 16) | (usize::from(group[1]) << 8) | usize::from(group[2]);
-        let [a, b] = BASE64_PAIRS[n >> 12];
-        let [c, d] = BASE64_PAIRS[n & 0xfff];
-        slot.copy_from_slice(&[a, b, c, d]);
-    }
-    if let Some(slot) = slots.next() {
-        // One or two bytes left: their characters, then the '=' padding already in place.
-        let b1 = tail.get(1).copied().unwrap_or(0);
-        let n = (usize::from(tail[0]) << 16) | (usize::from(b1) << 8);
-        slot[0] = BASE64_ALPHABET[n >> 18];
-        slot[1] = BASE64_ALPHABET[(n >> 12) & 63];
-        if tail.len() == 2 {
-            slot[2] = BASE64_ALPHABET[(n >> 6) & 63];
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1563,7 +1519,7 @@ mod tests {
         let bytes: Vec<u8> = (0..300u32).map(|i| (i * 37 + i / 7) as u8).collect();
         for len in (0..20).chain([255, 256, 257, 299, 300]) {
             let mut out = b"x".to_vec();
-            encode_base64(&bytes[..len], &mut out);
+            b64::encode(&bytes[..len], &mut out);
             assert_eq!(out[1..], *BASE64.encode(&bytes[..len]).as_bytes(), "length {len}");
         }
     }
