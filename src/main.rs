@@ -10,6 +10,7 @@ mod fs;
 mod pool;
 mod process;
 mod pty;
+mod recycle;
 mod registry;
 mod rpc;
 mod session;

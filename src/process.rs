@@ -27,6 +27,7 @@ use crate::b64;
 use crate::config::Config;
 use crate::envpolicy::{self, EnvPolicy};
 use crate::pty;
+use crate::recycle;
 use crate::rpc::RpcError;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
@@ -242,7 +243,7 @@ fn output_message(id_json: &str, seq: u64, stream: Stream, bytes: &[u8]) -> Stri
     const PREFIX: &str = r#"{"method":"process/output","params":{"processId":"#;
     // Room for the fixed text, a u64 and the padded base64 of `bytes`.
     let capacity = PREFIX.len() + id_json.len() + 64 + bytes.len().div_ceil(3) * 4;
-    let mut message = String::with_capacity(capacity);
+    let mut message = recycle::string(capacity);
     message.push_str(PREFIX);
     message.push_str(id_json);
     // Writing into a String cannot fail.

@@ -16,6 +16,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes, WebSocket};
 
 use crate::config::Config;
+use crate::recycle;
 use crate::rpc::{CloseReason, Closed, Flow, Outbound, Server, Text, Transport};
 use crate::shutdown;
 
@@ -387,20 +388,21 @@ impl<S: Read + Write + Send> Writer<S> {
 impl<S: Read + Write + Send> Outbound for Writer<S> {
     fn send(&self, text: String) -> Result<(), Closed> {
         let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
-        if text.len() <= FRAGMENT_BYTES {
-            return self.write(Message::Text(Utf8Bytes::from(text)));
-        }
-        let bytes = Bytes::from(text.into_bytes());
+        // Written as frames we build, so the text needs no second UTF-8 check and its
+        // buffer can return to the pool; a message over FRAGMENT_BYTES goes in pieces.
+        let bytes = recycle::bytes(text);
         let mut offset = 0;
-        while offset < bytes.len() {
+        loop {
             let end = (offset + FRAGMENT_BYTES).min(bytes.len());
             let opcode = if offset == 0 { Data::Text } else { Data::Continue };
-            let frame =
-                Frame::message(bytes.slice(offset..end), OpCode::Data(opcode), end == bytes.len());
+            let last = end == bytes.len();
+            let frame = Frame::message(bytes.slice(offset..end), OpCode::Data(opcode), last);
             self.write(Message::Frame(frame))?;
+            if last {
+                return Ok(());
+            }
             offset = end;
         }
-        Ok(())
     }
 
     fn close(&self, reason: CloseReason) {
