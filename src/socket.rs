@@ -22,6 +22,8 @@ use crate::shutdown;
 
 /// Largest HTTP request head accepted before an upgrade (§10).
 const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Connections the kernel may queue before we accept them (capped by somaxconn).
+const LISTEN_BACKLOG: libc::c_int = 1024;
 /// TCP connections still in their HTTP handshake at once; more are dropped at accept.
 const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Outbound messages larger than this go out as several frames, so the socket's write
@@ -75,6 +77,12 @@ pub struct Keepalive {
 /// Accepts connections until shutdown is requested. Each connection gets a thread that
 /// performs its handshake under a deadline and then serves it.
 pub fn accept(listener: TcpListener, server: &Arc<Server>, security: Security) -> io::Result<()> {
+    // std listens with a backlog of 128: a burst of connections beyond it loses SYNs, and
+    // each lost one costs its client a one-second retransmit. Listening again resizes it.
+    // SAFETY: listen(2) on a socket we own that is already listening.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        log::warn!("cannot enlarge the listen backlog: {}", io::Error::last_os_error());
+    }
     listener.set_nonblocking(true)?;
     let security = Arc::new(security);
     let pending = Arc::new(AtomicUsize::new(0));
