@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -539,6 +540,8 @@ fn read_one<S: Read + Write>(ws: &mut WebSocket<S>) -> Inbound {
             Inbound::End(Some(CloseReason::TooBig))
         }
         Err(WsError::Utf8(_)) => Inbound::End(Some(CloseReason::InvalidData)),
+        // The peer went away without a Close frame: nothing to answer.
+        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Inbound::End(None),
         Err(WsError::Protocol(e)) => {
             log::warn!("closing: websocket protocol error: {e}");
             Inbound::End(Some(CloseReason::Protocol))
