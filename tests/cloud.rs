@@ -429,6 +429,27 @@ fn registered(url: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // The tests.
 
+/// The registration request of §8.3, byte for byte where it matters, for executor
+/// `exec-it` under the base path `/prefix/`.
+fn assert_registration_request(seen: &Seen) {
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/prefix/cloud/executor/exec-it/register");
+    assert_eq!(seen.headers["authorization"], format!("Bearer {TOKEN}"));
+    assert_eq!(seen.headers["content-type"], "application/json");
+    let body: Value = serde_json::from_str(&seen.body).unwrap();
+    let idempotency_id = body["idempotency_id"].as_str().unwrap().to_owned();
+    let hex = idempotency_id.strip_prefix("codex-exec-server-").unwrap();
+    assert!(
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    assert_eq!(
+        seen.body,
+        format!(
+            r#"{{"idempotency_id":"{idempotency_id}","executor_id":"exec-it","name":"codex-exec-server","labels":{{}},"metadata":{{}}}}"#
+        )
+    );
+}
+
 #[test]
 fn a_dropped_rendezvous_re_registers_and_the_session_resumes() {
     let dir = TempDir::new();
@@ -439,24 +460,8 @@ fn a_dropped_rendezvous_re_registers_and_the_session_resumes() {
     let daemon =
         Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
 
-    // The registration request of §8.3, byte for byte where it matters.
     let first = registry.next_request();
-    assert_eq!(first.method, "POST");
-    assert_eq!(first.path, "/prefix/cloud/executor/exec-it/register");
-    assert_eq!(first.headers["authorization"], format!("Bearer {TOKEN}"));
-    assert_eq!(first.headers["content-type"], "application/json");
-    let body: Value = serde_json::from_str(&first.body).unwrap();
-    let idempotency_id = body["idempotency_id"].as_str().unwrap().to_owned();
-    let hex = idempotency_id.strip_prefix("codex-exec-server-").unwrap();
-    assert!(
-        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-    );
-    assert_eq!(
-        first.body,
-        format!(
-            r#"{{"idempotency_id":"{idempotency_id}","executor_id":"exec-it","name":"codex-exec-server","labels":{{}},"metadata":{{}}}}"#
-        )
-    );
+    assert_registration_request(&first);
 
     let mut orch = rendezvous.accept();
     let session = orch.handshake(None);
@@ -489,24 +494,8 @@ fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
     let daemon =
         Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
 
-    // The registration request of §8.3, byte for byte where it matters.
     let first = registry.next_request();
-    assert_eq!(first.method, "POST");
-    assert_eq!(first.path, "/prefix/cloud/executor/exec-it/register");
-    assert_eq!(first.headers["authorization"], format!("Bearer {TOKEN}"));
-    assert_eq!(first.headers["content-type"], "application/json");
-    let body: Value = serde_json::from_str(&first.body).unwrap();
-    let idempotency_id = body["idempotency_id"].as_str().unwrap().to_owned();
-    let hex = idempotency_id.strip_prefix("codex-exec-server-").unwrap();
-    assert!(
-        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-    );
-    assert_eq!(
-        first.body,
-        format!(
-            r#"{{"idempotency_id":"{idempotency_id}","executor_id":"exec-it","name":"codex-exec-server","labels":{{}},"metadata":{{}}}}"#
-        )
-    );
+    assert_registration_request(&first);
 
     // The orchestrator side: handshake, run `printf hi`, get output, exited, closed.
     let mut orch = rendezvous.accept();
