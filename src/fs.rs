@@ -262,7 +262,6 @@ pub fn read_file_into(p: ReadFileParams, out: &mut String) -> Result<(), RpcErro
     let encoded = base64::encoded_len(expected, true).unwrap_or(0);
     // One byte more: the response's closing brace, which the caller appends.
     out.reserve(HEAD.len() + encoded + TAIL.len() + 1);
-    prefer_huge_pages(out.as_bytes().as_ptr_range().end, out.capacity() - out.len());
     out.push_str(HEAD);
     let mut chunk = vec![0; READ_CHUNK_BYTES];
     let mut total: u64 = 0;
@@ -281,28 +280,6 @@ pub fn read_file_into(p: ReadFileParams, out: &mut String) -> Result<(), RpcErro
     }
     out.push_str(TAIL);
     Ok(())
-}
-
-/// Buffers at least this large are worth backing with transparent huge pages.
-const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
-/// The transparent huge page size on x86-64 and most aarch64 kernels.
-const HUGE_PAGE_BYTES: usize = 2 << 20;
-
-/// Asks the kernel to back the untouched buffer at `start..start + len` with transparent
-/// huge pages (where it is set to `madvise`): a file-sized buffer is otherwise filled one
-/// 4 KiB page fault at a time, and those faults cost as much as the base64 coding itself.
-/// Only whole aligned huge pages inside the buffer are advised; failure changes nothing.
-fn prefer_huge_pages(start: *const u8, len: usize) {
-    if len < HUGE_PAGE_MIN_BYTES {
-        return;
-    }
-    let first = (start as usize).next_multiple_of(HUGE_PAGE_BYTES);
-    let end = (start as usize + len) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
-    if end > first {
-        // SAFETY: advice on pages inside an allocation we own; MADV_HUGEPAGE never changes
-        // their contents.
-        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
-    }
 }
 
 /// Reads until `buf` is full or the end of the input; returns how much was read.
@@ -341,7 +318,6 @@ pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
     let engine = base64::engine::general_purpose::STANDARD;
     let mut data = Vec::with_capacity(base64::decoded_len_estimate(p.data_base64.len()));
-    prefer_huge_pages(data.as_ptr(), data.capacity());
     engine.decode_vec(p.data_base64.as_bytes(), &mut data).map_err(|err| {
         RpcError::invalid_request(format!("fs/writeFile requires valid base64 dataBase64: {err}"))
     })?;

@@ -1,6 +1,7 @@
 //! exec-server: the table of contents. Parse flags, set up logging, pick the mode (listen,
 //! stdio, cloud), run it, and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
+mod alloc;
 mod b64;
 mod cli;
 mod cloud;
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 use cli::{Exit, Mode};
 use rpc::{Server, Transport};
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 /// How long graceful shutdown waits for connections to finish closing (§9.4 asks < 5 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
