@@ -1,5 +1,8 @@
-//! Fast standard base64 encoding for the two bulk paths, process output and
-//! `fs/readFile`. Decoding and small payloads use the base64 crate.
+//! Fast standard base64 for the bulk paths: encoding for process output and `fs/readFile`,
+//! decoding for `fs/writeFile`. Small payloads and every error message use the base64
+//! crate.
+
+use base64::Engine as _;
 
 /// The standard base64 alphabet.
 const BASE64_ALPHABET: &[u8; 64] =
@@ -49,4 +52,147 @@ pub fn encode(bytes: &[u8], out: &mut Vec<u8>) {
 pub fn encode_into(bytes: &[u8], out: &mut String) {
     // SAFETY: `encode` appends only ASCII characters, so `out` stays valid UTF-8.
     encode(bytes, unsafe { out.as_mut_vec() });
+}
+
+/// Appends the bytes of the padded standard base64 `text` to `out`, accepting and
+/// rejecting exactly what the base64 crate's `STANDARD` engine does, with its errors.
+///
+/// On x86-64 with AVX2, all but the last 4 to 35 characters are decoded 32 at a time
+/// with the lookup scheme of Muła and Lemire (arXiv:1704.00605), about ten times the
+/// crate's speed; that bulk holds no padding, so it is valid exactly when every character
+/// is in the alphabet. The rest, padding included, goes through the crate, and any error
+/// is produced by running the crate over the whole text, so its offsets are the usual ones.
+pub fn decode(text: &[u8], out: &mut Vec<u8>) -> Result<(), base64::DecodeError> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let start = out.len();
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        let blocks = text.len().saturating_sub(4) / 32;
+        // Each block stores 32 bytes and keeps 24.
+        out.reserve(blocks * 24 + 8 + base64::decoded_len_estimate(text.len() - blocks * 32));
+        // SAFETY: AVX2 is present; the stores stay inside the capacity just reserved.
+        let valid = unsafe { avx2::decode_blocks(&text[..blocks * 32], out) };
+        if !valid {
+            out.truncate(start);
+            return engine.decode_vec(text, out).map(|_| ());
+        }
+        done = blocks * 32;
+    }
+    engine.decode_vec(&text[done..], out).map(|_| ()).or_else(|_| {
+        out.truncate(start);
+        engine.decode_vec(text, out).map(|_| ())
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Decodes `text` (a multiple of 32 characters, no padding) onto the end of `out`,
+    /// which must have room for `text.len() / 32 * 24 + 8` more bytes. False, with `out`
+    /// partly written, if a character is outside the alphabet.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn decode_blocks(text: &[u8], out: &mut Vec<u8>) -> bool {
+        // A bit per class of high nibble, and per low nibble the classes it is invalid in
+        // (bit 4: never valid); a character is valid when the two share no bit.
+        let lut_hi = _mm256_setr_epi8(
+            0x10, 0x10, 0x01, 0x02, 0x04, 0x08, 0x04, 0x08, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10,
+            0x10, 0x10, 0x10, 0x10, 0x01, 0x02, 0x04, 0x08, 0x04, 0x08, 0x10, 0x10, 0x10, 0x10,
+            0x10, 0x10, 0x10, 0x10,
+        );
+        let lut_lo = _mm256_setr_epi8(
+            0x15, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x13, 0x1A, 0x1B, 0x1B,
+            0x1B, 0x1A, 0x15, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x13, 0x1A,
+            0x1B, 0x1B, 0x1B, 0x1A,
+        );
+        // What to add to a character, by high nibble ('/' one slot lower), for its value.
+        let lut_roll = _mm256_setr_epi8(
+            0, 16, 19, 4, -65, -65, -71, -71, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 19, 4, -65, -65, -71,
+            -71, 0, 0, 0, 0, 0, 0, 0, 0,
+        );
+        let mask_2f = _mm256_set1_epi8(0x2f);
+        let merge_pairs = _mm256_set1_epi32(0x0140_0140);
+        let merge_quads = _mm256_set1_epi32(0x0001_1000);
+        let pack = _mm256_setr_epi8(
+            2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12, -1, -1, -1, -1, 2, 1, 0, 6, 5, 4, 10, 9, 8, 14,
+            13, 12, -1, -1, -1, -1,
+        );
+        let lanes = _mm256_setr_epi32(0, 1, 2, 4, 5, 6, -1, -1);
+        let mut len = out.len();
+        for block in text.chunks_exact(32) {
+            // SAFETY (all loads and stores): 32 readable bytes in `block`; the caller's
+            // reservation leaves 32 writable bytes at `len` for every block.
+            let chars = unsafe { _mm256_loadu_si256(block.as_ptr().cast()) };
+            let hi_nibbles = _mm256_and_si256(_mm256_srli_epi32(chars, 4), mask_2f);
+            let lo_nibbles = _mm256_and_si256(chars, mask_2f);
+            let hi = _mm256_shuffle_epi8(lut_hi, hi_nibbles);
+            let lo = _mm256_shuffle_epi8(lut_lo, lo_nibbles);
+            if _mm256_testz_si256(lo, hi) == 0 {
+                return false;
+            }
+            let eq_2f = _mm256_cmpeq_epi8(chars, mask_2f);
+            let roll = _mm256_shuffle_epi8(lut_roll, _mm256_add_epi8(eq_2f, hi_nibbles));
+            let values = _mm256_add_epi8(chars, roll);
+            let pairs = _mm256_maddubs_epi16(values, merge_pairs);
+            let quads = _mm256_madd_epi16(pairs, merge_quads);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(quads, pack), lanes);
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(len).cast(), bytes) };
+            len += 24;
+        }
+        // SAFETY: every byte up to `len` was written above.
+        unsafe { out.set_len(len) };
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    const CRATE: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    fn both(text: &[u8]) -> (Result<Vec<u8>, String>, Result<Vec<u8>, String>) {
+        let mut ours = b"prefix".to_vec();
+        let ours =
+            super::decode(text, &mut ours).map(|()| ours[6..].to_vec()).map_err(|e| e.to_string());
+        (ours, CRATE.decode(text).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn decode_matches_the_crate_on_valid_text() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 131 + i / 3) as u8).collect();
+        for len in (0..120).chain([255, 256, 257, 767, 768, 769, 1000]) {
+            let text = CRATE.encode(&bytes[..len]);
+            let (ours, theirs) = both(text.as_bytes());
+            assert_eq!(ours, theirs, "length {len}");
+            assert_eq!(ours.unwrap(), bytes[..len], "length {len}");
+        }
+    }
+
+    #[test]
+    fn decode_rejects_what_the_crate_rejects_with_its_error() {
+        let bytes: Vec<u8> = (0..150u32).map(|i| (i * 7 + 3) as u8).collect();
+        let text = CRATE.encode(&bytes).into_bytes();
+        // Every byte value at positions in the first block, a later block and the tail.
+        for at in [0, 5, 31, 32, 77, 150, text.len() - 3, text.len() - 1] {
+            for byte in 0..=255u8 {
+                let mut bad = text.clone();
+                bad[at] = byte;
+                let (ours, theirs) = both(&bad);
+                assert_eq!(ours, theirs, "byte {byte} at {at}");
+            }
+        }
+        // Padding in the middle, non-zero trailing bits, a missing character.
+        for bad in [
+            &b"QUJD=EVG"[..],
+            b"QR==",
+            b"QUI=",
+            b"QUJ",
+            b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=QUJD",
+        ] {
+            let (ours, theirs) = both(bad);
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -10,7 +10,6 @@ use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::b64;
@@ -316,9 +315,8 @@ fn too_large() -> RpcError {
 
 pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let engine = base64::engine::general_purpose::STANDARD;
     let mut data = Vec::with_capacity(base64::decoded_len_estimate(p.data_base64.len()));
-    engine.decode_vec(p.data_base64.as_bytes(), &mut data).map_err(|err| {
+    b64::decode(p.data_base64.as_bytes(), &mut data).map_err(|err| {
         RpcError::invalid_request(format!("fs/writeFile requires valid base64 dataBase64: {err}"))
     })?;
     // The base64 text is no longer needed; release it before the write if it was copied.

@@ -210,9 +210,7 @@ impl Registry {
     ) -> Registry {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
+            .unversioned_rustls_crypto_provider(crate::tls::provider())
             .root_certs(RootCerts::new_with_certs(
                 &roots
                     .iter()

@@ -784,9 +784,11 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
         destination_path: Option<String>,
         wait_ms: Option<u64>,
     }
-    // A direct struct decode skips unknown members (large payloads included) without
-    // copying them; params of any other shape simply have no keys.
-    let Ok(named) = serde_json::from_str::<Named>(params) else {
+    const NAMES: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
+    // Only the named members are decoded: a file's base64 is skipped with a `memchr`
+    // search, not walked by the decoder. Params of any other shape have no keys.
+    let wanted = only_members(params, &NAMES);
+    let Ok(named) = serde_json::from_str::<Named>(wanted.as_deref().unwrap_or(params)) else {
         return (Vec::new(), false);
     };
     let waits = named.wait_ms.is_some_and(|ms| ms > 0);
@@ -800,6 +802,90 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
         }
     }
     (keys, waits)
+}
+
+/// The members of the JSON object `json` named in `names`, as an object of their own that
+/// a decoder ignoring other members reads the same way (duplicates stay duplicates). The
+/// text must be valid JSON, as every message's is once its envelope has decoded. None when
+/// it is not an object, or when a member's name has an escape (and so may be any name).
+fn only_members(json: &str, names: &[&str]) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut out = String::from("{");
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at)? {
+            b'}' => break,
+            b',' => at = skip_whitespace(bytes, at + 1),
+            _ => {}
+        }
+        let member = at;
+        if bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let name_end = closing_quote(json, at + 1)?;
+        let name = &json[at + 1..name_end];
+        if name.contains('\\') {
+            return None;
+        }
+        at = skip_whitespace(bytes, name_end + 1);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        at = value_end(json, skip_whitespace(bytes, at + 1))?;
+        if names.contains(&name) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&json[member..at]);
+        }
+    }
+    out.push('}');
+    Some(out)
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// The end of the valid JSON value starting at `start`.
+fn value_end(json: &str, start: usize) -> Option<usize> {
+    let bytes = json.as_bytes();
+    match bytes.get(start)? {
+        b'"' => closing_quote(json, start + 1).map(|quote| quote + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match bytes.get(at)? {
+                    b'"' => at = closing_quote(json, at + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        // A number or a literal: it runs to the next delimiter.
+        _ => Some(
+            bytes[start..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(bytes.len(), |n| start + n),
+        ),
+    }
 }
 
 /// Requests that finish without blocking on anything but a local syscall, and so may run
@@ -925,6 +1011,42 @@ mod tests {
         assert!(keys(r#"{"processId":"p","waitMs":5000}"#).1);
         assert!(!keys(r#"{"processId":"p","waitMs":0}"#).1);
         assert!(!keys(r#"{"processId":"p","waitMs":null}"#).1);
+    }
+
+    #[test]
+    fn keys_read_only_the_named_members_as_a_full_decode_would() {
+        let full = |params: &str| -> Option<Vec<(String, serde_json::Value)>> {
+            let value: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(params).ok()?;
+            let names = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
+            Some(value.into_iter().filter(|(k, _)| names.contains(&k.as_str())).collect())
+        };
+        for params in [
+            r#"{}"#,
+            r#" { "path" : "/a" , "dataBase64" : "QUJD" } "#,
+            r#"{"dataBase64":"x\"}{[\\","path":"/b","n":{"path":"/no","a":[1,"]"]}}"#,
+            r#"{"processId":"p","waitMs":12,"x":-1.5e3,"y":true,"z":null,"w":[[],{}]}"#,
+            "{\n\t\"sourcePath\":\"/s\",\r\"destinationPath\":\"/d\"}",
+            r#"{"path":"/a","path":"/b"}"#,
+        ] {
+            let wanted = only_members(
+                params,
+                &["processId", "path", "sourcePath", "destinationPath", "waitMs"],
+            )
+            .expect("an object with plain names");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&wanted).ok(),
+                full(params).map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                "{params}"
+            );
+        }
+        assert_eq!(only_members("[1]", &["path"]), None);
+        assert_eq!(only_members(r#"{"p\u0061th":"/x"}"#, &["path"]), None);
+        // Escaped names fall back to the full decode, which reads them.
+        assert_eq!(keys(r#"{"p\u0061th":"/x"}"#).0, vec![Key::Path("/x".into())]);
+        // A duplicate is still a decode error, so no keys.
+        assert_eq!(keys(r#"{"path":"/a","path":"/b"}"#).0, vec![]);
+        assert_eq!(keys(r#"{"data":"x\"y","path":"/a/../b"}"#).0, vec![Key::Path("/b".into())]);
     }
 
     fn key(name: &str) -> Key {
