@@ -21,11 +21,23 @@ static BASE64_PAIRS: [[u8; 2]; 4096] = {
 
 /// Appends the padded standard base64 of `bytes` to `out`. The base64 crate's generic
 /// encoder is built at this crate's size-optimized level and was the hottest code of
-/// streaming and of `fs/readFile`; two lookups in a table of character pairs per three bytes is several times
-/// faster. `process::tests::base64_matches_the_crate` holds it to the crate's output.
+/// streaming and of `fs/readFile`. With AVX2, 24 bytes at a time are encoded in registers;
+/// the rest takes two lookups in a table of character pairs per three bytes. Both are held
+/// to the crate's output by the tests below.
 pub fn encode(bytes: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
+    let mut start = out.len();
     out.resize(start + bytes.len().div_ceil(3) * 4, b'=');
+    let mut bytes = bytes;
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= 28 && std::arch::is_x86_feature_detected!("avx2") {
+        // Each block reads 28 bytes and encodes 24 of them.
+        let blocks = (bytes.len() - 4) / 24;
+        // SAFETY: AVX2 is present; `out` has room for 32 characters per block from
+        // `start`, since the whole encoding fits there.
+        unsafe { avx2::encode_blocks(&bytes[..blocks * 24 + 4], &mut out[start..]) };
+        bytes = &bytes[blocks * 24..];
+        start += blocks * 32;
+    }
     let groups = bytes.chunks_exact(3);
     let tail = groups.remainder();
     let mut slots = out[start..].chunks_exact_mut(4);
@@ -88,6 +100,51 @@ pub fn decode(text: &[u8], out: &mut Vec<u8>) -> Result<(), base64::DecodeError>
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    /// Encodes `bytes` but its last 4 (a multiple of 24 plus 4: every block loads 28
+    /// bytes) into the start of `out`, 32 characters per 24 bytes, with the scheme of
+    /// Muła and Lemire (arXiv:1704.00605).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn encode_blocks(bytes: &[u8], out: &mut [u8]) {
+        // Per 128-bit lane, 12 bytes as four (b1, b0, b2, b1) words.
+        let spread = _mm256_setr_epi8(
+            1, 0, 2, 1, 4, 3, 5, 4, 7, 6, 8, 7, 10, 9, 11, 10, 1, 0, 2, 1, 4, 3, 5, 4, 7, 6, 8, 7,
+            10, 9, 11, 10,
+        );
+        // Per value range (0-25, 26-51, 52-61, 62, 63), the offset to its character.
+        let offsets = _mm256_setr_epi8(
+            65, 71, -4, -4, -4, -4, -4, -4, -4, -4, -4, -4, -19, -16, 0, 0, 65, 71, -4, -4, -4, -4,
+            -4, -4, -4, -4, -4, -4, -19, -16, 0, 0,
+        );
+        let blocks = (bytes.len() - 4) / 24;
+        assert!(out.len() >= blocks * 32, "room for every block");
+        for i in 0..blocks {
+            // SAFETY: bytes i*24 .. i*24 + 28 exist (the length is blocks * 24 + 4), and
+            // out has 32 bytes at i*32 (asserted above).
+            unsafe {
+                let at = bytes.as_ptr().add(i * 24);
+                let lo = _mm_loadu_si128(at.cast());
+                let hi = _mm_loadu_si128(at.add(12).cast());
+                let words = _mm256_shuffle_epi8(_mm256_set_m128i(hi, lo), spread);
+                // Four 6-bit values per word, each moved to its own byte.
+                let ac = _mm256_mulhi_epu16(
+                    _mm256_and_si256(words, _mm256_set1_epi32(0x0fc0_fc00)),
+                    _mm256_set1_epi32(0x0400_0040),
+                );
+                let bd = _mm256_mullo_epi16(
+                    _mm256_and_si256(words, _mm256_set1_epi32(0x003f_03f0)),
+                    _mm256_set1_epi32(0x0100_0010),
+                );
+                let values = _mm256_or_si256(ac, bd);
+                let range = _mm256_sub_epi8(
+                    _mm256_subs_epu8(values, _mm256_set1_epi8(51)),
+                    _mm256_cmpgt_epi8(values, _mm256_set1_epi8(25)),
+                );
+                let chars = _mm256_add_epi8(values, _mm256_shuffle_epi8(offsets, range));
+                _mm256_storeu_si256(out.as_mut_ptr().add(i * 32).cast(), chars);
+            }
+        }
+    }
 
     /// Decodes `text` (a multiple of 32 characters, no padding) onto the end of `out`,
     /// which must have room for `text.len() / 32 * 24 + 8` more bytes. False, with `out`
@@ -157,6 +214,21 @@ mod tests {
         let ours =
             super::decode(text, &mut ours).map(|()| ours[6..].to_vec()).map_err(|e| e.to_string());
         (ours, CRATE.decode(text).map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn encode_matches_the_crate() {
+        let patterns: [Vec<u8>; 2] = [
+            (0..1000u32).map(|i| (i * 131 + i / 3) as u8).collect(),
+            (0..1000u32).map(|i| (255 - i % 256) as u8).collect(),
+        ];
+        for bytes in &patterns {
+            for len in (0..130).chain([255, 256, 257, 767, 768, 769, 1000]) {
+                let mut out = b"prefix".to_vec();
+                super::encode(&bytes[..len], &mut out);
+                assert_eq!(out[6..], *CRATE.encode(&bytes[..len]).as_bytes(), "length {len}");
+            }
+        }
     }
 
     #[test]
