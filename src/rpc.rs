@@ -772,6 +772,10 @@ fn closing_quote(json: &str, from: usize) -> Option<usize> {
     }
 }
 
+/// Params at least this long have their ordering keys picked out by `only_members`
+/// before decoding; below it, one direct decode is cheaper than the extra pass.
+const KEYS_SCAN_MIN_BYTES: usize = 4096;
+
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
 /// to long-poll (`waitMs` above zero).
 fn keys(params: &str) -> (Vec<Key>, bool) {
@@ -785,9 +789,10 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
         wait_ms: Option<u64>,
     }
     const NAMES: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
-    // Only the named members are decoded: a file's base64 is skipped with a `memchr`
-    // search, not walked by the decoder. Params of any other shape have no keys.
-    let wanted = only_members(params, &NAMES);
+    // In large params only the named members are decoded: a file's base64 is skipped with
+    // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
+    let wanted = (params.len() >= KEYS_SCAN_MIN_BYTES).then(|| only_members(params, &NAMES));
+    let wanted = wanted.flatten();
     let Ok(named) = serde_json::from_str::<Named>(wanted.as_deref().unwrap_or(params)) else {
         return (Vec::new(), false);
     };
@@ -1046,7 +1051,8 @@ mod tests {
         assert_eq!(keys(r#"{"p\u0061th":"/x"}"#).0, vec![Key::Path("/x".into())]);
         // A duplicate is still a decode error, so no keys.
         assert_eq!(keys(r#"{"path":"/a","path":"/b"}"#).0, vec![]);
-        assert_eq!(keys(r#"{"data":"x\"y","path":"/a/../b"}"#).0, vec![Key::Path("/b".into())]);
+        let large = format!(r#"{{"data":"{}\"","path":"/a/../b","waitMs":1}}"#, "x".repeat(5000));
+        assert_eq!(keys(&large), (vec![Key::Path("/b".into())], true));
     }
 
     fn key(name: &str) -> Key {
