@@ -77,7 +77,8 @@ pub fn encode_into(bytes: &[u8], out: &mut String) {
 pub fn decode(text: &[u8], out: &mut Vec<u8>) -> Result<(), base64::DecodeError> {
     let engine = base64::engine::general_purpose::STANDARD;
     let start = out.len();
-    let mut done = 0;
+    // What is left for the crate; None once the bulk has shown the text invalid.
+    let mut rest = Some(text);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         let blocks = text.len().saturating_sub(4) / 32;
@@ -85,16 +86,15 @@ pub fn decode(text: &[u8], out: &mut Vec<u8>) -> Result<(), base64::DecodeError>
         out.reserve(blocks * 24 + 8 + base64::decoded_len_estimate(text.len() - blocks * 32));
         // SAFETY: AVX2 is present; the stores stay inside the capacity just reserved.
         let valid = unsafe { avx2::decode_blocks(&text[..blocks * 32], out) };
-        if !valid {
-            out.truncate(start);
-            return engine.decode_vec(text, out).map(|_| ());
-        }
-        done = blocks * 32;
+        rest = valid.then(|| &text[blocks * 32..]);
     }
-    engine.decode_vec(&text[done..], out).map(|_| ()).or_else(|_| {
-        out.truncate(start);
-        engine.decode_vec(text, out).map(|_| ())
-    })
+    if let Some(rest) = rest {
+        if engine.decode_vec(rest, out).is_ok() {
+            return Ok(());
+        }
+    }
+    out.truncate(start);
+    engine.decode_vec(text, out).map(|_| ())
 }
 
 #[cfg(target_arch = "x86_64")]

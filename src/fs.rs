@@ -315,7 +315,7 @@ fn too_large() -> RpcError {
 
 pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let mut data = Vec::with_capacity(base64::decoded_len_estimate(p.data_base64.len()));
+    let mut data = Vec::new();
     b64::decode(p.data_base64.as_bytes(), &mut data).map_err(|err| {
         RpcError::invalid_request(format!("fs/writeFile requires valid base64 dataBase64: {err}"))
     })?;

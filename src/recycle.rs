@@ -67,14 +67,11 @@ mod tests {
     fn a_written_buffer_comes_back_and_small_or_huge_ones_do_not() {
         let mut text = string(64 << 10);
         text.push_str("hello");
-        let pointer = text.as_ptr();
         let written = bytes(text);
         assert_eq!(&written[..], b"hello");
         drop(written);
         let again = string(64 << 10);
         assert!(again.is_empty());
-        // Another test may have taken it meanwhile; when it is ours, it is the same memory.
-        let _ = pointer == again.as_ptr();
         assert!(string(100).capacity() >= 100);
         let huge = bytes(String::with_capacity(8 << 20));
         assert!(huge.is_empty());

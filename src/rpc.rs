@@ -775,6 +775,8 @@ fn closing_quote(json: &str, from: usize) -> Option<usize> {
 /// Params at least this long have their ordering keys picked out by `only_members`
 /// before decoding; below it, one direct decode is cheaper than the extra pass.
 const KEYS_SCAN_MIN_BYTES: usize = 4096;
+/// The params members `keys` reads (the fields of its `Named`).
+const KEY_MEMBERS: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
 
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
 /// to long-poll (`waitMs` above zero).
@@ -788,11 +790,10 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
         destination_path: Option<String>,
         wait_ms: Option<u64>,
     }
-    const NAMES: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
     // In large params only the named members are decoded: a file's base64 is skipped with
     // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
-    let wanted = (params.len() >= KEYS_SCAN_MIN_BYTES).then(|| only_members(params, &NAMES));
-    let wanted = wanted.flatten();
+    let wanted =
+        (params.len() >= KEYS_SCAN_MIN_BYTES).then(|| only_members(params, &KEY_MEMBERS)).flatten();
     let Ok(named) = serde_json::from_str::<Named>(wanted.as_deref().unwrap_or(params)) else {
         return (Vec::new(), false);
     };
@@ -1023,8 +1024,7 @@ mod tests {
         let full = |params: &str| -> Option<Vec<(String, serde_json::Value)>> {
             let value: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(params).ok()?;
-            let names = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
-            Some(value.into_iter().filter(|(k, _)| names.contains(&k.as_str())).collect())
+            Some(value.into_iter().filter(|(k, _)| KEY_MEMBERS.contains(&k.as_str())).collect())
         };
         for params in [
             r#"{}"#,
@@ -1034,11 +1034,7 @@ mod tests {
             "{\n\t\"sourcePath\":\"/s\",\r\"destinationPath\":\"/d\"}",
             r#"{"path":"/a","path":"/b"}"#,
         ] {
-            let wanted = only_members(
-                params,
-                &["processId", "path", "sourcePath", "destinationPath", "waitMs"],
-            )
-            .expect("an object with plain names");
+            let wanted = only_members(params, &KEY_MEMBERS).expect("an object with plain names");
             assert_eq!(
                 serde_json::from_str::<serde_json::Value>(&wanted).ok(),
                 full(params).map(|m| serde_json::Value::Object(m.into_iter().collect())),
