@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::b64;
-use crate::rpc::RpcError;
+use crate::error::RpcError;
 
 /// `fs/readFile` refuses files larger than this (§10): the file's base64 text and then the
 /// response frame are held in memory whole.

@@ -26,9 +26,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::b64;
 use crate::config::Config;
 use crate::envpolicy::{self, EnvPolicy};
+use crate::error::RpcError;
 use crate::pty;
 use crate::recycle;
-use crate::rpc::RpcError;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;

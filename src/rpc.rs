@@ -2,47 +2,6 @@
 //! the one dispatch `match`. It never touches sockets: it is handed something to send
 //! messages through.
 
-use std::fmt;
-
-/// A JSON-RPC error as it goes on the wire: `{"code", "message"}`, never `data`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RpcError {
-    pub code: i64,
-    pub message: String,
-}
-
-impl RpcError {
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
-    }
-    /// -32600: invalid request or input (also fs invalid-input and permission denied).
-    pub fn invalid_request(message: impl Into<String>) -> Self {
-        Self::new(-32600, message)
-    }
-    /// -32601: no such method.
-    pub fn method_not_found(method: &str) -> Self {
-        Self::new(-32601, format!("exec-server stub does not implement `{method}` yet"))
-    }
-    /// -32602: params that do not decode or fail a parameter check.
-    pub fn invalid_params(message: impl Into<String>) -> Self {
-        Self::new(-32602, message)
-    }
-    /// -32603: internal error (spawn failure, other I/O errors, handler panic).
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(-32603, message)
-    }
-    /// -32004: a filesystem path that does not exist.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(-32004, message)
-    }
-}
-
-impl fmt::Display for RpcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
-    }
-}
-
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -57,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
+use crate::error::RpcError;
 use crate::fs;
+use crate::outbound::{CloseReason, Outbound};
 use crate::pool::Pool;
 use crate::process::StartParams;
 use crate::session::{Session, Sessions};
@@ -67,34 +28,6 @@ pub const MAX_NESTING: usize = 128;
 /// Requests of one connection waiting for their turn; past this the reader stops reading,
 /// so a client that pipelines without end is slowed by TCP instead of growing our memory.
 const MAX_QUEUED_REQUESTS: usize = 1024;
-
-/// The connection is gone; the message was not sent.
-#[derive(Debug)]
-pub struct Closed;
-
-/// Why the server closes a connection; each maps to a websocket close code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// 1002: the client broke the protocol (§2.3).
-    Protocol,
-    /// 1001: the server is shutting down (§9.4).
-    GoingAway,
-    /// 1008: the peer accepted no byte for the write-stall limit (§10).
-    Stalled,
-    /// 1009: an inbound message over the size limit (§1.4).
-    TooBig,
-    /// 1007: a text frame that is not UTF-8 (§1.4).
-    InvalidData,
-}
-
-/// Something a connection's messages are written through (a websocket, stdout).
-pub trait Outbound: Send + Sync {
-    /// Writes one complete message. Blocks while the peer's socket is full; fails once the
-    /// connection is closed or the peer stalls past the write-stall limit.
-    fn send(&self, text: String) -> Result<(), Closed>;
-    /// Starts closing the connection; returns without waiting for the peer.
-    fn close(&self, reason: CloseReason);
-}
 
 /// What a connection runs over; it decides the malformed-message prefix (§1.4).
 pub enum Transport {

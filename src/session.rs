@@ -9,8 +9,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::error::RpcError;
+use crate::outbound::Outbound;
 use crate::process::{Notify, Processes};
-use crate::rpc::{Outbound, RpcError};
 
 /// Where a session's notifications go: the attached connection, or nowhere while detached.
 pub struct Link {

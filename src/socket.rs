@@ -17,8 +17,9 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes, WebSocket};
 
 use crate::config::Config;
+use crate::outbound::{CloseReason, Closed, Outbound};
 use crate::recycle;
-use crate::rpc::{CloseReason, Closed, Flow, Outbound, Server, Text, Transport};
+use crate::rpc::{Flow, Server, Text, Transport};
 use crate::shutdown;
 
 /// Largest HTTP request head accepted before an upgrade (§10).

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::rpc::{CloseReason, Closed, Flow, Outbound, Server, Transport};
+use crate::outbound::{CloseReason, Closed, Outbound};
+use crate::rpc::{Flow, Server, Transport};
 use crate::shutdown;
 
 /// stdout as a connection's writer; a failed write means the client is gone.
