@@ -1,26 +1,26 @@
 //! exec-server: the table of contents. Parse flags, set up logging, pick the mode (listen,
 //! stdio, cloud), run it, and turn the outcome into an exit code (PROTOCOL.md §8.8).
 
+// Ground floor: shared types and services that import none of the modules below.
 mod alloc;
 mod b64;
+mod config;
+mod error;
+mod outbound;
+mod recycle;
+mod shutdown;
+
+// Handlers: what the methods do (they never import `rpc`).
+mod fs;
+mod process;
+
+// The request layer: envelope, ordering, sessions and the one dispatch `match`.
+mod rpc;
+
+// What feeds the request layer: transports, cloud mode, and the command line.
 mod cli;
 mod cloud;
-mod config;
-mod envpolicy;
-mod error;
-mod fs;
-mod outbound;
-mod pool;
-mod process;
-mod pty;
-mod recycle;
-mod registry;
-mod rpc;
-mod session;
-mod shutdown;
-mod socket;
-mod stdio;
-mod tls;
+mod transport;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use cli::{Exit, Mode};
 use rpc::{Server, Transport};
+use transport::websocket;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
@@ -74,14 +75,14 @@ fn run(args: &[String]) -> Result<(), Exit> {
                 .and_then(|()| stdout.flush())
                 .map_err(|e| internal(format!("cannot write to stdout: {e}")))?;
             log::info!("listening on ws://{bound}");
-            let security = socket::Security::new(token.as_deref());
-            socket::accept(listener, &server, security).map_err(|e| internal(e.to_string()))?;
+            let security = websocket::Security::new(token.as_deref());
+            websocket::accept(listener, &server, security).map_err(|e| internal(e.to_string()))?;
             stop(&server);
             Ok(())
         }
         Mode::Stdio => {
             let server = Server::new(config);
-            stdio::serve(&server);
+            transport::stdio::serve(&server);
             stop(&server);
             Ok(())
         }
@@ -113,13 +114,13 @@ fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exi
         })
         .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
     let keepalive =
-        socket::Keepalive { ping_every: cloud::PING_EVERY, dead_after: cloud::DEAD_AFTER };
+        websocket::Keepalive { ping_every: cloud::PING_EVERY, dead_after: cloud::DEAD_AFTER };
     let outcome = cloud::run(
         cloud,
         &mut |mut ws| {
             // The client handshake used tungstenite's defaults; serve with ours.
-            ws.set_config(|c| *c = socket::ws_config(&server.config));
-            socket::serve(ws, &server, Transport::Rendezvous, Some(keepalive))
+            ws.set_config(|c| *c = websocket::ws_config(&server.config));
+            websocket::serve(ws, &server, Transport::Rendezvous, Some(keepalive))
         },
         &|delay| shutdown::wait(Some(delay)),
     );

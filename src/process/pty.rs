@@ -1,7 +1,7 @@
 //! Pseudo-terminal pairs for `tty: true` processes (PROTOCOL.md §4.1.2), with libc only:
 //! open the master, unlock it, open the slave, set 24×80 and echo. It owns nothing after
 //! returning the two descriptors; making the slave the controlling terminal happens in the
-//! child (process.rs).
+//! child (spawn.rs).
 
 use std::ffi::c_char;
 use std::io;

@@ -210,7 +210,7 @@ impl Registry {
     ) -> Registry {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(crate::tls::provider())
+            .unversioned_rustls_crypto_provider(crate::transport::tls::provider())
             .root_certs(RootCerts::new_with_certs(
                 &roots
                     .iter()

@@ -4,6 +4,8 @@
 //! dial (TCP + TLS + upgrade within one deadline); it does not serve the protocol, read
 //! frames or handle signals — the caller passes those in as `serve` and `sleep`.
 
+mod registry;
+
 use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -17,8 +19,8 @@ use rustls::ClientConfig;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::WebSocket;
 
-use crate::registry::{self, without_query, Backoff, RegisterError, Registry, TokenSource};
-use crate::tls::{self, Stream, TlsStream};
+use crate::transport::tls::{self, Stream, TlsStream};
+use registry::{without_query, Backoff, RegisterError, Registry, TokenSource};
 
 /// Keepalive on the rendezvous link (§8.6): ping this often...
 pub const PING_EVERY: Duration = Duration::from_secs(30);
@@ -352,7 +354,7 @@ fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::test_pki;
+    use crate::transport::tls::test_pki;
     use httpmock::prelude::*;
     use std::cell::RefCell;
     use std::io::{Read, Write};

@@ -1,0 +1,114 @@
+//! The wire types of the `fs/*` methods (PROTOCOL.md §6): params and results, mirroring the
+//! contract's names. Pure data: no I/O and no error mapping.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::path::AbsolutePath;
+
+/// `{}` on the wire.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Empty {}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadFileParams {
+    pub path: AbsolutePath,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+/// `fs/readFile`'s result as a test sees it; the server writes it with `read_file_into`.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct ReadFileResponse {
+    pub(super) data_base64: String,
+}
+
+#[cfg(test)]
+impl ReadFileResponse {
+    /// The base64 text.
+    pub fn data_base64(&self) -> &str {
+        &self.data_base64
+    }
+}
+
+/// Borrows `dataBase64` from the request frame when it has no JSON escapes, so a large
+/// write holds the base64 text once (in the frame) plus the decoded bytes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteFileParams<'a> {
+    pub path: AbsolutePath,
+    #[serde(borrow)]
+    pub data_base64: Cow<'a, str>,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateDirectoryParams {
+    pub path: AbsolutePath,
+    #[serde(default)]
+    pub recursive: Option<bool>,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GetMetadataParams {
+    pub path: AbsolutePath,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetMetadataResponse {
+    pub is_directory: bool,
+    pub is_file: bool,
+    pub is_symlink: bool,
+    pub created_at_ms: i64,
+    pub modified_at_ms: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadDirectoryParams {
+    pub path: AbsolutePath,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadDirectoryResponse {
+    pub entries: Vec<ReadDirectoryEntry>,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadDirectoryEntry {
+    pub file_name: String,
+    pub is_directory: bool,
+    pub is_file: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveParams {
+    pub path: AbsolutePath,
+    #[serde(default)]
+    pub recursive: Option<bool>,
+    #[serde(default)]
+    pub force: Option<bool>,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyParams {
+    pub source_path: AbsolutePath,
+    pub destination_path: AbsolutePath,
+    /// Required, unlike the other methods' `recursive` (§6): a missing one is -32602.
+    pub recursive: bool,
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}

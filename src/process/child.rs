@@ -1,0 +1,292 @@
+//! One child process (PROTOCOL.md §4.2, §5): its state, the numbering of its events, retention
+//! of its output, notifications in `seq` order once the start response is out, and the threads
+//! that drain its output and reap it. It does not spawn (spawn.rs), keep the session's table
+//! (table.rs) or decide what a request answers (mod.rs).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::exit::{exit_from_status, Exit};
+use super::kill::kill_session;
+use super::retention::Retention;
+use super::stdin::StdinQueue;
+use super::table::{schedule_removal, Table};
+use super::wire::{encode, output_message, ClosedParams, ExitedParams, Notify, Stream};
+use super::{lock, wait_while};
+
+/// Largest single read from a child's output (§4.1.2): one event per read.
+pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Reads at least this large give their buffer to retention instead of a copy (smaller
+/// ones are copied, so a retained chunk never holds much more memory than its length).
+pub(super) const HANDOFF_MIN_BYTES: usize = READ_CHUNK_BYTES / 2;
+/// Capacity given to the pipe of a child that keeps it full (see `grow_pipe`).
+pub(super) const BUSY_PIPE_BYTES: libc::c_int = 1 << 20;
+/// How long output may pile up unsent while the start response is still being written,
+/// before the reader stops reading (and so slows the child) until it is announced.
+pub(super) const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
+/// How long the exit event waits for the output streams to reach EOF after the child was
+/// reaped (output read later still gets later numbers, §4.2).
+pub(super) const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+pub(super) enum Event {
+    Output(Stream, Vec<u8>),
+    StreamEnd,
+    Exit(Exit),
+}
+
+pub(super) struct State {
+    pub(super) next_seq: u64,
+    pub(super) retention: Retention,
+    /// Output streams not yet at EOF.
+    pub(super) open_streams: usize,
+    /// The child has been reaped (its pid is free from then on).
+    pub(super) reaped: bool,
+    /// The exit event, once numbered.
+    pub(super) exit: Option<Exit>,
+    pub(super) closed_at: Option<Instant>,
+    /// The start response has been written: notifications may go out.
+    pub(super) announced: bool,
+    /// Numbered notifications not yet handed to the sink, in `seq` order.
+    pub(super) pending: VecDeque<String>,
+    pub(super) pending_bytes: usize,
+}
+
+pub(super) struct Proc {
+    pub(super) id: String,
+    /// `id` as a JSON string literal, for the hand-built output notifications.
+    pub(super) id_json: String,
+    /// Also the process group id and session id of the child (it is a session leader).
+    pub(super) pid: libc::pid_t,
+    pub(super) sink: Arc<dyn Notify>,
+    pub(super) stdin: Option<Arc<StdinQueue>>,
+    pub(super) state: Mutex<State>,
+    /// Signalled on every event, on reaping and on announcement.
+    pub(super) changed: Condvar,
+    /// Held while numbering and sending, so that the stdout and stderr threads and the waiter
+    /// send in `seq` order; `process/read` takes only `state`, so it never waits behind a send
+    /// that is stalled on backpressure.
+    pub(super) emitting: Mutex<()>,
+    pub(super) table: Weak<Mutex<Table>>,
+    pub(super) live: Arc<AtomicUsize>,
+    pub(super) exited_retention: Duration,
+}
+
+impl Proc {
+    /// Numbers `event` (and the closed event it may complete), retains output, and sends the
+    /// notifications once the start response is out.
+    /// Returns a buffer that retention no longer needs, if any.
+    pub(super) fn emit(self: &Arc<Self>, event: Event) -> Option<Vec<u8>> {
+        let _emitting = lock(&self.emitting);
+        // Encoded before taking the state lock, which `process/read` waits on. Only `emit`
+        // numbers events, under the emitting lock we hold, so the next number is stable.
+        let output = match &event {
+            Event::Output(stream, bytes) => {
+                let seq = lock(&self.state).next_seq;
+                Some((seq, output_message(&self.id_json, seq, *stream, bytes)))
+            }
+            _ => None,
+        };
+        let mut spare = None;
+        let to_send = {
+            let mut state = lock(&self.state);
+            match event {
+                Event::Output(stream, bytes) => {
+                    let seq = take_seq(&mut state);
+                    let (numbered, message) = output.expect("output events are encoded above");
+                    debug_assert_eq!(seq, numbered, "only emit numbers events");
+                    spare = state.retention.push(seq, stream, bytes);
+                    queue(&mut state, message);
+                }
+                Event::StreamEnd => state.open_streams -= 1,
+                Event::Exit(exit) => {
+                    let seq = take_seq(&mut state);
+                    let params = ExitedParams {
+                        process_id: &self.id,
+                        seq,
+                        exit_code: exit.code,
+                        signal: exit.signal.as_deref(),
+                    };
+                    let message = encode("process/exited", params);
+                    state.exit = Some(exit);
+                    queue(&mut state, message);
+                }
+            }
+            if state.exit.is_some() && state.open_streams == 0 && state.closed_at.is_none() {
+                let seq = take_seq(&mut state);
+                let message = encode("process/closed", ClosedParams { process_id: &self.id, seq });
+                queue(&mut state, message);
+                state.closed_at = Some(Instant::now());
+                // An entry removed before its start response went out could not be
+                // announced; `announce` schedules the removal in that case.
+                if state.announced {
+                    schedule_removal(self, Instant::now() + self.exited_retention);
+                }
+            }
+            self.changed.notify_all();
+            // Until the start response is written nothing may be sent; bound what piles up
+            // meanwhile by not reading further (which slows the child like backpressure).
+            let limit = state.retention.limit.max(READ_CHUNK_BYTES);
+            let deadline = Instant::now() + ANNOUNCE_WAIT;
+            (state, _) = wait_while(&self.changed, state, deadline, |s| {
+                !s.announced && s.pending_bytes > limit
+            });
+            if state.announced {
+                state.pending_bytes = 0;
+                std::mem::take(&mut state.pending)
+            } else {
+                VecDeque::new()
+            }
+        };
+        for message in to_send {
+            self.sink.notify(message);
+        }
+        spare
+    }
+
+    pub(super) fn announce(self: &Arc<Self>) {
+        let closed_at = {
+            let mut state = lock(&self.state);
+            state.announced = true;
+            state.closed_at
+        };
+        self.changed.notify_all();
+        if let Some(closed_at) = closed_at {
+            schedule_removal(self, closed_at + self.exited_retention);
+        }
+        // A reader may be sending right now; taking the emit lock keeps our flush in order.
+        let _emitting = lock(&self.emitting);
+        let to_send = {
+            let mut state = lock(&self.state);
+            state.pending_bytes = 0;
+            std::mem::take(&mut state.pending)
+        };
+        for message in to_send {
+            self.sink.notify(message);
+        }
+    }
+
+    /// SIGKILLs the child's tree unless it is over. Under the state lock, so the waiter
+    /// cannot reap the leader (freeing its pid for reuse) in between.
+    pub(super) fn kill_tree(&self) -> bool {
+        let state = lock(&self.state);
+        let running = !state.reaped;
+        if state.closed_at.is_none() {
+            kill_session(self.pid);
+        }
+        running
+    }
+
+    pub(super) fn close_stdin(&self) {
+        if let Some(stdin) = &self.stdin {
+            stdin.close();
+        }
+    }
+}
+
+pub(super) fn take_seq(state: &mut State) -> u64 {
+    let seq = state.next_seq;
+    state.next_seq += 1;
+    seq
+}
+
+pub(super) fn queue(state: &mut State, message: String) {
+    state.pending_bytes += message.len();
+    state.pending.push_back(message);
+}
+
+/// The waiter thread: learns of the exit without reaping (so the pid stays reserved while
+/// terminate may signal the tree), then reaps under the state lock and emits the exit event.
+pub(super) fn wait_loop(proc: Arc<Proc>) {
+    loop {
+        // SAFETY: waitid on our own child with a zeroed siginfo it fills in.
+        let ret = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                proc.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if ret == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    let exit = {
+        let mut state = lock(&proc.state);
+        let mut status: libc::c_int = 0;
+        let reaped = loop {
+            // SAFETY: reaping our own child, which has exited.
+            let ret = unsafe { libc::waitpid(proc.pid, &mut status, 0) };
+            if ret >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break ret == proc.pid;
+            }
+        };
+        state.reaped = true;
+        if reaped {
+            exit_from_status(status)
+        } else {
+            // Only if someone else reaped our child (SIGCHLD ignored): the status is lost.
+            log::error!("child {} was reaped elsewhere; exit status unknown", proc.pid);
+            Exit { code: -1, signal: None }
+        }
+    };
+    proc.changed.notify_all();
+    proc.close_stdin();
+    // What the child wrote before it died is usually still in the pipe: let the readers
+    // number it first, so a short command's output precedes its exit. Output still open
+    // (a background process holding the pipe) only delays the exit event by the grace.
+    let deadline = Instant::now() + EXIT_DRAIN_GRACE;
+    drop(wait_while(&proc.changed, lock(&proc.state), deadline, |s| s.open_streams > 0));
+    proc.emit(Event::Exit(exit));
+}
+
+/// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).
+pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut pipe_grown = stream == Stream::Pty;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if n == buf.len() && !pipe_grown {
+                    grow_pipe(&file);
+                    pipe_grown = true;
+                }
+                if n < HANDOFF_MIN_BYTES {
+                    // Copied, so that what retention holds stays close to what it counts.
+                    proc.emit(Event::Output(stream, buf[..n].to_vec()));
+                    continue;
+                }
+                // Large reads hand the buffer itself to retention and read into one it
+                // evicted: no allocation or copy per chunk while streaming.
+                buf.truncate(n);
+                let spare = proc.emit(Event::Output(stream, buf));
+                buf = spare.filter(|b| b.capacity() >= READ_CHUNK_BYTES).unwrap_or_default();
+                buf.resize(READ_CHUNK_BYTES, 0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if stream == Stream::Pty && e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => {
+                log::warn!("reading output of process {}: {e}", proc.pid);
+                break;
+            }
+        }
+    }
+    drop(file);
+    proc.emit(Event::StreamEnd);
+}
+
+/// Enlarges the pipe of a child seen filling a whole read: with the default 64 KiB the child
+/// and this reader wake each other for every chunk, which dominates streaming. Only busy
+/// pipes grow, since pipe pages count against the user's pipe quota. Events still carry at
+/// most `READ_CHUNK_BYTES`. Failure (quota reached) just keeps the default size.
+pub(super) fn grow_pipe(file: &File) {
+    // SAFETY: fcntl on a pipe descriptor we own; no memory is involved.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, BUSY_PIPE_BYTES) };
+}

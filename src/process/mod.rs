@@ -1,0 +1,381 @@
+//! The processes of one session (PROTOCOL.md §4 and §5): spawning children (pipes or PTY),
+//! draining their output on dedicated threads into per-process retention, numbering events,
+//! pushing notifications through the session's `Notify` in `seq` order, `process/read` long
+//! polls, the stdin queue, terminating and reaping whole process trees, and removing finished
+//! entries after their retention time. It never touches sockets or sessions: notifications
+//! leave through `Notify`, and the caller decides when a start response has been written.
+
+mod child;
+mod envpolicy;
+mod exit;
+mod kill;
+mod pty;
+mod retention;
+mod spawn;
+mod stdin;
+mod table;
+mod wire;
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::config::Config;
+use crate::error::RpcError;
+use child::{read_loop, wait_loop, Proc, State};
+use kill::kill_session;
+use retention::Retention;
+use spawn::{
+    above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,
+};
+use stdin::StdinQueue;
+use table::{Lookup, Slot, Table};
+pub use wire::{
+    ChunkOut, Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream,
+    TerminateParams, TerminateResponse, WriteParams, WriteResponse, WriteStatus,
+};
+
+/// How long `process/terminate` waits for the killed child to be reaped.
+const TERMINATE_REAP_WAIT: Duration = Duration::from_secs(5);
+/// How long `kill_all` waits for killed children to be reaped.
+const KILL_ALL_WAIT: Duration = Duration::from_secs(3);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `cond` while `keep_waiting` holds, until `deadline`; true if it stopped holding.
+fn wait_while<'a, T>(
+    cond: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Instant,
+    mut keep_waiting: impl FnMut(&mut T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let (mut guard, _) = cond
+        .wait_timeout_while(guard, timeout, &mut keep_waiting)
+        .unwrap_or_else(PoisonError::into_inner);
+    let done = !keep_waiting(&mut guard);
+    (guard, done)
+}
+
+/// All processes of one session (process ids are scoped to a session).
+pub struct Processes {
+    config: Arc<Config>,
+    live: Arc<AtomicUsize>,
+    sink: Arc<dyn Notify>,
+    table: Arc<Mutex<Table>>,
+}
+
+impl Processes {
+    /// `live` is the daemon-wide count of registered processes (all sessions), checked against
+    /// `config.max_processes` at start and decremented when an entry is removed.
+    pub fn new(config: Arc<Config>, live: Arc<AtomicUsize>, sink: Arc<dyn Notify>) -> Processes {
+        Processes { config, live, sink, table: Arc::default() }
+    }
+
+    fn lookup(&self, id: &str) -> Lookup {
+        match lock(&self.table).slots.get(id) {
+            None => Lookup::Unknown,
+            Some(Slot::Starting(_)) => Lookup::Starting,
+            Some(Slot::Running(proc)) => Lookup::Running(proc.clone()),
+        }
+    }
+
+    /// `process/start` (§4.1): the checks in contract order, then spawn and start draining.
+    pub fn start(&self, p: StartParams) -> Result<StartResponse, RpcError> {
+        if p.argv.is_empty() {
+            return Err(RpcError::invalid_params("argv must not be empty"));
+        }
+        if !Path::new(&p.cwd).is_absolute() {
+            return Err(RpcError::invalid_params("cwd must be an absolute path"));
+        }
+        let id = p.process_id.clone();
+        let token = {
+            let mut table = lock(&self.table);
+            if table.slots.contains_key(&id) {
+                return Err(RpcError::invalid_request(format!("process {id} already exists")));
+            }
+            let max = self.config.max_processes;
+            let counted = self
+                .live
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
+            if counted.is_err() {
+                return Err(RpcError::internal(format!("process limit reached ({max})")));
+            }
+            table.next_token += 1;
+            let token = table.next_token;
+            table.slots.insert(id.clone(), Slot::Starting(token));
+            token
+        };
+        let spawned = self.spawn(&p);
+        let mut table = lock(&self.table);
+        let ours = matches!(table.slots.get(&id), Some(Slot::Starting(t)) if *t == token);
+        match spawned {
+            Ok(proc) if ours => {
+                table.slots.insert(id.clone(), Slot::Running(proc.clone()));
+                Ok(StartResponse { process_id: id })
+            }
+            Ok(proc) => {
+                // kill_all removed the slot (and its count) while we were spawning.
+                drop(table);
+                proc.close_stdin();
+                proc.kill_tree();
+                Err(RpcError::internal("session is shutting down"))
+            }
+            Err(e) => {
+                if ours {
+                    table.slots.remove(&id);
+                    self.live.fetch_sub(1, Ordering::SeqCst);
+                }
+                Err(RpcError::internal(e.to_string()))
+            }
+        }
+    }
+
+    fn spawn(&self, p: &StartParams) -> io::Result<Arc<Proc>> {
+        let env = envpolicy::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
+        let program = resolve_program(&p.argv[0], &env, Path::new(&p.cwd))?;
+        let text = |s: &str| CString::new(s).map_err(|_| nul_error());
+        let argv0 = p.arg0.as_deref().unwrap_or(&p.argv[0]);
+        let argv = std::iter::once(argv0)
+            .chain(p.argv[1..].iter().map(String::as_str))
+            .map(text)
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = env
+            .iter()
+            .map(|(name, value)| {
+                let mut entry = name.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                CString::new(entry).map_err(|_| nul_error())
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let program = CString::new(program.into_os_string().into_vec()).map_err(|_| nul_error())?;
+        let cwd = text(&p.cwd)?;
+
+        // The child's ends (kept until the spawn returns) and ours.
+        let mut outputs: Vec<(Stream, File)> = Vec::new();
+        let mut stdin_file: Option<File> = None;
+        let child_ends: [OwnedFd; 3] = if p.tty {
+            let pty = pty::open()?;
+            stdin_file = Some(File::from(pty.master.try_clone()?));
+            outputs.push((Stream::Pty, File::from(pty.master)));
+            let slave = above_stdio(pty.slave)?;
+            [slave.try_clone()?, slave.try_clone()?, slave]
+        } else {
+            let stdin = if p.pipe_stdin {
+                let (read, write) = pipe()?;
+                stdin_file = Some(File::from(write));
+                read
+            } else {
+                OwnedFd::from(File::open("/dev/null")?)
+            };
+            let (stdout_read, stdout_write) = pipe()?;
+            let (stderr_read, stderr_write) = pipe()?;
+            outputs.push((Stream::Stdout, File::from(stdout_read)));
+            outputs.push((Stream::Stderr, File::from(stderr_read)));
+            [above_stdio(stdin)?, above_stdio(stdout_write)?, above_stdio(stderr_write)?]
+        };
+        let plan = SpawnPlan {
+            program,
+            argv,
+            envp,
+            cwd,
+            stdio: child_ends.each_ref().map(|fd| fd.as_raw_fd()),
+            tty: p.tty,
+        };
+        let pid = spawn_on_spawner(plan)?;
+        // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
+        // every copy is closed.
+        drop(child_ends);
+
+        let state = State {
+            next_seq: 1,
+            retention: Retention::new(self.config.retained_output_bytes),
+            open_streams: outputs.len(),
+            reaped: false,
+            exit: None,
+            closed_at: None,
+            announced: false,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+        };
+        let proc = Arc::new(Proc {
+            id: p.process_id.clone(),
+            id_json: serde_json::to_string(&p.process_id).expect("a string always encodes as JSON"),
+            pid,
+            sink: self.sink.clone(),
+            stdin: stdin_file.as_ref().map(|_| Arc::new(StdinQueue::new())),
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            emitting: Mutex::new(()),
+            table: Arc::downgrade(&self.table),
+            live: self.live.clone(),
+            exited_retention: self.config.exited_retention,
+        });
+        // The child exists from here on: whatever fails, it must still be reaped.
+        let waiter = proc.clone();
+        if let Err(e) = spawn_thread("process-wait", move || wait_loop(waiter)) {
+            kill_session(pid);
+            let mut status = 0;
+            // SAFETY: reaping our own child, which was just killed.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return Err(e);
+        }
+        let started = (|| -> io::Result<()> {
+            for (stream, file) in outputs {
+                let reader = proc.clone();
+                spawn_thread("process-output", move || read_loop(reader, stream, file))?;
+            }
+            if let (Some(queue), Some(file)) = (proc.stdin.clone(), stdin_file) {
+                spawn_thread("process-stdin", move || queue.run(file))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = started {
+            // Threads already running end at EOF once the tree is dead; the waiter reaps.
+            proc.close_stdin();
+            proc.kill_tree();
+            return Err(e);
+        }
+        Ok(proc)
+    }
+
+    /// Called right after the start response was written (or failed to be): from now on the
+    /// process's notifications may be sent, beginning with those held back so far.
+    pub fn announce(&self, process_id: &str) {
+        if let Lookup::Running(proc) = self.lookup(process_id) {
+            proc.announce();
+        }
+    }
+
+    /// `process/read` (§4.3), long-polling up to the capped `waitMs`.
+    pub fn read(&self, p: ReadParams) -> Result<ReadResponse, RpcError> {
+        let proc = match self.lookup(&p.process_id) {
+            Lookup::Unknown => {
+                return Err(RpcError::invalid_request(format!(
+                    "unknown process id {}",
+                    p.process_id
+                )))
+            }
+            Lookup::Starting => {
+                return Err(RpcError::invalid_request(format!(
+                    "process id {} is starting",
+                    p.process_id
+                )))
+            }
+            Lookup::Running(proc) => proc,
+        };
+        let after_seq = p.after_seq.unwrap_or(0);
+        let wait = Duration::from_millis(p.wait_ms.unwrap_or(0)).min(self.config.max_wait);
+        let deadline = Instant::now() + wait;
+        let (state, _) = wait_while(&proc.changed, lock(&proc.state), deadline, |s| {
+            !s.retention.has_after(after_seq) && s.exit.is_none()
+        });
+        let page = state.retention.page(after_seq, p.max_bytes);
+        let next_seq = page.last().map_or(state.next_seq, |c| c.seq + 1);
+        let chunks = page
+            .into_iter()
+            .map(|c| ChunkOut { seq: c.seq, stream: c.stream, chunk: BASE64.encode(&c.bytes) })
+            .collect();
+        Ok(ReadResponse {
+            chunks,
+            next_seq,
+            exited: state.exit.is_some(),
+            exit_code: state.exit.as_ref().map(|e| e.code),
+            signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
+            closed: state.closed_at.is_some(),
+            failure: None,
+        })
+    }
+
+    /// `process/write` (§4.5).
+    pub fn write(&self, p: WriteParams) -> Result<WriteResponse, RpcError> {
+        let status = match self.lookup(&p.process_id) {
+            Lookup::Unknown => WriteStatus::UnknownProcess,
+            Lookup::Starting => WriteStatus::Starting,
+            Lookup::Running(proc) => match &proc.stdin {
+                None => WriteStatus::StdinClosed,
+                Some(stdin) if stdin.push(p.chunk) => WriteStatus::Accepted,
+                Some(_) => return Err(RpcError::internal("failed to write to process stdin")),
+            },
+        };
+        Ok(WriteResponse { status })
+    }
+
+    /// `process/terminate` (§4.7): kill the whole tree and reap the child.
+    pub fn terminate(&self, p: TerminateParams) -> Result<TerminateResponse, RpcError> {
+        let Lookup::Running(proc) = self.lookup(&p.process_id) else {
+            return Ok(TerminateResponse { running: false });
+        };
+        proc.close_stdin();
+        let running = proc.kill_tree();
+        if running {
+            let deadline = Instant::now() + TERMINATE_REAP_WAIT;
+            let (state, reaped) =
+                wait_while(&proc.changed, lock(&proc.state), deadline, |s| !s.reaped);
+            drop(state);
+            if !reaped {
+                log::warn!("process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL", proc.pid);
+            }
+        }
+        Ok(TerminateResponse { running })
+    }
+
+    /// TTL expiry and shutdown: SIGKILL every process tree of the session (including trees
+    /// whose leader exited but whose output is still open), reap, and remove all entries.
+    /// Returns within a bounded time.
+    pub fn kill_all(&self) {
+        let slots: Vec<Slot> = {
+            let mut table = lock(&self.table);
+            table.killed = true;
+            table.slots.drain().map(|(_, slot)| slot).collect()
+        };
+        self.live.fetch_sub(slots.len(), Ordering::SeqCst);
+        let procs: Vec<Arc<Proc>> = slots
+            .into_iter()
+            .filter_map(|slot| match slot {
+                Slot::Running(proc) => Some(proc),
+                Slot::Starting(_) => None,
+            })
+            .collect();
+        for proc in &procs {
+            proc.close_stdin();
+            proc.kill_tree();
+        }
+        let deadline = Instant::now() + KILL_ALL_WAIT;
+        for proc in &procs {
+            // Only the reaping is waited for: the output threads may be blocked sending to a
+            // peer that does not read, and end on their own once that send returns.
+            let (state, reaped) =
+                wait_while(&proc.changed, lock(&proc.state), deadline, |s| !s.reaped);
+            drop(state);
+            if !reaped {
+                log::warn!("process {} not reaped {KILL_ALL_WAIT:?} after SIGKILL", proc.pid);
+            }
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        // A session dropped without kill_all must not leak its children.
+        if !lock(&self.table).slots.is_empty() {
+            self.kill_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

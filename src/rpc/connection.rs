@@ -1,0 +1,379 @@
+//! One client connection's JSON-RPC state (PROTOCOL.md §1.5, §3.5): the queue of requests in
+//! arrival order, the ordering rule that decides which may start, handing them to the pool
+//! (or running a quick one on the reader's thread), writing each response and closing.
+//! What a method does is dispatch.rs's business; it never touches sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::envelope::{decode, error_text, keys, Key, Message, Text};
+use super::session::Session;
+use super::{lock, Server};
+use crate::error::RpcError;
+use crate::outbound::{CloseReason, Outbound};
+
+/// Requests of one connection waiting for their turn; past this the reader stops reading,
+/// so a client that pipelines without end is slowed by TCP instead of growing our memory.
+pub(super) const MAX_QUEUED_REQUESTS: usize = 1024;
+
+/// One client connection's JSON-RPC state: its session, handshake progress and the
+/// requests waiting for or holding their turn (§1.5).
+pub struct Connection {
+    pub(super) id: u64,
+    pub(super) server: Arc<Server>,
+    pub(super) out: Arc<dyn Outbound>,
+    pub(super) prefix: String,
+    pub(super) state: Mutex<ConnState>,
+    /// Signalled when the waiting queue shrinks.
+    pub(super) room: Condvar,
+}
+
+#[derive(Default)]
+pub(super) struct ConnState {
+    pub(super) session: Option<Arc<Session>>,
+    pub(super) initialized: bool,
+    pub(super) closed: bool,
+    /// Items in arrival order that have not started.
+    pub(super) queue: VecDeque<Item>,
+    /// Requests executing now.
+    pub(super) running: usize,
+    /// Ordering keys held by executing requests.
+    pub(super) busy: HashMap<Key, usize>,
+}
+
+pub(super) enum Item {
+    Request(Request),
+    Initialized,
+}
+
+impl Item {
+    /// What the scheduler needs to know: is it a barrier, and which keys does it name.
+    pub(super) fn shape(&self) -> (bool, &[Key]) {
+        match self {
+            Item::Initialized => (true, &[]),
+            Item::Request(request) => (request.is_barrier(), &request.keys),
+        }
+    }
+}
+
+/// The ordering rule of §1.5 as a pure function. Given the waiting items in arrival order
+/// (barrier or not, and their keys), how many requests execute now and the keys they hold,
+/// returns the indices of the items that may start now, in order:
+/// - a barrier starts only at the head of the queue with nothing executing, and alone;
+///   nothing behind a waiting barrier starts;
+/// - a request waits while an executing or earlier waiting request shares one of its keys;
+/// - at the concurrency limit, everything behind waits in arrival order.
+pub(super) fn startable<'k>(
+    waiting: impl Iterator<Item = (bool, &'k [Key])>,
+    running: usize,
+    busy: &HashMap<Key, usize>,
+    limit: usize,
+) -> Vec<usize> {
+    let mut picks = Vec::new();
+    let mut running = running;
+    let mut held: Vec<&Key> = Vec::new();
+    for (index, (barrier, keys)) in waiting.enumerate() {
+        if barrier {
+            if index == 0 && running == 0 {
+                picks.push(0);
+            }
+            break;
+        }
+        if running >= limit {
+            break;
+        }
+        let clash = keys.iter().any(|k| busy.contains_key(k) || held.contains(&k));
+        held.extend(keys);
+        if !clash {
+            picks.push(index);
+            running += 1;
+        }
+    }
+    picks
+}
+
+/// A decoded request, carrying the frame its params point into.
+pub(super) struct Request {
+    /// The id's JSON text, echoed unchanged.
+    pub(super) id: String,
+    pub(super) method: String,
+    pub(super) frame: Text,
+    pub(super) params: Option<Range<usize>>,
+    pub(super) keys: Vec<Key>,
+    /// May run on the reader's own thread (see `Connection::handle`).
+    pub(super) quick: bool,
+}
+
+impl Request {
+    pub(super) fn params(&self) -> &str {
+        match &self.params {
+            Some(range) => &self.frame.as_str()[range.clone()],
+            None => "{}",
+        }
+    }
+    pub(super) fn is_barrier(&self) -> bool {
+        self.method == "initialize"
+    }
+}
+
+/// Whether the reader should keep reading this connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+impl Connection {
+    /// Handles one inbound message (a websocket message or a stdio line).
+    pub fn handle(self: &Arc<Self>, text: Text) -> Flow {
+        let (method, id, params) = match decode(text.as_str()) {
+            Ok(Message::Request { method, id, params }) => {
+                (method.into_owned(), Some(id.to_string()), params)
+            }
+            Ok(Message::Notification { method, .. }) => (method.into_owned(), None, None),
+            Ok(Message::Response) => {
+                log::warn!("connection {}: client sent a response; closing", self.id);
+                return self.close_for(CloseReason::Protocol);
+            }
+            Err(e) => return self.malformed(&e.0),
+        };
+        let item = match id {
+            Some(id) => {
+                let base = text.as_str().as_ptr() as usize;
+                let params = params.map(|p| {
+                    let start = p.get().as_ptr() as usize - base;
+                    start..start + p.get().len()
+                });
+                let mut request =
+                    Request { id, method, frame: text, params, keys: Vec::new(), quick: false };
+                let (keys, waits) = keys(request.params());
+                request.keys = keys;
+                request.quick = is_quick(&request.method, waits);
+                Item::Request(request)
+            }
+            None if method == "initialized" => Item::Initialized,
+            None => {
+                log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
+                return self.close_for(CloseReason::Protocol);
+            }
+        };
+        let mut state = self.lock();
+        while state.queue.len() >= MAX_QUEUED_REQUESTS && !state.closed {
+            state = self.room.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.closed {
+            return Flow::Close;
+        }
+        state.queue.push_back(item);
+        let (flow, inline) = self.pump(&mut state, true);
+        drop(state);
+        if let Some(request) = inline {
+            Arc::clone(self).execute(request);
+        }
+        flow
+    }
+
+    /// Answers a message the transport could not even turn into text (§1.4).
+    pub fn malformed(&self, detail: &str) -> Flow {
+        let error = RpcError::invalid_request(format!("{}{detail}", self.prefix));
+        let _ = self.out.send(error_text("-1", &error));
+        Flow::Continue
+    }
+
+    /// Waits, for at most `grace`, until every request received so far has been answered.
+    pub fn drain(&self, grace: std::time::Duration) {
+        let state = self.lock();
+        let _ = self
+            .room
+            .wait_timeout_while(state, grace, |s| {
+                !s.closed && (s.running > 0 || !s.queue.is_empty())
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// The transport ended: detach the session and forget what was waiting.
+    pub fn closed(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.clear();
+        if let Some(session) = &state.session {
+            self.server.sessions.detach(session, self.id);
+        }
+        drop(state);
+        self.room.notify_all();
+        lock(&self.server.conns).remove(&self.id);
+        self.server.conn_gone.notify_all();
+    }
+
+    pub(super) fn close_for(&self, reason: CloseReason) -> Flow {
+        self.out.close(reason);
+        Flow::Close
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts every waiting item whose turn has come (§1.5, see `startable`); an
+    /// `initialized` barrier takes effect here, in its turn.
+    ///
+    /// With `inline`, a lone quick request (one that cannot block: memory-only work, a
+    /// signal, a single stat) is returned to the caller — the reader — to execute on its own
+    /// thread instead of being handed to a worker. That handoff (a wake-up and a context
+    /// switch) would otherwise double the round trip of exactly the requests that are
+    /// cheapest to answer.
+    pub(super) fn pump(
+        self: &Arc<Self>,
+        state: &mut ConnState,
+        inline: bool,
+    ) -> (Flow, Option<Request>) {
+        let limit = self.server.config.concurrent_requests;
+        loop {
+            let shapes = state.queue.iter().map(Item::shape);
+            let picks = startable(shapes, state.running, &state.busy, limit);
+            if picks.is_empty() {
+                break;
+            }
+            if let Some(Item::Initialized) = state.queue.front() {
+                state.queue.pop_front();
+                let resumed_elsewhere =
+                    state.session.as_ref().is_some_and(|s| s.attached_elsewhere(self.id));
+                if state.session.is_none() || resumed_elsewhere {
+                    log::warn!("connection {}: `initialized` out of turn; closing", self.id);
+                    state.closed = true;
+                    state.queue.clear();
+                    self.out.close(CloseReason::Protocol);
+                    self.room.notify_all();
+                    return (Flow::Close, None);
+                }
+                state.initialized = true;
+                continue;
+            }
+            let mut started = Vec::with_capacity(picks.len());
+            for &index in picks.iter().rev() {
+                if let Some(Item::Request(request)) = state.queue.remove(index) {
+                    started.push(request);
+                }
+            }
+            let lone = started.len() == 1 && state.queue.is_empty() && state.running == 0;
+            for request in started.into_iter().rev() {
+                for key in &request.keys {
+                    *state.busy.entry(key.clone()).or_insert(0) += 1;
+                }
+                state.running += 1;
+                if inline && lone && request.quick {
+                    self.room.notify_all();
+                    return (Flow::Continue, Some(request));
+                }
+                let conn = Arc::clone(self);
+                self.server.pool.submit(Box::new(move || conn.execute(request)));
+            }
+            break;
+        }
+        self.room.notify_all();
+        (Flow::Continue, None)
+    }
+
+    /// Runs one request on a pool worker and writes its response.
+    pub(super) fn execute(self: Arc<Self>, request: Request) {
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.dispatch(&request)));
+        let (result, after) = outcome.unwrap_or_else(|_| {
+            (Err(RpcError::internal("internal error: the request handler panicked")), None)
+        });
+        let result = result.and_then(|text| {
+            // §3.5: a request that outlived its session's move to another connection.
+            let state = self.lock();
+            match &state.session {
+                Some(s) if s.attached_elsewhere(self.id) => {
+                    Err(RpcError::invalid_request("session has been resumed by another connection"))
+                }
+                _ => Ok(text),
+            }
+        });
+        let failed = result.is_err();
+        let text = result.unwrap_or_else(|e| error_text(&request.id, &e));
+        let _ = self.out.send(text);
+        if let Some(after) = after {
+            after();
+        }
+        log::debug!(
+            "request {} {} answered in {:?}{}",
+            request.id,
+            request.method,
+            started.elapsed(),
+            if failed { " (error)" } else { "" }
+        );
+        let mut state = self.lock();
+        state.running -= 1;
+        for key in &request.keys {
+            if let Some(count) = state.busy.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    state.busy.remove(key);
+                }
+            }
+        }
+        if !state.closed {
+            self.pump(&mut state, false);
+        }
+    }
+}
+
+/// Requests that finish without blocking on anything but a local syscall, and so may run
+/// on the reader's thread.
+pub(super) fn is_quick(method: &str, waits: bool) -> bool {
+    match method {
+        "initialize" | "process/write" | "process/terminate" | "fs/getMetadata" => true,
+        "process/read" => !waits,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key::Process(name.into())
+    }
+
+    #[test]
+    fn barriers_run_alone_and_block_what_follows() {
+        let none = HashMap::new();
+        let a = [key("a")];
+        // initialize at the head with nothing running starts alone.
+        let q = [(true, &[][..]), (false, &a[..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0]);
+        // ... but waits for what runs before it, and nothing passes it.
+        assert_eq!(startable(q.into_iter(), 1, &none, 16), Vec::<usize>::new());
+        let q = [(false, &[][..]), (true, &[][..]), (false, &[][..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0]);
+    }
+
+    #[test]
+    fn same_key_waits_in_arrival_order_other_keys_pass() {
+        let a = [key("a")];
+        let b = [key("b")];
+        let none = HashMap::new();
+        let q = [(false, &a[..]), (false, &a[..]), (false, &b[..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0, 2]);
+        let busy: HashMap<Key, usize> = [(key("a"), 1)].into_iter().collect();
+        let q = [(false, &a[..]), (false, &b[..])];
+        assert_eq!(startable(q.into_iter(), 1, &busy, 16), vec![1]);
+        let path = [Key::Path("/x".into()), key("b")];
+        let q = [(false, &path[..]), (false, &b[..])];
+        assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0]);
+    }
+
+    #[test]
+    fn the_concurrency_limit_holds_everything_behind_in_order() {
+        let none = HashMap::new();
+        let q = [(false, &[][..]), (false, &[][..]), (false, &[][..])];
+        assert_eq!(startable(q.into_iter(), 14, &none, 16), vec![0, 1]);
+        assert_eq!(startable(q.into_iter(), 16, &none, 16), Vec::<usize>::new());
+    }
+}

@@ -1,0 +1,184 @@
+//! The one dispatch `match` (PROTOCOL.md §2.2, §3): method name to handler, in the order
+//! decode params, pass the handshake gate (§3.4), run the handler, encode its result; and
+//! `initialize`, which binds the connection to a session. Handlers are plain typed functions
+//! of process/ and fs/; this file holds no method's logic of its own.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::connection::{Connection, Request};
+use super::envelope::{decode_params, encode};
+use super::session::Session;
+use crate::error::RpcError;
+use crate::fs;
+use crate::process::StartParams;
+
+/// The method families behind the handshake gate (§3.4).
+#[derive(Clone, Copy)]
+pub(super) enum Family {
+    Exec,
+    Filesystem,
+}
+
+impl Family {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Family::Exec => "exec",
+            Family::Filesystem => "filesystem",
+        }
+    }
+}
+
+impl Connection {
+    /// The one dispatch table (§2.2 order: method, params, gate, handler). Returns the
+    /// serialized result and, for some methods, work to do once the response is written.
+    pub(super) fn dispatch(&self, request: &Request) -> (Result<String, RpcError>, Option<After>) {
+        let params = request.params();
+        let id = request.id.as_str();
+        let mut after: Option<After> = None;
+        let result = match request.method.as_str() {
+            "initialize" => decode_params(params).and_then(|p| encode(id, self.initialize(p))),
+            "process/start" => self.gated(Family::Exec, id, params, |p: StartParams, session| {
+                let id = p.process_id.clone();
+                let started = session.processes.start(p)?;
+                // §5: the process's notifications wait until this response is written.
+                let session = Arc::clone(session);
+                after = Some(Box::new(move || session.processes.announce(&id)));
+                Ok(started)
+            }),
+            "process/read" => self.gated(Family::Exec, id, params, |p, s| s.processes.read(p)),
+            "process/write" => self.gated(Family::Exec, id, params, |p, s| s.processes.write(p)),
+            "process/terminate" => {
+                self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
+            }
+            // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
+            "fs/readFile" => self
+                .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
+            "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),
+            "fs/createDirectory" => {
+                self.gated(Family::Filesystem, id, params, |p, _| fs::create_directory(p))
+            }
+            "fs/getMetadata" => {
+                self.gated(Family::Filesystem, id, params, |p, _| fs::get_metadata(p))
+            }
+            "fs/readDirectory" => {
+                self.gated(Family::Filesystem, id, params, |p, _| fs::read_directory(p))
+            }
+            "fs/remove" => self.gated(Family::Filesystem, id, params, |p, _| fs::remove(p)),
+            "fs/copy" => self.gated(Family::Filesystem, id, params, |p, _| fs::copy(p)),
+            other => Err(RpcError::method_not_found(other)),
+        };
+        (result, after)
+    }
+
+    /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),
+    /// run the handler, serialize its result.
+    pub(super) fn gated<'a, P, R>(
+        &self,
+        family: Family,
+        id: &str,
+        params: &'a str,
+        handler: impl FnOnce(P, &Arc<Session>) -> Result<R, RpcError>,
+    ) -> Result<String, RpcError>
+    where
+        P: Deserialize<'a>,
+        R: Serialize,
+    {
+        let params = decode_params(params)?;
+        let session = self.gate(family)?;
+        encode(id, handler(params, &session))
+    }
+
+    /// `gated` for a handler that writes its result's JSON itself, straight into the
+    /// response message, so a large result (a file's base64) is never copied.
+    pub(super) fn gated_into<'a, P>(
+        &self,
+        family: Family,
+        id: &str,
+        params: &'a str,
+        handler: impl FnOnce(P, &Arc<Session>, &mut String) -> Result<(), RpcError>,
+    ) -> Result<String, RpcError>
+    where
+        P: Deserialize<'a>,
+    {
+        let params = decode_params(params)?;
+        let session = self.gate(family)?;
+        let mut text = format!("{{\"id\":{id},\"result\":");
+        handler(params, &session, &mut text)?;
+        text.push('}');
+        Ok(text)
+    }
+
+    /// §3.4: the session, if this connection may use `family` methods now.
+    pub(super) fn gate(&self, family: Family) -> Result<Arc<Session>, RpcError> {
+        let state = self.lock();
+        let family = family.name();
+        let session = state.session.as_ref().ok_or_else(|| {
+            RpcError::invalid_request(format!(
+                "client must call initialize before using {family} methods"
+            ))
+        })?;
+        if !state.initialized {
+            return Err(RpcError::invalid_request(format!(
+                "client must send initialized before using {family} methods"
+            )));
+        }
+        if session.attached_elsewhere(self.id) {
+            return Err(RpcError::invalid_request(
+                "session has been resumed by another connection",
+            ));
+        }
+        Ok(Arc::clone(session))
+    }
+
+    pub(super) fn initialize(&self, p: InitializeParams) -> Result<InitializeResponse, RpcError> {
+        let mut state = self.lock();
+        if state.session.is_some() {
+            return Err(RpcError::invalid_request(
+                "initialize may only be sent once per connection",
+            ));
+        }
+        if state.closed {
+            return Err(RpcError::invalid_request("connection closed"));
+        }
+        let sessions = &self.server.sessions;
+        let out = Arc::clone(&self.out);
+        let session = match p.resume_session_id {
+            Some(id) => sessions.resume(&id, self.id, out)?,
+            None => sessions.create(self.id, out),
+        };
+        log::info!("connection {}: client `{}` on session {}", self.id, p.client_name, session.id);
+        let session_id = session.id.clone();
+        state.session = Some(session);
+        Ok(InitializeResponse { session_id })
+    }
+}
+
+/// Work to run after a response is written (e.g. releasing a process's notifications).
+pub(super) type After = Box<dyn FnOnce() + Send>;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct InitializeParams {
+    pub(super) client_name: String,
+    #[serde(default)]
+    pub(super) resume_session_id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct InitializeResponse {
+    pub(super) session_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_errors_carry_no_position() {
+        let e = decode_params::<InitializeParams>("{}").err().expect("fails");
+        assert_eq!(e, RpcError::invalid_params("missing field `clientName`"));
+    }
+}

@@ -1,0 +1,430 @@
+//! The JSON-RPC envelope (PROTOCOL.md §1.4, §2.1, §2.2): decoding a message's shape without
+//! copying its params, the nesting limit, the ordering keys a request names (§1.5), and
+//! encoding results and errors into response text. Pure functions over text: no locks,
+//! sessions or handlers.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::RpcError;
+use crate::fs;
+
+/// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
+pub const MAX_NESTING: usize = 128;
+
+/// An inbound message's text, owned without copying whatever the transport produced.
+pub type Text = Box<dyn AsStr>;
+
+/// Text a transport hands over: a `String`, or a websocket's shared bytes.
+pub trait AsStr: Send + 'static {
+    fn as_str(&self) -> &str;
+}
+
+impl<T: AsRef<str> + Send + 'static> AsStr for T {
+    fn as_str(&self) -> &str {
+        self.as_ref()
+    }
+}
+
+/// What two requests must not do at once (§1.5): name the same process or the same path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Key {
+    Process(String),
+    Path(PathBuf),
+}
+
+/// The message shapes of §2.1, borrowing from the frame.
+#[derive(Debug)]
+pub(super) enum Message<'a> {
+    Request { method: Cow<'a, str>, id: &'a str, params: Option<&'a RawValue> },
+    Notification { method: Cow<'a, str> },
+    Response,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub(super) id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    pub(super) method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub(super) params: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub(super) result: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub(super) error: Option<&'a RawValue>,
+}
+
+/// Keeps a member that is present but `null` distinct from an absent one.
+pub(super) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Why a message is malformed (§1.4); the text follows the connection's prefix.
+#[derive(Debug)]
+pub(super) struct Malformed(pub(super) String);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Decodes one message's envelope (§2.1).
+pub(super) fn decode(text: &str) -> Result<Message<'_>, Malformed> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        return Err(Malformed("batch requests are not supported".into()));
+    }
+    if nesting_exceeds(text, MAX_NESTING) {
+        return Err(Malformed(format!("nesting deeper than {MAX_NESTING} levels")));
+    }
+    if !trimmed.starts_with('{') {
+        // Let the decoder describe what it found instead of an object.
+        let e = serde_json::from_str::<serde::de::IgnoredAny>(text).err();
+        return Err(Malformed(
+            e.map_or_else(|| "expected a JSON object".into(), |e| e.to_string()),
+        ));
+    }
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| Malformed(e.to_string()))?;
+    let params = envelope.params.filter(|p| p.get() != "null");
+    match (envelope.method, envelope.id) {
+        (Some(method), Some(id)) => {
+            let raw = id.get();
+            let valid = raw.starts_with('"') || raw.parse::<i64>().is_ok();
+            if !valid {
+                return Err(Malformed(format!(
+                    "request id must be a string or a 64-bit integer, got {raw}"
+                )));
+            }
+            Ok(Message::Request { method, id: raw, params })
+        }
+        (Some(method), None) => Ok(Message::Notification { method }),
+        (None, Some(_)) if envelope.result.is_some() || envelope.error.is_some() => {
+            Ok(Message::Response)
+        }
+        (None, _) => Err(Malformed("message has no `method` and is not a response".into())),
+    }
+}
+
+/// True when `json` nests arrays/objects deeper than `max` (strings are skipped).
+///
+/// A string body is skipped with a `memchr` search for its closing quote (a quote is
+/// escaped exactly when an odd run of backslashes precedes it): the scan covers the whole
+/// message, and a file's base64 makes up nearly all of a large one.
+pub(super) fn nesting_exceeds(json: &str, max: usize) -> bool {
+    let bytes = json.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => match closing_quote(json, i + 1) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The index of the unescaped quote that ends a string whose body starts at `from`.
+pub(super) fn closing_quote(json: &str, from: usize) -> Option<usize> {
+    let bytes = json.as_bytes();
+    let mut at = from;
+    loop {
+        // `str::find` with a char searches with `memchr`, a word at a time.
+        let quote = at + json.get(at..)?.find('"')?;
+        let backslashes = bytes[from..quote].iter().rev().take_while(|&&b| b == b'\\').count();
+        if backslashes % 2 == 0 {
+            return Some(quote);
+        }
+        at = quote + 1;
+    }
+}
+
+/// Params at least this long have their ordering keys picked out by `only_members`
+/// before decoding; below it, one direct decode is cheaper than the extra pass.
+pub(super) const KEYS_SCAN_MIN_BYTES: usize = 4096;
+/// The params members `keys` reads (the fields of its `Named`).
+pub(super) const KEY_MEMBERS: [&str; 5] =
+    ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
+
+/// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
+/// to long-poll (`waitMs` above zero).
+pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Named {
+        process_id: Option<String>,
+        path: Option<String>,
+        source_path: Option<String>,
+        destination_path: Option<String>,
+        wait_ms: Option<u64>,
+    }
+    // In large params only the named members are decoded: a file's base64 is skipped with
+    // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
+    let wanted =
+        (params.len() >= KEYS_SCAN_MIN_BYTES).then(|| only_members(params, &KEY_MEMBERS)).flatten();
+    let Ok(named) = serde_json::from_str::<Named>(wanted.as_deref().unwrap_or(params)) else {
+        return (Vec::new(), false);
+    };
+    let waits = named.wait_ms.is_some_and(|ms| ms > 0);
+    let mut keys = Vec::new();
+    if let Some(id) = named.process_id {
+        keys.push(Key::Process(id));
+    }
+    for path in [named.path, named.source_path, named.destination_path].into_iter().flatten() {
+        if let Some(path) = fs::normalize(&path) {
+            keys.push(Key::Path(path));
+        }
+    }
+    (keys, waits)
+}
+
+/// The members of the JSON object `json` named in `names`, as an object of their own that
+/// a decoder ignoring other members reads the same way (duplicates stay duplicates). The
+/// text must be valid JSON, as every message's is once its envelope has decoded. None when
+/// it is not an object, or when a member's name has an escape (and so may be any name).
+pub(super) fn only_members(json: &str, names: &[&str]) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut out = String::from("{");
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at)? {
+            b'}' => break,
+            b',' => at = skip_whitespace(bytes, at + 1),
+            _ => {}
+        }
+        let member = at;
+        if bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let name_end = closing_quote(json, at + 1)?;
+        let name = &json[at + 1..name_end];
+        if name.contains('\\') {
+            return None;
+        }
+        at = skip_whitespace(bytes, name_end + 1);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        at = value_end(json, skip_whitespace(bytes, at + 1))?;
+        if names.contains(&name) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&json[member..at]);
+        }
+    }
+    out.push('}');
+    Some(out)
+}
+
+pub(super) fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// The end of the valid JSON value starting at `start`.
+pub(super) fn value_end(json: &str, start: usize) -> Option<usize> {
+    let bytes = json.as_bytes();
+    match bytes.get(start)? {
+        b'"' => closing_quote(json, start + 1).map(|quote| quote + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match bytes.get(at)? {
+                    b'"' => at = closing_quote(json, at + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        // A number or a literal: it runs to the next delimiter.
+        _ => Some(
+            bytes[start..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .map_or(bytes.len(), |n| start + n),
+        ),
+    }
+}
+
+/// Decodes typed params; the error is the decoder's text without its position (§2.2).
+pub(super) fn decode_params<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError> {
+    serde_json::from_str(params).map_err(|e| {
+        let text = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        RpcError::invalid_params(text.strip_suffix(&position).unwrap_or(&text))
+    })
+}
+
+/// Serializes a handler's result straight into its response message.
+pub(super) fn encode<R: Serialize>(
+    id: &str,
+    result: Result<R, RpcError>,
+) -> Result<String, RpcError> {
+    let value = result?;
+    let mut text = Vec::with_capacity(64);
+    text.extend_from_slice(b"{\"id\":");
+    text.extend_from_slice(id.as_bytes());
+    text.extend_from_slice(b",\"result\":");
+    serde_json::to_writer(&mut text, &value).map_err(|e| RpcError::internal(e.to_string()))?;
+    text.push(b'}');
+    // serde_json writes UTF-8 and the id is a slice of a `str`.
+    String::from_utf8(text).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+pub(super) fn error_text(id: &str, error: &RpcError) -> String {
+    let message = serde_json::to_string(&error.message).unwrap_or_else(|_| "\"\"".into());
+    format!("{{\"id\":{id},\"error\":{{\"code\":{},\"message\":{message}}}}}", error.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> (String, String, Option<String>) {
+        match decode(text).expect("well-formed") {
+            Message::Request { method, id, params } => {
+                (method.into_owned(), id.to_string(), params.map(|p| p.get().to_string()))
+            }
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_keep_their_json_type() {
+        assert_eq!(request(r#"{"id":0,"method":"m"}"#).1, "0");
+        assert_eq!(request(r#"{"id":-7,"method":"m"}"#).1, "-7");
+        assert_eq!(request(r#"{"id":9223372036854775807,"method":"m"}"#).1, "9223372036854775807");
+        assert_eq!(request(r#"{"id":"x","method":"m"}"#).1, "\"x\"");
+    }
+
+    #[test]
+    fn other_ids_are_malformed() {
+        for text in [
+            r#"{"id":1.5,"method":"m"}"#,
+            r#"{"id":null,"method":"m"}"#,
+            r#"{"id":9223372036854775808,"method":"m"}"#,
+            r#"{"id":[1],"method":"m"}"#,
+            r#"{"id":{},"method":"m"}"#,
+        ] {
+            assert!(decode(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn shapes() {
+        assert!(matches!(decode(r#"{"method":"initialized"}"#), Ok(Message::Notification { .. })));
+        assert!(matches!(decode(r#"{"id":1,"result":{}}"#), Ok(Message::Response)));
+        assert!(matches!(decode(r#"{"id":1,"error":{"code":1}}"#), Ok(Message::Response)));
+        assert!(decode(r#"{"id":1}"#).is_err());
+        assert!(decode("[1]").is_err());
+        assert!(decode("5").is_err());
+        assert!(decode("not-json").is_err());
+        assert!(decode(r#"{"id":1,"method":5}"#).is_err());
+        let (method, _, params) = request(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":null}"#);
+        assert_eq!((method.as_str(), params), ("m", None));
+        let (_, _, params) = request(r#"{"id":1,"method":"m","params":{"a":[1]},"trace":{}}"#);
+        assert_eq!(params.as_deref(), Some(r#"{"a":[1]}"#));
+    }
+
+    #[test]
+    fn nesting_limit() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nesting_exceeds(&deep(128), 128));
+        assert!(nesting_exceeds(&deep(129), 128));
+        assert!(!nesting_exceeds(r#"{"a":"[[[[\"[[["}"#, 2));
+        assert!(!nesting_exceeds(r#"{"a":"\\\\"}"#, 1));
+        assert!(nesting_exceeds(r#"{"a":"\\\\",["#, 1));
+        assert!(!nesting_exceeds(r#"{"a":"\\\"[[["#, 1));
+        assert!(nesting_exceeds(r#"{"a":"x\\"}[[]]"#, 1));
+        let text = format!(r#"{{"id":1,"method":"m","params":{}}}"#, deep(100_000));
+        assert!(decode(&text).is_err());
+    }
+
+    #[test]
+    fn keys_name_processes_and_normalized_paths() {
+        assert_eq!(keys(r#"{"processId":"p1","chunk":""}"#).0, vec![Key::Process("p1".into())]);
+        assert_eq!(
+            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#).0,
+            vec![Key::Path("/a/c".into()), Key::Path("/d".into())]
+        );
+        assert_eq!(keys(r#"{"path":"relative"}"#).0, vec![]);
+        assert_eq!(keys("[1,2]").0, vec![]);
+        assert!(keys(r#"{"processId":"p","waitMs":5000}"#).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":0}"#).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":null}"#).1);
+    }
+
+    #[test]
+    fn keys_read_only_the_named_members_as_a_full_decode_would() {
+        let full = |params: &str| -> Option<Vec<(String, serde_json::Value)>> {
+            let value: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(params).ok()?;
+            Some(value.into_iter().filter(|(k, _)| KEY_MEMBERS.contains(&k.as_str())).collect())
+        };
+        for params in [
+            r#"{}"#,
+            r#" { "path" : "/a" , "dataBase64" : "QUJD" } "#,
+            r#"{"dataBase64":"x\"}{[\\","path":"/b","n":{"path":"/no","a":[1,"]"]}}"#,
+            r#"{"processId":"p","waitMs":12,"x":-1.5e3,"y":true,"z":null,"w":[[],{}]}"#,
+            "{\n\t\"sourcePath\":\"/s\",\r\"destinationPath\":\"/d\"}",
+            r#"{"path":"/a","path":"/b"}"#,
+        ] {
+            let wanted = only_members(params, &KEY_MEMBERS).expect("an object with plain names");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&wanted).ok(),
+                full(params).map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                "{params}"
+            );
+        }
+        assert_eq!(only_members("[1]", &["path"]), None);
+        assert_eq!(only_members(r#"{"p\u0061th":"/x"}"#, &["path"]), None);
+        // Escaped names fall back to the full decode, which reads them.
+        assert_eq!(keys(r#"{"p\u0061th":"/x"}"#).0, vec![Key::Path("/x".into())]);
+        // A duplicate is still a decode error, so no keys.
+        assert_eq!(keys(r#"{"path":"/a","path":"/b"}"#).0, vec![]);
+        let large = format!(r#"{{"data":"{}\"","path":"/a/../b","waitMs":1}}"#, "x".repeat(5000));
+        assert_eq!(keys(&large), (vec![Key::Path("/b".into())], true));
+    }
+
+    #[test]
+    fn error_text_escapes_the_message() {
+        let e = RpcError::invalid_request("a \"quoted\" word");
+        assert_eq!(
+            error_text("\"x\"", &e),
+            r#"{"id":"x","error":{"code":-32600,"message":"a \"quoted\" word"}}"#
+        );
+    }
+}
