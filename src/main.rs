@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use cli::{Exit, Mode};
 use rpc::{Server, Transport};
-use transport::websocket;
+use transport::{listener, websocket};
 
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
@@ -75,8 +75,8 @@ fn run(args: &[String]) -> Result<(), Exit> {
                 .and_then(|()| stdout.flush())
                 .map_err(|e| internal(format!("cannot write to stdout: {e}")))?;
             log::info!("listening on ws://{bound}");
-            let security = websocket::Security::new(token.as_deref());
-            websocket::accept(listener, &server, security).map_err(|e| internal(e.to_string()))?;
+            let security = listener::Security::new(token.as_deref());
+            listener::accept(listener, &server, security).map_err(|e| internal(e.to_string()))?;
             stop(&server);
             Ok(())
         }

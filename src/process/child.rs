@@ -1,23 +1,21 @@
-//! One child process (PROTOCOL.md §4.2, §5): its state, the numbering of its events, retention
-//! of its output, notifications in `seq` order once the start response is out, and the threads
-//! that drain its output and reap it. It does not spawn (spawn.rs), keep the session's table
-//! (table.rs) or decide what a request answers (mod.rs).
+//! What one child does over its life (PROTOCOL.md §4.2, §5): numbering its events, handing
+//! output to retention, sending notifications in `seq` order once the start response is out,
+//! killing its tree, and the threads that drain its output and reap it. Its data (`Proc`,
+//! `State`) is declared with the table (table.rs). It does not spawn (spawn.rs) or decide what
+//! a request answers (mod.rs).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::exit::{exit_from_status, Exit};
 use super::kill::kill_session;
-use super::retention::Retention;
-use super::stdin::StdinQueue;
-use super::table::{schedule_removal, Table};
-use super::wire::{encode, output_message, ClosedParams, ExitedParams, Notify, Stream};
-use super::{lock, wait_while};
+use super::table::{schedule_removal, Proc, State};
+use super::wait::{lock, wait_while};
+use super::wire::{encode, output_message, ClosedParams, ExitedParams, Stream};
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -37,43 +35,6 @@ pub(super) enum Event {
     Output(Stream, Vec<u8>),
     StreamEnd,
     Exit(Exit),
-}
-
-pub(super) struct State {
-    pub(super) next_seq: u64,
-    pub(super) retention: Retention,
-    /// Output streams not yet at EOF.
-    pub(super) open_streams: usize,
-    /// The child has been reaped (its pid is free from then on).
-    pub(super) reaped: bool,
-    /// The exit event, once numbered.
-    pub(super) exit: Option<Exit>,
-    pub(super) closed_at: Option<Instant>,
-    /// The start response has been written: notifications may go out.
-    pub(super) announced: bool,
-    /// Numbered notifications not yet handed to the sink, in `seq` order.
-    pub(super) pending: VecDeque<String>,
-    pub(super) pending_bytes: usize,
-}
-
-pub(super) struct Proc {
-    pub(super) id: String,
-    /// `id` as a JSON string literal, for the hand-built output notifications.
-    pub(super) id_json: String,
-    /// Also the process group id and session id of the child (it is a session leader).
-    pub(super) pid: libc::pid_t,
-    pub(super) sink: Arc<dyn Notify>,
-    pub(super) stdin: Option<Arc<StdinQueue>>,
-    pub(super) state: Mutex<State>,
-    /// Signalled on every event, on reaping and on announcement.
-    pub(super) changed: Condvar,
-    /// Held while numbering and sending, so that the stdout and stderr threads and the waiter
-    /// send in `seq` order; `process/read` takes only `state`, so it never waits behind a send
-    /// that is stalled on backpressure.
-    pub(super) emitting: Mutex<()>,
-    pub(super) table: Weak<Mutex<Table>>,
-    pub(super) live: Arc<AtomicUsize>,
-    pub(super) exited_retention: Duration,
 }
 
 impl Proc {

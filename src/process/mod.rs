@@ -14,6 +14,7 @@ mod retention;
 mod spawn;
 mod stdin;
 mod table;
+mod wait;
 mod wire;
 
 use std::collections::VecDeque;
@@ -24,7 +25,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -32,14 +33,15 @@ use base64::Engine as _;
 
 use crate::config::Config;
 use crate::error::RpcError;
-use child::{read_loop, wait_loop, Proc, State};
+use child::{read_loop, wait_loop};
 use kill::kill_session;
 use retention::Retention;
 use spawn::{
     above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,
 };
 use stdin::StdinQueue;
-use table::{Lookup, Slot, Table};
+use table::{Lookup, Proc, Slot, State, Table};
+use wait::{lock, wait_while};
 pub use wire::{
     ChunkOut, Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream,
     TerminateParams, TerminateResponse, WriteParams, WriteResponse, WriteStatus,
@@ -49,25 +51,6 @@ pub use wire::{
 const TERMINATE_REAP_WAIT: Duration = Duration::from_secs(5);
 /// How long `kill_all` waits for killed children to be reaped.
 const KILL_ALL_WAIT: Duration = Duration::from_secs(3);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits on `cond` while `keep_waiting` holds, until `deadline`; true if it stopped holding.
-fn wait_while<'a, T>(
-    cond: &Condvar,
-    guard: MutexGuard<'a, T>,
-    deadline: Instant,
-    mut keep_waiting: impl FnMut(&mut T) -> bool,
-) -> (MutexGuard<'a, T>, bool) {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let (mut guard, _) = cond
-        .wait_timeout_while(guard, timeout, &mut keep_waiting)
-        .unwrap_or_else(PoisonError::into_inner);
-    let done = !keep_waiting(&mut guard);
-    (guard, done)
-}
 
 /// All processes of one session (process ids are scoped to a session).
 pub struct Processes {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 
-use super::lock;
+use super::wait::lock;
 
 /// Long-lived threads that fork children (see `spawn_on_spawner`).
 pub(super) const SPAWNER_THREADS: usize = 8;

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Condvar, Mutex, PoisonError};
 
-use super::lock;
+use super::wait::lock;
 
 /// Bytes accepted for stdin but not yet written to the child (§10).
 pub(super) const STDIN_QUEUE_BYTES: usize = 8 << 20;

@@ -1,15 +1,56 @@
-//! The session's process table and the removal of finished entries (PROTOCOL.md §4.6): slots
-//! by process id, and one daemon-wide timer thread that removes an entry when its retention
-//! ends, freeing the live count. It neither spawns nor signals.
+//! The session's process table (PROTOCOL.md §4.6): what an entry holds (`Proc` and its
+//! `State`), the slots by process id, and one daemon-wide timer thread that removes an entry
+//! when its retention ends, freeing the live count. Data and bookkeeping only: what a child
+//! does lives in child.rs; it neither spawns nor signals.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::child::Proc;
-use super::lock;
+use super::exit::Exit;
+use super::retention::Retention;
+use super::stdin::StdinQueue;
+use super::wait::lock;
+use super::wire::Notify;
+
+pub(super) struct State {
+    pub(super) next_seq: u64,
+    pub(super) retention: Retention,
+    /// Output streams not yet at EOF.
+    pub(super) open_streams: usize,
+    /// The child has been reaped (its pid is free from then on).
+    pub(super) reaped: bool,
+    /// The exit event, once numbered.
+    pub(super) exit: Option<Exit>,
+    pub(super) closed_at: Option<Instant>,
+    /// The start response has been written: notifications may go out.
+    pub(super) announced: bool,
+    /// Numbered notifications not yet handed to the sink, in `seq` order.
+    pub(super) pending: VecDeque<String>,
+    pub(super) pending_bytes: usize,
+}
+
+pub(super) struct Proc {
+    pub(super) id: String,
+    /// `id` as a JSON string literal, for the hand-built output notifications.
+    pub(super) id_json: String,
+    /// Also the process group id and session id of the child (it is a session leader).
+    pub(super) pid: libc::pid_t,
+    pub(super) sink: Arc<dyn Notify>,
+    pub(super) stdin: Option<Arc<StdinQueue>>,
+    pub(super) state: Mutex<State>,
+    /// Signalled on every event, on reaping and on announcement.
+    pub(super) changed: Condvar,
+    /// Held while numbering and sending, so that the stdout and stderr threads and the waiter
+    /// send in `seq` order; `process/read` takes only `state`, so it never waits behind a send
+    /// that is stalled on backpressure.
+    pub(super) emitting: Mutex<()>,
+    pub(super) table: Weak<Mutex<Table>>,
+    pub(super) live: Arc<AtomicUsize>,
+    pub(super) exited_retention: Duration,
+}
 
 pub(super) enum Slot {
     /// Registered, still spawning; the token tells one start from a later one with the same id.

@@ -3,6 +3,7 @@
 //! TLS streams and trust list of the cloud legs (tls.rs). A transport hands inbound text to
 //! `rpc::Connection` and implements `Outbound` for what goes back; it parses no JSON-RPC.
 
+pub mod listener;
 pub mod stdio;
 pub mod tls;
 pub mod websocket;
