@@ -18,20 +18,20 @@ use super::wait::{lock, wait_while};
 use super::wire::{encode, output_message, ClosedParams, ExitedParams, Stream};
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
-pub(super) const READ_CHUNK_BYTES: usize = 64 << 10;
+const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Reads at least this large give their buffer to retention instead of a copy (smaller
 /// ones are copied, so a retained chunk never holds much more memory than its length).
-pub(super) const HANDOFF_MIN_BYTES: usize = READ_CHUNK_BYTES / 2;
+const HANDOFF_MIN_BYTES: usize = READ_CHUNK_BYTES / 2;
 /// Capacity given to the pipe of a child that keeps it full (see `grow_pipe`).
-pub(super) const BUSY_PIPE_BYTES: libc::c_int = 1 << 20;
+const BUSY_PIPE_BYTES: libc::c_int = 1 << 20;
 /// How long output may pile up unsent while the start response is still being written,
 /// before the reader stops reading (and so slows the child) until it is announced.
-pub(super) const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
 /// How long the exit event waits for the output streams to reach EOF after the child was
 /// reaped (output read later still gets later numbers, §4.2).
-pub(super) const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
+const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
 
-pub(super) enum Event {
+enum Event {
     Output(Stream, Vec<u8>),
     StreamEnd,
     Exit(Exit),
@@ -41,7 +41,7 @@ impl Proc {
     /// Numbers `event` (and the closed event it may complete), retains output, and sends the
     /// notifications once the start response is out.
     /// Returns a buffer that retention no longer needs, if any.
-    pub(super) fn emit(self: &Arc<Self>, event: Event) -> Option<Vec<u8>> {
+    fn emit(self: &Arc<Self>, event: Event) -> Option<Vec<u8>> {
         let _emitting = lock(&self.emitting);
         // Encoded before taking the state lock, which `process/read` waits on. Only `emit`
         // numbers events, under the emitting lock we hold, so the next number is stable.
@@ -149,7 +149,7 @@ impl Proc {
     }
 }
 
-pub(super) fn take_seq(state: &mut State) -> u64 {
+fn take_seq(state: &mut State) -> u64 {
     let seq = state.next_seq;
     state.next_seq += 1;
     seq
@@ -247,7 +247,7 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
 /// and this reader wake each other for every chunk, which dominates streaming. Only busy
 /// pipes grow, since pipe pages count against the user's pipe quota. Events still carry at
 /// most `READ_CHUNK_BYTES`. Failure (quota reached) just keeps the default size.
-pub(super) fn grow_pipe(file: &File) {
+fn grow_pipe(file: &File) {
     // SAFETY: fcntl on a pipe descriptor we own; no memory is involved.
     unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, BUSY_PIPE_BYTES) };
 }

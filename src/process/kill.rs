@@ -2,7 +2,7 @@
 //! to every member of its session found in `/proc`. It signals only; reaping is the waiter's.
 
 /// Sweeps over `/proc` when killing a session: a member may fork while it is being killed.
-pub(super) const KILL_PASSES: usize = 4;
+const KILL_PASSES: usize = 4;
 
 /// SIGKILL to the process group `sid`, then to every process whose session is `sid`
 /// (job-control shells move background jobs into groups of their own, §4.7).

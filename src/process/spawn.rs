@@ -15,14 +15,14 @@ use std::thread;
 use super::wait::lock;
 
 /// Long-lived threads that fork children (see `spawn_on_spawner`).
-pub(super) const SPAWNER_THREADS: usize = 8;
+const SPAWNER_THREADS: usize = 8;
 /// Stack the cloned child runs on until exec (a few libc calls).
-pub(super) const CHILD_STACK_BYTES: usize = 64 << 10;
+const CHILD_STACK_BYTES: usize = 64 << 10;
 /// Stack of the per-process I/O threads: they hold their buffers on the heap.
-pub(super) const IO_THREAD_STACK_BYTES: usize = 128 << 10;
+const IO_THREAD_STACK_BYTES: usize = 128 << 10;
 /// PATH used for lookup when neither the child environment nor the server has one
 /// (the same fallback as glibc's `execvp`).
-pub(super) const DEFAULT_PATH: &str = "/bin:/usr/bin";
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// Everything the child needs between clone and exec, prepared by the parent: the child
 /// shares the parent's memory and must not allocate or take locks.
@@ -38,7 +38,7 @@ pub(super) struct SpawnPlan {
     pub(super) tty: bool,
 }
 
-pub(super) type SpawnJob = (SpawnPlan, mpsc::SyncSender<io::Result<libc::pid_t>>);
+type SpawnJob = (SpawnPlan, mpsc::SyncSender<io::Result<libc::pid_t>>);
 
 /// Children are created by long-lived spawner threads because Linux delivers
 /// PR_SET_PDEATHSIG when the *thread* that created the child exits, not the process: a pool
@@ -79,13 +79,13 @@ pub(super) fn spawn_on_spawner(plan: SpawnPlan) -> io::Result<libc::pid_t> {
 }
 
 /// What the child reads (and writes its failure into) while it shares our memory.
-pub(super) struct ChildArgs<'a> {
-    pub(super) plan: &'a SpawnPlan,
-    pub(super) argv: &'a [*const libc::c_char],
-    pub(super) envp: &'a [*const libc::c_char],
-    pub(super) parent: libc::pid_t,
+struct ChildArgs<'a> {
+    plan: &'a SpawnPlan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    parent: libc::pid_t,
     /// The errno of the step that failed, or 0 once exec succeeded.
-    pub(super) error: libc::c_int,
+    error: libc::c_int,
 }
 
 /// Starts the child with `clone(CLONE_VM | CLONE_VFORK)`, the way posix_spawn does: unlike
@@ -93,7 +93,7 @@ pub(super) struct ChildArgs<'a> {
 /// stack mapping) made every fork cost milliseconds. We are suspended until the child has
 /// exec'd or given up, so its failure is known when this returns, and a failed child is
 /// reaped here.
-pub(super) fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
+fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
     let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
         strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
     };
@@ -144,7 +144,7 @@ pub(super) fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
 /// (it shares the parent's memory). It becomes a session leader (with the PTY as controlling
 /// terminal), dies with the server (PR_SET_PDEATHSIG), gets default signal dispositions and
 /// an empty mask, and keeps no descriptor beyond its stdio.
-pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the parent's `ChildArgs`, alive while the parent is suspended.
     let args = unsafe { &mut *arg.cast::<ChildArgs>() };
     let plan = args.plan;

@@ -10,18 +10,18 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use super::wait::lock;
 
 /// Bytes accepted for stdin but not yet written to the child (§10).
-pub(super) const STDIN_QUEUE_BYTES: usize = 8 << 20;
+const STDIN_QUEUE_BYTES: usize = 8 << 20;
 
-pub(super) struct StdinState {
-    pub(super) chunks: VecDeque<Vec<u8>>,
+struct StdinState {
+    chunks: VecDeque<Vec<u8>>,
     /// Accepted bytes not yet written, including a chunk being written.
-    pub(super) bytes: usize,
-    pub(super) closed: bool,
+    bytes: usize,
+    closed: bool,
 }
 
 pub(super) struct StdinQueue {
-    pub(super) state: Mutex<StdinState>,
-    pub(super) changed: Condvar,
+    state: Mutex<StdinState>,
+    changed: Condvar,
 }
 
 impl StdinQueue {

@@ -72,18 +72,18 @@ pub(super) enum Lookup {
     Running(Arc<Proc>),
 }
 
-pub(super) struct Removal {
-    pub(super) at: Instant,
-    pub(super) proc: Weak<Proc>,
+struct Removal {
+    at: Instant,
+    proc: Weak<Proc>,
 }
 
-pub(super) struct Removals {
-    pub(super) queue: Mutex<Vec<Removal>>,
-    pub(super) changed: Condvar,
+struct Removals {
+    queue: Mutex<Vec<Removal>>,
+    changed: Condvar,
 }
 
 /// One daemon-wide timer thread removes finished entries when their retention ends.
-pub(super) fn removals() -> &'static Removals {
+fn removals() -> &'static Removals {
     static REMOVALS: OnceLock<Removals> = OnceLock::new();
     REMOVALS.get_or_init(|| {
         let started = thread::Builder::new().name("expiry".into()).spawn(|| {
@@ -135,7 +135,7 @@ pub(super) fn schedule_removal(proc: &Arc<Proc>, at: Instant) {
 }
 
 /// Removes `proc`'s table entry if it is still that process's, freeing the live count.
-pub(super) fn remove_entry(proc: &Arc<Proc>) {
+fn remove_entry(proc: &Arc<Proc>) {
     let Some(table) = proc.table.upgrade() else {
         return;
     };

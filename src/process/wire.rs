@@ -24,11 +24,11 @@ pub trait Notify: Send + Sync {
     fn notify(&self, message: String);
 }
 
-pub(super) fn null_as_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+fn null_as_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
-pub(super) fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     let text = String::deserialize(d)?;
     BASE64
         .decode(text.as_bytes())
@@ -133,9 +133,9 @@ pub enum Stream {
 }
 
 #[derive(Serialize)]
-pub(super) struct Notification<P> {
-    pub(super) method: &'static str,
-    pub(super) params: P,
+struct Notification<P> {
+    method: &'static str,
+    params: P,
 }
 
 #[derive(Serialize)]

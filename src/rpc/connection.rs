@@ -17,7 +17,7 @@ use crate::outbound::{CloseReason, Outbound};
 
 /// Requests of one connection waiting for their turn; past this the reader stops reading,
 /// so a client that pipelines without end is slowed by TCP instead of growing our memory.
-pub(super) const MAX_QUEUED_REQUESTS: usize = 1024;
+const MAX_QUEUED_REQUESTS: usize = 1024;
 
 /// One client connection's JSON-RPC state: its session, handshake progress and the
 /// requests waiting for or holding their turn (§1.5).
@@ -37,14 +37,14 @@ pub(super) struct ConnState {
     pub(super) initialized: bool,
     pub(super) closed: bool,
     /// Items in arrival order that have not started.
-    pub(super) queue: VecDeque<Item>,
+    queue: VecDeque<Item>,
     /// Requests executing now.
-    pub(super) running: usize,
+    running: usize,
     /// Ordering keys held by executing requests.
-    pub(super) busy: HashMap<Key, usize>,
+    busy: HashMap<Key, usize>,
 }
 
-pub(super) enum Item {
+enum Item {
     Request(Request),
     Initialized,
 }
@@ -66,7 +66,7 @@ impl Item {
 ///   nothing behind a waiting barrier starts;
 /// - a request waits while an executing or earlier waiting request shares one of its keys;
 /// - at the concurrency limit, everything behind waits in arrival order.
-pub(super) fn startable<'k>(
+fn startable<'k>(
     waiting: impl Iterator<Item = (bool, &'k [Key])>,
     running: usize,
     busy: &HashMap<Key, usize>,
@@ -100,11 +100,11 @@ pub(super) struct Request {
     /// The id's JSON text, echoed unchanged.
     pub(super) id: String,
     pub(super) method: String,
-    pub(super) frame: Text,
-    pub(super) params: Option<Range<usize>>,
-    pub(super) keys: Vec<Key>,
+    frame: Text,
+    params: Option<Range<usize>>,
+    keys: Vec<Key>,
     /// May run on the reader's own thread (see `Connection::handle`).
-    pub(super) quick: bool,
+    quick: bool,
 }
 
 impl Request {
@@ -114,7 +114,7 @@ impl Request {
             None => "{}",
         }
     }
-    pub(super) fn is_barrier(&self) -> bool {
+    fn is_barrier(&self) -> bool {
         self.method == "initialize"
     }
 }
@@ -208,7 +208,7 @@ impl Connection {
         self.server.conn_gone.notify_all();
     }
 
-    pub(super) fn close_for(&self, reason: CloseReason) -> Flow {
+    fn close_for(&self, reason: CloseReason) -> Flow {
         self.out.close(reason);
         Flow::Close
     }
@@ -225,11 +225,7 @@ impl Connection {
     /// thread instead of being handed to a worker. That handoff (a wake-up and a context
     /// switch) would otherwise double the round trip of exactly the requests that are
     /// cheapest to answer.
-    pub(super) fn pump(
-        self: &Arc<Self>,
-        state: &mut ConnState,
-        inline: bool,
-    ) -> (Flow, Option<Request>) {
+    fn pump(self: &Arc<Self>, state: &mut ConnState, inline: bool) -> (Flow, Option<Request>) {
         let limit = self.server.config.concurrent_requests;
         loop {
             let shapes = state.queue.iter().map(Item::shape);
@@ -278,7 +274,7 @@ impl Connection {
     }
 
     /// Runs one request on a pool worker and writes its response.
-    pub(super) fn execute(self: Arc<Self>, request: Request) {
+    fn execute(self: Arc<Self>, request: Request) {
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.dispatch(&request)));
         let (result, after) = outcome.unwrap_or_else(|_| {
@@ -325,7 +321,7 @@ impl Connection {
 
 /// Requests that finish without blocking on anything but a local syscall, and so may run
 /// on the reader's thread.
-pub(super) fn is_quick(method: &str, waits: bool) -> bool {
+fn is_quick(method: &str, waits: bool) -> bool {
     match method {
         "initialize" | "process/write" | "process/terminate" | "fs/getMetadata" => true,
         "process/read" => !waits,

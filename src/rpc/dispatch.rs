@@ -16,7 +16,7 @@ use crate::process::StartParams;
 
 /// The method families behind the handshake gate (§3.4).
 #[derive(Clone, Copy)]
-pub(super) enum Family {
+enum Family {
     Exec,
     Filesystem,
 }
@@ -74,7 +74,7 @@ impl Connection {
 
     /// A gated method in the §2.2 order: decode params, pass the handshake gate (§3.4),
     /// run the handler, serialize its result.
-    pub(super) fn gated<'a, P, R>(
+    fn gated<'a, P, R>(
         &self,
         family: Family,
         id: &str,
@@ -92,7 +92,7 @@ impl Connection {
 
     /// `gated` for a handler that writes its result's JSON itself, straight into the
     /// response message, so a large result (a file's base64) is never copied.
-    pub(super) fn gated_into<'a, P>(
+    fn gated_into<'a, P>(
         &self,
         family: Family,
         id: &str,
@@ -111,7 +111,7 @@ impl Connection {
     }
 
     /// §3.4: the session, if this connection may use `family` methods now.
-    pub(super) fn gate(&self, family: Family) -> Result<Arc<Session>, RpcError> {
+    fn gate(&self, family: Family) -> Result<Arc<Session>, RpcError> {
         let state = self.lock();
         let family = family.name();
         let session = state.session.as_ref().ok_or_else(|| {
@@ -132,7 +132,7 @@ impl Connection {
         Ok(Arc::clone(session))
     }
 
-    pub(super) fn initialize(&self, p: InitializeParams) -> Result<InitializeResponse, RpcError> {
+    fn initialize(&self, p: InitializeParams) -> Result<InitializeResponse, RpcError> {
         let mut state = self.lock();
         if state.session.is_some() {
             return Err(RpcError::invalid_request(
@@ -156,20 +156,20 @@ impl Connection {
 }
 
 /// Work to run after a response is written (e.g. releasing a process's notifications).
-pub(super) type After = Box<dyn FnOnce() + Send>;
+type After = Box<dyn FnOnce() + Send>;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct InitializeParams {
-    pub(super) client_name: String,
+struct InitializeParams {
+    client_name: String,
     #[serde(default)]
-    pub(super) resume_session_id: Option<String>,
+    resume_session_id: Option<String>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct InitializeResponse {
-    pub(super) session_id: String,
+struct InitializeResponse {
+    session_id: String,
 }
 
 #[cfg(test)]

@@ -45,23 +45,21 @@ pub(super) enum Message<'a> {
 }
 
 #[derive(Deserialize)]
-pub(super) struct Envelope<'a> {
+struct Envelope<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
-    pub(super) id: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    pub(super) method: Option<Cow<'a, str>>,
+    method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    pub(super) params: Option<&'a RawValue>,
+    params: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
-    pub(super) result: Option<&'a RawValue>,
+    result: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
-    pub(super) error: Option<&'a RawValue>,
+    error: Option<&'a RawValue>,
 }
 
 /// Keeps a member that is present but `null` distinct from an absent one.
-pub(super) fn present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -117,7 +115,7 @@ pub(super) fn decode(text: &str) -> Result<Message<'_>, Malformed> {
 /// A string body is skipped with a `memchr` search for its closing quote (a quote is
 /// escaped exactly when an odd run of backslashes precedes it): the scan covers the whole
 /// message, and a file's base64 makes up nearly all of a large one.
-pub(super) fn nesting_exceeds(json: &str, max: usize) -> bool {
+fn nesting_exceeds(json: &str, max: usize) -> bool {
     let bytes = json.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
@@ -142,7 +140,7 @@ pub(super) fn nesting_exceeds(json: &str, max: usize) -> bool {
 }
 
 /// The index of the unescaped quote that ends a string whose body starts at `from`.
-pub(super) fn closing_quote(json: &str, from: usize) -> Option<usize> {
+fn closing_quote(json: &str, from: usize) -> Option<usize> {
     let bytes = json.as_bytes();
     let mut at = from;
     loop {
@@ -158,10 +156,9 @@ pub(super) fn closing_quote(json: &str, from: usize) -> Option<usize> {
 
 /// Params at least this long have their ordering keys picked out by `only_members`
 /// before decoding; below it, one direct decode is cheaper than the extra pass.
-pub(super) const KEYS_SCAN_MIN_BYTES: usize = 4096;
+const KEYS_SCAN_MIN_BYTES: usize = 4096;
 /// The params members `keys` reads (the fields of its `Named`).
-pub(super) const KEY_MEMBERS: [&str; 5] =
-    ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
+const KEY_MEMBERS: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
 
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
 /// to long-poll (`waitMs` above zero).
@@ -199,7 +196,7 @@ pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
 /// a decoder ignoring other members reads the same way (duplicates stay duplicates). The
 /// text must be valid JSON, as every message's is once its envelope has decoded. None when
 /// it is not an object, or when a member's name has an escape (and so may be any name).
-pub(super) fn only_members(json: &str, names: &[&str]) -> Option<String> {
+fn only_members(json: &str, names: &[&str]) -> Option<String> {
     let bytes = json.as_bytes();
     let mut out = String::from("{");
     let mut at = skip_whitespace(bytes, 0);
@@ -239,7 +236,7 @@ pub(super) fn only_members(json: &str, names: &[&str]) -> Option<String> {
     Some(out)
 }
 
-pub(super) fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
     while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         at += 1;
     }
@@ -247,7 +244,7 @@ pub(super) fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
 }
 
 /// The end of the valid JSON value starting at `start`.
-pub(super) fn value_end(json: &str, start: usize) -> Option<usize> {
+fn value_end(json: &str, start: usize) -> Option<usize> {
     let bytes = json.as_bytes();
     match bytes.get(start)? {
         b'"' => closing_quote(json, start + 1).map(|quote| quote + 1),
