@@ -1,7 +1,8 @@
-//! The filesystem methods of PROTOCOL.md §6: the seven `fs/*` handlers, their wire types,
-//! lexical path normalization, the §6.1 error mapping and the §6.9 sandbox gate. Each
-//! handler is a plain blocking function run on a pool worker; this module owns no threads,
-//! no sessions and no sockets, and never decides anything from an error's message text.
+//! The filesystem methods of PROTOCOL.md §6: the seven `fs/*` handlers, the §6.1 error
+//! mapping and the §6.9 sandbox gate; their wire types are in wire.rs, path decoding and
+//! lexical normalization in path.rs, `fs/copy`'s file work in copy.rs. Each handler is a plain
+//! blocking function run on a pool worker; this module owns no threads, no sessions and no
+//! sockets, imports nothing of `rpc`, and never decides anything from an error's message text.
 
 mod copy;
 mod path;

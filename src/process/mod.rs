@@ -1,9 +1,12 @@
-//! The processes of one session (PROTOCOL.md §4 and §5): spawning children (pipes or PTY),
-//! draining their output on dedicated threads into per-process retention, numbering events,
-//! pushing notifications through the session's `Notify` in `seq` order, `process/read` long
-//! polls, the stdin queue, terminating and reaping whole process trees, and removing finished
-//! entries after their retention time. It never touches sockets or sessions: notifications
-//! leave through `Notify`, and the caller decides when a start response has been written.
+//! The processes of one session (PROTOCOL.md §4 and §5). This file is the facade the request
+//! layer calls — `Processes` with `start`, `announce`, `read`, `write`, `terminate` and
+//! `kill_all` — and assembles a child from the parts beside it: wire.rs (params, results,
+//! notification encoding), spawn.rs (clone/exec, pipes), pty.rs, envpolicy.rs (the child's
+//! environment), child.rs (events, notifications, the drain and wait threads), retention.rs,
+//! stdin.rs, table.rs (entries and their removal), kill.rs (tree kill), exit.rs (status and
+//! signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
+//! imports nothing of `rpc`: notifications leave through `Notify`, and the caller decides when
+//! a start response has been written.
 
 mod child;
 mod envpolicy;
