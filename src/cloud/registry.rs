@@ -1,8 +1,8 @@
 //! Talking to the executor registry (PROTOCOL.md §8.2–§8.5): the bearer token source, the
 //! registration POST, the classification of its outcome into retry / give up (exit 2) /
 //! authentication failure (exit 3), and the backoff schedule between rounds. It imports
-//! nothing of ours and never touches the rendezvous socket; it never logs or formats the
-//! token.
+//! nothing of ours but the TLS provider (transport/tls.rs) and never touches the rendezvous
+//! socket; it never logs or formats the token.
 
 use std::fmt;
 use std::fs;
