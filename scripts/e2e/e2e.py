@@ -35,7 +35,7 @@ import fake_model  # noqa: E402
 import wsproxy  # noqa: E402
 
 SERVER_START_TIMEOUT_S = 30
-CODEX_RUN_TIMEOUT_S = 300
+CODEX_RUN_TIMEOUT_S = 180
 # The model's name selects the client's bundled model metadata; this one gives the client's
 # freeform `apply_patch` tool (with unknown names the 0.171 client offers no apply_patch).
 MODEL = "gpt-5.5"
@@ -133,27 +133,23 @@ def start_exec_server(binary, home, log_path):
         args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env, cwd=home
     )
     found = {}
+    printed = threading.Event()
 
     def read_url():
         for line in proc.stdout:
             text = line.decode("utf-8", "replace").strip()
-            if text.startswith("ws://") and "url" not in found:
+            if text.startswith("ws://") and not printed.is_set():
                 found["url"] = text
-                break
-        # keep draining stdout so the server never blocks on it
-        for _ in proc.stdout:
-            pass
+                printed.set()
+        printed.set()  # end of output: the server is gone
 
-    reader = threading.Thread(target=read_url, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while "url" not in found:
-        if proc.poll() is not None:
-            raise RuntimeError("exec-server exited with %s before printing its URL (log: %s)" % (proc.returncode, log_path))
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("exec-server printed no ws:// URL within %ds (log: %s)" % (SERVER_START_TIMEOUT_S, log_path))
-        time.sleep(0.05)
+    threading.Thread(target=read_url, daemon=True).start()
+    if not printed.wait(SERVER_START_TIMEOUT_S):
+        proc.kill()
+        raise RuntimeError("exec-server printed no ws:// URL within %ds (log: %s)" % (SERVER_START_TIMEOUT_S, log_path))
+    if "url" not in found:
+        proc.wait(timeout=SERVER_START_TIMEOUT_S)
+        raise RuntimeError("exec-server exited with %s before printing its URL (log: %s)" % (proc.returncode, log_path))
     return proc, found["url"]
 
 
@@ -221,13 +217,74 @@ def read(path):
 
 
 def rpc_calls(records):
-    """(method, params) of each client request, in order, from the proxy transcript."""
+    """(method, params, response) of each client request, in order, from the proxy transcript;
+    `response` is the server's answer to it (None if it never came)."""
+    answers = {}
+    for r in records:
+        msg = r.get("msg")
+        if r.get("dir") == "s2c" and isinstance(msg, dict) and "id" in msg and "method" not in msg:
+            answers[(r["conn"], json.dumps(msg["id"]))] = msg
     calls = []
     for r in records:
         msg = r.get("msg")
         if r.get("dir") == "c2s" and isinstance(msg, dict) and "method" in msg:
-            calls.append((msg["method"], msg.get("params")))
+            answer = answers.get((r["conn"], json.dumps(msg.get("id")))) if "id" in msg else None
+            calls.append((msg["method"], msg.get("params"), answer))
     return calls
+
+
+def succeeded(calls, method, needle):
+    """Whether a `method` request whose params mention `needle` got a result (not an error)."""
+    return any(
+        m == method and needle in json.dumps(p) and isinstance(a, dict) and "result" in a
+        for m, p, a in calls
+    )
+
+
+def process_output(records):
+    """Everything the server sent back as process output (notifications or process/read)."""
+    chunks = []
+    for r in records:
+        msg = r.get("msg")
+        if r.get("dir") != "s2c" or not isinstance(msg, dict):
+            continue
+        if msg.get("method") == "process/output":
+            chunks.append((msg.get("params") or {}).get("chunk") or "")
+        result = msg.get("result")
+        if isinstance(result, dict):
+            for c in result.get("chunks") or []:
+                if isinstance(c, dict):
+                    chunks.append(c.get("chunk") or "")
+    out = b""
+    for c in chunks:
+        try:
+            out += base64.b64decode(c)
+        except ValueError:
+            pass
+    return out.decode("utf-8", "replace")
+
+
+def shorten(value, limit=160):
+    """Long strings (base64 chunks, prompts) cut to `limit` characters for the readable log."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "...(%d chars)" % len(value)
+    if isinstance(value, list):
+        return [shorten(v, limit) for v in value]
+    if isinstance(value, dict):
+        return {k: shorten(v, limit) for k, v in value.items()}
+    return value
+
+
+def render_transcript(records, path):
+    """jsonrpc.txt: one line per message, `>` client to server, `<` server to client."""
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            if "event" in r:
+                f.write("        conn %s: %s %s\n" % (r["conn"], r["event"], r.get("request") or r.get("status") or ""))
+                continue
+            arrow = ">" if r["dir"] == "c2s" else "<"
+            body = r.get("msg", r.get("text", {k: r[k] for k in ("len", "code", "reason") if k in r}))
+            f.write("%7.3f %s %s %s %s\n" % (r["t"], r["conn"], arrow, r["op"], json.dumps(shorten(body), sort_keys=True)))
 
 
 def run_mode(mode, args, log_root):
@@ -292,9 +349,7 @@ def run_mode(mode, args, log_root):
     except subprocess.TimeoutExpired:
         rc = "timeout after %ds" % CODEX_RUN_TIMEOUT_S
     elapsed = time.monotonic() - started
-    # Let the last frames land in the transcript before judging it.
-    time.sleep(0.2)
-    proxy.close()
+    proxy.close()  # waits for the client's connections to drain into the transcript
     model.close()
     server.terminate()
     try:
@@ -306,7 +361,8 @@ def run_mode(mode, args, log_root):
     bodies = model.responses_bodies()
     records = proxy.transcript.records
     calls = rpc_calls(records)
-    methods = [m for m, _ in calls]
+    render_transcript(records, os.path.join(log_dir, "jsonrpc.txt"))
+    methods = [m for m, _, _ in calls]
 
     checks.check(rc == 0, "codex exec exits 0", "exit %s" % rc)
     # AGENTS.md: the client reads it through the exec-server and sends it to the model.
@@ -344,7 +400,7 @@ def run_mode(mode, args, log_root):
         )
         checks.check(not os.path.lexists(sc.escape_path), "escape attempt left nothing at %s" % sc.escape_path)
         escape_started = any(
-            m == "process/start" and sc.escape_path in json.dumps(p) for m, p in calls
+            m == "process/start" and sc.escape_path in json.dumps(p) for m, p, _ in calls
         )
         checks.check(escape_started, "escape command went to the exec-server (process/start)")
         if os.path.lexists(sc.escape_path):
@@ -352,22 +408,30 @@ def run_mode(mode, args, log_root):
     # The work went through the exec-server, not a local fallback.
     checks.check("initialize" in methods, "client sent initialize to the exec-server")
     checks.check(
-        any(m == "process/start" and sc.marker_source in json.dumps(p) for m, p in calls),
-        "exec_command ran via process/start on the exec-server",
+        succeeded(calls, "process/start", sc.marker_source),
+        "exec_command started on the exec-server (process/start answered with a result)",
     )
-    starts = [p for m, p in calls if m == "process/start" and isinstance(p, dict)]
+    checks.check(
+        sc.marker in process_output(records),
+        "the marker came back from the exec-server as process output",
+    )
+    starts = [p for m, p, _ in calls if m == "process/start" and isinstance(p, dict)]
     if mode == "workspace-write":
         checks.check(
             bool(starts) and all(p.get("sandbox") for p in starts),
             "every process/start carried the client's sandbox context",
         )
     checks.check(
-        any(m == "fs/writeFile" and sc.added_file in json.dumps(p) for m, p in calls),
-        "apply_patch wrote via fs/writeFile on the exec-server",
+        succeeded(calls, "fs/writeFile", sc.added_file) and succeeded(calls, "fs/writeFile", sc.updated_file),
+        "apply_patch wrote both files with fs/writeFile on the exec-server",
     )
     checks.check(
-        any(m == "fs/readFile" and sc.image_file in json.dumps(p) for m, p in calls),
-        "view_image read via fs/readFile on the exec-server",
+        succeeded(calls, "fs/readFile", sc.image_file),
+        "view_image read the PNG with fs/readFile on the exec-server",
+    )
+    checks.check(
+        succeeded(calls, "fs/readFile", "AGENTS.md"),
+        "AGENTS.md was read with fs/readFile on the exec-server",
     )
     final = read(last_message).strip()
     checks.check(final == sc.final_text, "final assistant message", repr(final))
@@ -386,7 +450,7 @@ def run_mode(mode, args, log_root):
         json.dump(summary, f, indent=1)
     if not checks.failures and not args.keep:
         shutil.rmtree(base, ignore_errors=True)
-    return checks, log_dir, transcript, methods
+    return checks, log_dir, transcript, methods, workspace
 
 
 def main():
@@ -397,11 +461,22 @@ def main():
     ap.add_argument("--log-dir", required=True)
     ap.add_argument("--keep", action="store_true", help="keep temporary folders even on success")
     args = ap.parse_args()
+    # The server and the client start in their own folders: resolve the paths first.
+    args.codex = shutil.which(args.codex) or args.codex
+    args.exec_server = shutil.which(args.exec_server) or args.exec_server
+    args.codex, args.exec_server, args.log_dir = (
+        os.path.abspath(p) for p in (args.codex, args.exec_server, args.log_dir)
+    )
     os.makedirs(args.log_dir, exist_ok=True)
     passed = failed = 0
     for mode in args.modes.split(","):
         print("e2e: %s ..." % mode, flush=True)
-        checks, log_dir, transcript, methods = run_mode(mode, args, args.log_dir)
+        try:
+            checks, log_dir, transcript, methods, workspace = run_mode(mode, args, args.log_dir)
+        except RuntimeError as e:
+            print("  FAIL %s" % e)
+            failed += 1
+            continue
         for p in checks.passes:
             print("  ok   %s" % p)
         for fl in checks.failures:
@@ -413,8 +488,11 @@ def main():
         print("  exec-server methods: %s" % " ".join(uniq))
         if checks.failures:
             failed += 1
-            print("  JSON-RPC traffic: %s" % transcript)
-            print("  logs: %s" % log_dir)
+            print("  JSON-RPC traffic: %s (readable: jsonrpc.txt beside it)" % transcript)
+            print("  logs: %s (workspace kept: %s)" % (log_dir, workspace))
+            errors = [l for l in read(os.path.join(log_dir, "codex.stderr.log")).splitlines() if " ERROR " in l]
+            for line in errors[:10]:
+                print("  client: %s" % line[:300])
         else:
             passed += 1
     print("e2e: %d passed, %d failed" % (passed, failed))

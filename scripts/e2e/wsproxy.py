@@ -14,6 +14,7 @@ import time
 
 HEADER_LIMIT_BYTES = 64 * 1024
 CONNECT_TIMEOUT_S = 10.0
+DRAIN_TIMEOUT_S = 10.0
 RECV_CHUNK_BYTES = 256 * 1024
 
 OPCODES = {0: "cont", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong"}
@@ -113,6 +114,8 @@ class Transcript:
 
     def note(self, rec):
         with self.lock:
+            if self.file.closed:
+                return
             self.records.append(rec)
             self.file.write(json.dumps(rec, sort_keys=True) + "\n")
             self.file.flush()
@@ -159,7 +162,9 @@ class Proxy:
         self.next_conn = 0
         self.closed = False
         self.sockets = []
-        threading.Thread(target=self._accept_loop, daemon=True).start()
+        self.threads = []
+        self.accepter = threading.Thread(target=self._accept_loop, daemon=True)
+        self.accepter.start()
 
     def _accept_loop(self):
         while not self.closed:
@@ -168,9 +173,9 @@ class Proxy:
             except OSError:
                 return
             self.next_conn += 1
-            threading.Thread(
-                target=self._serve, args=(client, self.next_conn), daemon=True
-            ).start()
+            t = threading.Thread(target=self._serve, args=(client, self.next_conn), daemon=True)
+            self.threads.append(t)
+            t.start()
 
     def _serve(self, client, conn):
         try:
@@ -231,14 +236,23 @@ class Proxy:
                 pass
 
     def close(self):
+        """Stops accepting, lets every relayed connection end (the client has exited, so they
+        do), force-closes what is still open after DRAIN_TIMEOUT_S, then closes the transcript."""
         self.closed = True
         try:
-            self.listener.close()
+            self.listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.listener.close()
+        self.accepter.join(DRAIN_TIMEOUT_S)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        for t in list(self.threads):
+            t.join(max(0.0, deadline - time.monotonic()))
         for s in self.sockets:
             try:
                 s.close()
             except OSError:
                 pass
+        for t in list(self.threads):
+            t.join(1.0)
         self.transcript.close()
