@@ -47,13 +47,23 @@ def png_bytes(width=8, height=8):
     """A small valid RGB PNG, built here so the test ships no binary fixture."""
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     raw = b""
     for y in range(height):
         raw += b"\x00" + b"".join(bytes((x * 30 % 256, y * 30 % 256, 128)) for x in range(width))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 class Scenario:
@@ -85,24 +95,26 @@ class Scenario:
             self.exec_file,
             self.marker_source,
         )
-        self.patch = (
-            "*** Begin Patch\n"
-            "*** Add File: %s\n" % self.added_file
-            + "".join("+%s\n" % l for l in self.added_content.splitlines())
-            + "*** Update File: %s\n" % self.updated_file
-            + "@@\n keep this line\n-old line\n+%s\n" % self.updated_after.splitlines()[1]
-            + "*** End Patch"
+        self.patch = "\n".join(
+            ["*** Begin Patch", "*** Add File: %s" % self.added_file]
+            + ["+" + line for line in self.added_content.splitlines()]
+            + ["*** Update File: %s" % self.updated_file, "@@", " keep this line", "-old line"]
+            + ["+" + self.updated_after.splitlines()[1], "*** End Patch"]
         )
         self.escape_cmd = "echo escaped > %s; echo escape-rc=$?" % self.escape_path
 
         steps = [
-            fake_model.function_call("e2e-exec", "exec_command", {"cmd": self.exec_cmd, "yield_time_ms": 10000}),
+            fake_model.function_call(
+                "e2e-exec", "exec_command", {"cmd": self.exec_cmd, "yield_time_ms": 10000}
+            ),
             fake_model.custom_tool_call("e2e-patch", "apply_patch", self.patch),
             fake_model.function_call("e2e-image", "view_image", {"path": self.image_file}),
         ]
         if mode == "workspace-write":
             steps.append(
-                fake_model.function_call("e2e-escape", "exec_command", {"cmd": self.escape_cmd, "yield_time_ms": 10000})
+                fake_model.function_call(
+                    "e2e-escape", "exec_command", {"cmd": self.escape_cmd, "yield_time_ms": 10000}
+                )
             )
         steps.append(fake_model.assistant_message("msg-final", self.final_text))
         self.steps = steps
@@ -146,10 +158,16 @@ def start_exec_server(binary, home, log_path):
     threading.Thread(target=read_url, daemon=True).start()
     if not printed.wait(SERVER_START_TIMEOUT_S):
         proc.kill()
-        raise RuntimeError("exec-server printed no ws:// URL within %ds (log: %s)" % (SERVER_START_TIMEOUT_S, log_path))
+        raise RuntimeError(
+            "exec-server printed no ws:// URL within %ds (log: %s)"
+            % (SERVER_START_TIMEOUT_S, log_path)
+        )
     if "url" not in found:
         proc.wait(timeout=SERVER_START_TIMEOUT_S)
-        raise RuntimeError("exec-server exited with %s before printing its URL (log: %s)" % (proc.returncode, log_path))
+        raise RuntimeError(
+            "exec-server exited with %s before printing its URL (log: %s)"
+            % (proc.returncode, log_path)
+        )
     return proc, found["url"]
 
 
@@ -203,7 +221,10 @@ def item_text(item):
 def find_output(bodies, call_id):
     for body in bodies:
         for item in body.get("input") or []:
-            if item.get("type") in ("function_call_output", "custom_tool_call_output") and item.get("call_id") == call_id:
+            if (
+                item.get("type") in ("function_call_output", "custom_tool_call_output")
+                and item.get("call_id") == call_id
+            ):
                 return item
     return None
 
@@ -233,12 +254,24 @@ def rpc_calls(records):
     return calls
 
 
-def succeeded(calls, method, needle):
-    """Whether a `method` request whose params mention `needle` got a result (not an error)."""
-    return any(
-        m == method and needle in json.dumps(p) and isinstance(a, dict) and "result" in a
-        for m, p, a in calls
-    )
+def succeeded(calls, methods, needle):
+    """Whether a request matching `methods` whose params mention `needle` got a result (not an
+    error). `methods` is a method name or a tuple of (method, fs/open mode or None) pairs."""
+    if isinstance(methods, str):
+        methods = ((methods, None),)
+    for m, p, a in calls:
+        for method, mode in methods:
+            if m != method or (mode and (p or {}).get("mode") != mode):
+                continue
+            if needle in json.dumps(p) and isinstance(a, dict) and "result" in a:
+                return True
+    return False
+
+
+# A client may stream a file through a handle (fs/open + fs/readBlock/fs/writeBlock) instead of
+# one fs/readFile or fs/writeFile when the server advertises it; either counts.
+FS_READ = (("fs/readFile", None), ("fs/open", "read"))
+FS_WRITE = (("fs/writeFile", None), ("fs/open", "replace"))
 
 
 def process_output(records):
@@ -280,11 +313,70 @@ def render_transcript(records, path):
     with open(path, "w", encoding="utf-8") as f:
         for r in records:
             if "event" in r:
-                f.write("        conn %s: %s %s\n" % (r["conn"], r["event"], r.get("request") or r.get("status") or ""))
+                f.write(
+                    "        conn %s: %s %s\n"
+                    % (r["conn"], r["event"], r.get("request") or r.get("status") or "")
+                )
                 continue
             arrow = ">" if r["dir"] == "c2s" else "<"
-            body = r.get("msg", r.get("text", {k: r[k] for k in ("len", "code", "reason") if k in r}))
-            f.write("%7.3f %s %s %s %s\n" % (r["t"], r["conn"], arrow, r["op"], json.dumps(shorten(body), sort_keys=True)))
+            body = r.get(
+                "msg", r.get("text", {k: r[k] for k in ("len", "code", "reason") if k in r})
+            )
+            f.write(
+                "%7.3f %s %s %s %s\n"
+                % (r["t"], r["conn"], arrow, r["op"], json.dumps(shorten(body), sort_keys=True))
+            )
+
+
+def run_codex(codex, mode, workspace, client_home, exec_server_url, model_url, log_dir):
+    """Runs `codex exec` once in `workspace`; returns (exit code or timeout text, seconds)."""
+    codex_home = os.path.join(client_home, ".codex")
+    write_codex_config(codex_home, model_url)
+    env = dict(os.environ)
+    for key in ("OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(key, None)
+    env.update(
+        {
+            "HOME": client_home,
+            "CODEX_HOME": codex_home,
+            API_KEY_ENV: "e2e-dummy-key",
+            "CODEX_EXEC_SERVER_URL": exec_server_url,
+            "NO_COLOR": "1",
+        }
+    )
+    cmd = [
+        codex,
+        "exec",
+        "--skip-git-repo-check",
+        "--sandbox",
+        mode,
+        "--json",
+        "--color",
+        "never",
+        "-o",
+        os.path.join(log_dir, "last-message.txt"),
+        "Run the end-to-end scenario.",
+    ]
+    with open(os.path.join(log_dir, "codex-command.txt"), "w") as f:
+        f.write("cd %s\n%s\n" % (workspace, " ".join(cmd)))
+    started = time.monotonic()
+    with (
+        open(os.path.join(log_dir, "codex.stdout.jsonl"), "wb") as out,
+        open(os.path.join(log_dir, "codex.stderr.log"), "wb") as err,
+    ):
+        try:
+            rc = subprocess.run(
+                cmd,
+                cwd=workspace,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                timeout=CODEX_RUN_TIMEOUT_S,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout after %ds" % CODEX_RUN_TIMEOUT_S
+    return rc, time.monotonic() - started
 
 
 def run_mode(mode, args, log_root):
@@ -302,61 +394,28 @@ def run_mode(mode, args, log_root):
     transcript = os.path.join(log_dir, "jsonrpc.jsonl")
     server_log = os.path.join(log_dir, "exec-server.stderr.log")
     server, server_url = start_exec_server(args.exec_server, server_home, server_log)
-    proxy = wsproxy.Proxy(server_url, transcript)
-    model = fake_model.FakeModel(sc.steps, log_dir)
-    codex_home = os.path.join(client_home, ".codex")
-    write_codex_config(codex_home, model.base_url)
-    env = dict(os.environ)
-    env.update(
-        {
-            "HOME": client_home,
-            "CODEX_HOME": codex_home,
-            API_KEY_ENV: "e2e-dummy-key",
-            "CODEX_EXEC_SERVER_URL": proxy.url,
-            "NO_COLOR": "1",
-        }
-    )
-    for key in ("OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL"):
-        env.pop(key, None)
-    last_message = os.path.join(log_dir, "last-message.txt")
-    cmd = [
-        args.codex,
-        "exec",
-        "--skip-git-repo-check",
-        "--sandbox",
-        mode,
-        "--json",
-        "--color",
-        "never",
-        "-o",
-        last_message,
-        "Run the end-to-end scenario.",
-    ]
-    with open(os.path.join(log_dir, "codex-command.txt"), "w") as f:
-        f.write("cd %s\nCODEX_EXEC_SERVER_URL=%s (proxy of %s)\n%s\n" % (workspace, proxy.url, server_url, " ".join(cmd)))
-    started = time.monotonic()
+    proxy = model = None
     try:
-        result = subprocess.run(
-            cmd,
-            cwd=workspace,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=open(os.path.join(log_dir, "codex.stdout.jsonl"), "wb"),
-            stderr=open(os.path.join(log_dir, "codex.stderr.log"), "wb"),
-            timeout=CODEX_RUN_TIMEOUT_S,
+        proxy = wsproxy.Proxy(server_url, transcript)
+        model = fake_model.FakeModel(sc.steps, log_dir)
+        rc, elapsed = run_codex(
+            args.codex, mode, workspace, client_home, proxy.url, model.base_url, log_dir
         )
-        rc = result.returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout after %ds" % CODEX_RUN_TIMEOUT_S
-    elapsed = time.monotonic() - started
-    proxy.close()  # waits for the client's connections to drain into the transcript
-    model.close()
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(timeout=10)
+        with open(os.path.join(log_dir, "codex-command.txt"), "a") as f:
+            f.write(
+                "CODEX_EXEC_SERVER_URL=%s is the logging proxy of %s\n" % (proxy.url, server_url)
+            )
+    finally:
+        if proxy:
+            proxy.close()  # waits for the client's connections to drain into the transcript
+        if model:
+            model.close()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
 
     bodies = model.responses_bodies()
     records = proxy.transcript.records
@@ -372,14 +431,22 @@ def run_mode(mode, args, log_root):
     out = find_output(bodies, "e2e-exec")
     checks.check(out is not None, "exec_command output returned to the model")
     if out is not None:
-        checks.check(sc.marker in item_text(out), "exec_command output carries the marker", item_text(out)[:400])
+        checks.check(
+            sc.marker in item_text(out),
+            "exec_command output carries the marker",
+            item_text(out)[:400],
+        )
     got = read(os.path.join(workspace, sc.exec_file))
     checks.check(got == sc.exec_content, "exec_command wrote %s" % sc.exec_file, repr(got))
     # apply_patch: one file added, one updated.
     out = find_output(bodies, "e2e-patch")
     checks.check(out is not None, "apply_patch output returned to the model")
     got = read(os.path.join(workspace, sc.added_file))
-    checks.check(got == sc.added_content, "apply_patch added %s" % sc.added_file, repr(got) + " / tool output: " + (item_text(out)[:400] if out else "-"))
+    checks.check(
+        got == sc.added_content,
+        "apply_patch added %s" % sc.added_file,
+        repr(got) + " / tool output: " + (item_text(out)[:400] if out else "-"),
+    )
     got = read(os.path.join(workspace, sc.updated_file))
     checks.check(got == sc.updated_after, "apply_patch updated %s" % sc.updated_file, repr(got))
     # view_image: the PNG's bytes reach the model as an input_image data URL.
@@ -398,7 +465,10 @@ def run_mode(mode, args, log_root):
             "escape attempt fails inside the sandbox",
             text[:400],
         )
-        checks.check(not os.path.lexists(sc.escape_path), "escape attempt left nothing at %s" % sc.escape_path)
+        checks.check(
+            not os.path.lexists(sc.escape_path),
+            "escape attempt left nothing at %s" % sc.escape_path,
+        )
         escape_started = any(
             m == "process/start" and sc.escape_path in json.dumps(p) for m, p, _ in calls
         )
@@ -422,18 +492,18 @@ def run_mode(mode, args, log_root):
             "every process/start carried the client's sandbox context",
         )
     checks.check(
-        succeeded(calls, "fs/writeFile", sc.added_file) and succeeded(calls, "fs/writeFile", sc.updated_file),
-        "apply_patch wrote both files with fs/writeFile on the exec-server",
+        succeeded(calls, FS_WRITE, sc.added_file) and succeeded(calls, FS_WRITE, sc.updated_file),
+        "apply_patch wrote both files on the exec-server (fs/writeFile)",
     )
     checks.check(
-        succeeded(calls, "fs/readFile", sc.image_file),
-        "view_image read the PNG with fs/readFile on the exec-server",
+        succeeded(calls, FS_READ, sc.image_file),
+        "view_image read the PNG on the exec-server (fs/readFile)",
     )
     checks.check(
-        succeeded(calls, "fs/readFile", "AGENTS.md"),
-        "AGENTS.md was read with fs/readFile on the exec-server",
+        succeeded(calls, FS_READ, "AGENTS.md"),
+        "AGENTS.md was read on the exec-server (fs/readFile)",
     )
-    final = read(last_message).strip()
+    final = read(os.path.join(log_dir, "last-message.txt")).strip()
     checks.check(final == sc.final_text, "final assistant message", repr(final))
 
     summary = {
@@ -490,7 +560,8 @@ def main():
             failed += 1
             print("  JSON-RPC traffic: %s (readable: jsonrpc.txt beside it)" % transcript)
             print("  logs: %s (workspace kept: %s)" % (log_dir, workspace))
-            errors = [l for l in read(os.path.join(log_dir, "codex.stderr.log")).splitlines() if " ERROR " in l]
+            stderr = read(os.path.join(log_dir, "codex.stderr.log")).splitlines()
+            errors = [line for line in stderr if " ERROR " in line]
             for line in errors[:10]:
                 print("  client: %s" % line[:300])
         else:

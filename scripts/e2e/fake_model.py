@@ -50,9 +50,7 @@ def sse_body(response_id, item):
         {"type": "response.output_item.done", "item": item},
         {"type": "response.completed", "response": {"id": response_id, "usage": USAGE}},
     ]
-    return "".join(
-        "event: %s\ndata: %s\n\n" % (e["type"], json.dumps(e)) for e in events
-    ).encode()
+    return "".join("event: %s\ndata: %s\n\n" % (e["type"], json.dumps(e)) for e in events).encode()
 
 
 def output_call_ids(body):
@@ -123,7 +121,11 @@ class FakeModel:
             n = len(self.requests)
             self.requests.append((method, path, dict(headers), body))
         with open(os.path.join(self.log_dir, "%03d.json" % n), "w", encoding="utf-8") as f:
-            json.dump({"method": method, "path": path, "headers": dict(headers), "body": body}, f, indent=1)
+            json.dump(
+                {"method": method, "path": path, "headers": dict(headers), "body": body},
+                f,
+                indent=1,
+            )
 
     def _next(self, body):
         done = output_call_ids(body)
@@ -136,7 +138,11 @@ class FakeModel:
 
     def responses_bodies(self):
         with self.lock:
-            return [b for (m, p, _, b) in self.requests if m == "POST" and p.rstrip("/").endswith("/responses")]
+            return [
+                b
+                for (m, p, _, b) in self.requests
+                if m == "POST" and p.rstrip("/").endswith("/responses")
+            ]
 
     def close(self):
         self.server.shutdown()

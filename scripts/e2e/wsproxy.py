@@ -141,7 +141,7 @@ def _read_head(sock):
 
 def _strip_extensions(head):
     lines = head.split(b"\r\n")
-    kept = [l for l in lines if not l.lower().startswith(b"sec-websocket-extensions:")]
+    kept = [h for h in lines if not h.lower().startswith(b"sec-websocket-extensions:")]
     return b"\r\n".join(kept)
 
 
