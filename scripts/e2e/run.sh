@@ -31,13 +31,13 @@ fetch_codex() {
   command -v npm >/dev/null || { echo "e2e: npm is needed to fetch $NPM_SPEC (or set CODEX_E2E_BIN)" >&2; exit 2; }
   local tmp
   tmp=$(mktemp -d "$cache/fetch.XXXXXX")
+  trap "rm -rf '$tmp'" EXIT  # fires when $(fetch_codex)'s subshell ends
   echo "e2e: fetching $NPM_SPEC into $dir" >&2
   (cd "$tmp" && npm pack --silent "$NPM_SPEC" >/dev/null)
   mkdir -p "$tmp/unpacked"
   tar -xzf "$tmp"/*.tgz -C "$tmp/unpacked"
   rm -rf "$dir"
   mv "$tmp/unpacked" "$dir"
-  rm -rf "$tmp"
   echo "$dir/$CODEX_IN_PACKAGE"
 }
 
