@@ -37,3 +37,12 @@ static:
 .PHONY: bench
 bench:
 	$(CARGO) bench --bench perf
+
+# The real codex 0.171 client runs a scripted task through exec-server in both sandbox modes,
+# with a fake model server (scripts/e2e/). Fetches the client once into .cache/e2e/ (npm);
+# not part of `make test`. EXEC_SERVER_BIN=path tests another server (`upstream` = the client's
+# own `codex exec-server`); CODEX_E2E_BIN=path uses a client on disk; E2E_MODES picks modes.
+.PHONY: e2e
+e2e:
+	$(if $(EXEC_SERVER_BIN),,$(CARGO) build --release)
+	./scripts/e2e/run.sh
