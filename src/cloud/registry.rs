@@ -391,8 +391,9 @@ fn status_text(status: StatusCode) -> String {
 /// What an error body contributes to a message (§8.4).
 struct ErrorBody {
     code: Option<String>,
-    /// `error.message`; else `empty error body` for a JSON error body without one; else
-    /// the trimmed body's first 4096 characters; `None` for an empty body.
+    /// `error.message`; else the trimmed body's first 4096 characters (also for a JSON
+    /// error body without a message, e.g. `{"error":{"code":"bad_request"}}`); `None` for
+    /// an empty body.
     message: Option<String>,
 }
 
@@ -408,15 +409,16 @@ impl ErrorBody {
             };
             return ErrorBody {
                 code: text("code"),
-                message: Some(text("message").unwrap_or_else(|| "empty error body".to_owned())),
+                message: Some(text("message").unwrap_or_else(|| preview(trimmed))),
             };
         }
-        ErrorBody {
-            code: None,
-            message: (!trimmed.is_empty())
-                .then(|| trimmed.chars().take(BODY_PREVIEW_CHARS).collect()),
-        }
+        ErrorBody { code: None, message: (!trimmed.is_empty()).then(|| preview(trimmed)) }
     }
+}
+
+/// The part of a trimmed error body that goes into a message.
+fn preview(trimmed: &str) -> String {
+    trimmed.chars().take(BODY_PREVIEW_CHARS).collect()
 }
 
 /// Lenient 2xx parsing: `url` (ws/wss) is required, `id` and `executor_id` optional, other
@@ -669,8 +671,17 @@ mod tests {
             err.to_string(),
             "executor registry request failed (400 Bad Request): empty or malformed error body"
         );
-        let (err, _) = outcome(422, &[], r#"{"error":{"code":"invalid"}}"#);
-        assert_eq!(err.to_string(), "executor registry request failed (422 Unprocessable Entity, invalid): empty error body");
+        // §8.4 (corrected): a JSON error without `message` reports the trimmed body text.
+        let (err, _) = outcome(422, &[], r#" {"error":{"code":"invalid"}} "#);
+        assert_eq!(
+            err.to_string(),
+            r#"executor registry request failed (422 Unprocessable Entity, invalid): {"error":{"code":"invalid"}}"#
+        );
+        let (err, _) = outcome(403, &[], r#"{"error":{"code":"bad_request"}}"#);
+        assert_eq!(
+            err.to_string(),
+            r#"executor registry authentication error: executor registry authentication failed (403 Forbidden): {"error":{"code":"bad_request"}}"#
+        );
         let long = "x".repeat(5000);
         let (err, _) = outcome(400, &[], &long);
         assert_eq!(
