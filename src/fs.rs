@@ -7,10 +7,10 @@ use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::b64;
 use crate::rpc::RpcError;
@@ -23,7 +23,6 @@ pub const READ_LIMIT_BYTES: u64 = 512 << 20;
 /// encode without padding) small enough to stay in cache between the read and the encode.
 const READ_CHUNK_BYTES: usize = 3 << 16;
 
-const RELATIVE_PATH: &str = "AbsolutePathBuf deserialized without a base path";
 const SANDBOX_REFUSED: &str = "sandboxed filesystem operations are not supported by this executor";
 const COPY_DIR_NEEDS_RECURSIVE: &str =
     "fs/copy requires recursive: true when sourcePath is a directory";
@@ -31,60 +30,14 @@ const COPY_INTO_ITSELF: &str =
     "fs/copy cannot copy a directory to itself or one of its descendants";
 const COPY_UNSUPPORTED: &str = "fs/copy only supports regular files, directories, and symlinks";
 
-/// An absolute path, lexically normalized when decoded. A relative path is a decode error
-/// (-32602) with the exact text clients match on (§6).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AbsolutePath(PathBuf);
+// Issue 12: every path decodes through the one wire path type of `uri.rs` (a `file:` URI
+// or a native absolute path); `as_path` refuses a URI naming another host (-32600).
+pub use crate::uri::AbsolutePath;
 
-impl AbsolutePath {
-    pub fn as_path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for AbsolutePath {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        /// Names the expected type `path string`, as the reference's decoder does
-        /// (``invalid type: integer `5`, expected path string``).
-        struct PathVisitor;
-
-        impl serde::de::Visitor<'_> for PathVisitor {
-            type Value = AbsolutePath;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("path string")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<AbsolutePath, E> {
-                normalize(raw).map(AbsolutePath).ok_or_else(|| E::custom(RELATIVE_PATH))
-            }
-        }
-
-        deserializer.deserialize_str(PathVisitor)
-    }
-}
-
-/// Lexical normalization: `.` and `..` are removed without touching the disk
-/// (`/a/link/../x` → `/a/x`), repeated and trailing slashes dropped, and `..` at the root
-/// stays at the root. `None` for a relative path.
-pub fn normalize(path: &str) -> Option<PathBuf> {
-    let path = Path::new(path);
-    if !path.has_root() {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::Normal(name) => out.push(name),
-            // `pop` on "/" is a no-op, which is exactly "`..` of the root is the root".
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Some(out)
-}
+pub mod canonicalize;
+pub mod handles;
+pub mod walk;
+pub mod watch;
 
 /// `{}` on the wire.
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
@@ -146,6 +99,8 @@ pub struct GetMetadataResponse {
     pub is_directory: bool,
     pub is_file: bool,
     pub is_symlink: bool,
+    /// Bytes (`st_size`, following a symlink); v2 (0.171) requires it.
+    pub size: u64,
     pub created_at_ms: i64,
     pub modified_at_ms: i64,
 }
@@ -250,7 +205,7 @@ pub fn read_file_into(p: ReadFileParams, out: &mut String) -> Result<(), RpcErro
     const TAIL: &str = r#""}"#;
     check_sandbox(p.sandbox.as_ref())?;
     let mut file =
-        open_nonblocking(p.path.as_path(), File::options().read(true)).map_err(io_error)?;
+        open_nonblocking(p.path.as_path()?, File::options().read(true)).map_err(io_error)?;
     let len = file.metadata().map_err(io_error)?.len();
     if len > READ_LIMIT_BYTES {
         return Err(too_large());
@@ -322,7 +277,7 @@ pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     // The base64 text is no longer needed; release it before the write if it was copied.
     drop(p.data_base64);
     let mut file =
-        open_nonblocking(p.path.as_path(), File::options().write(true).create(true).truncate(true))
+        open_nonblocking(p.path.as_path()?, File::options().write(true).create(true).truncate(true))
             .map_err(io_error)?;
     file.write_all(&data).map_err(io_error)?;
     Ok(Empty {})
@@ -330,7 +285,7 @@ pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
 
 pub fn create_directory(p: CreateDirectoryParams) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let path = p.path.as_path();
+    let path = p.path.as_path()?;
     if p.recursive.unwrap_or(true) {
         fs::create_dir_all(path).map_err(io_error)?;
     } else {
@@ -341,7 +296,7 @@ pub fn create_directory(p: CreateDirectoryParams) -> Result<Empty, RpcError> {
 
 pub fn get_metadata(p: GetMetadataParams) -> Result<GetMetadataResponse, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let path = p.path.as_path();
+    let path = p.path.as_path()?;
     let link = fs::symlink_metadata(path).map_err(io_error)?;
     let meta = if link.file_type().is_symlink() {
         fs::metadata(path).map_err(io_error)?
@@ -352,6 +307,7 @@ pub fn get_metadata(p: GetMetadataParams) -> Result<GetMetadataResponse, RpcErro
         is_directory: meta.is_dir(),
         is_file: meta.is_file(),
         is_symlink: link.file_type().is_symlink(),
+        size: meta.len(),
         // Birth time is not recorded by every filesystem (nor returned by old kernels).
         created_at_ms: meta.created().map(unix_ms).unwrap_or(0),
         // `mtime_nsec` is never negative, so this floors times before the epoch too.
@@ -378,7 +334,7 @@ fn unix_ms(t: SystemTime) -> i64 {
 pub fn read_directory(p: ReadDirectoryParams) -> Result<ReadDirectoryResponse, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
     let mut entries = Vec::new();
-    for entry in fs::read_dir(p.path.as_path()).map_err(io_error)? {
+    for entry in fs::read_dir(p.path.as_path()?).map_err(io_error)? {
         let entry = entry.map_err(io_error)?;
         // Follows symlinks; a dangling link (or an entry removed meanwhile) is skipped (§6).
         let Ok(meta) = fs::metadata(entry.path()) else {
@@ -395,7 +351,7 @@ pub fn read_directory(p: ReadDirectoryParams) -> Result<ReadDirectoryResponse, R
 
 pub fn remove(p: RemoveParams) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let path = p.path.as_path();
+    let path = p.path.as_path()?;
     let force = p.force.unwrap_or(true);
     let result = fs::symlink_metadata(path).and_then(|meta| {
         // `symlink_metadata` does not follow links, so a link to a directory is unlinked
@@ -416,8 +372,8 @@ pub fn remove(p: RemoveParams) -> Result<Empty, RpcError> {
 
 pub fn copy(p: CopyParams) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let source = p.source_path.as_path();
-    let destination = p.destination_path.as_path();
+    let source = p.source_path.as_path()?;
+    let destination = p.destination_path.as_path()?;
     let kind = fs::symlink_metadata(source).map_err(io_error)?.file_type();
     if kind.is_dir() {
         if !p.recursive {
@@ -513,6 +469,7 @@ fn copy_tree(source: &Path, destination: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uri::normalize;
     use serde_json::json;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
@@ -536,7 +493,7 @@ mod tests {
             self.0.join(name)
         }
         fn path(&self, name: &str) -> AbsolutePath {
-            AbsolutePath(self.join(name))
+            AbsolutePath::from_path(self.join(name))
         }
     }
 
@@ -547,7 +504,7 @@ mod tests {
     }
 
     fn abs(p: &Path) -> AbsolutePath {
-        AbsolutePath(p.to_path_buf())
+        AbsolutePath::from_path(p.to_path_buf())
     }
 
     fn copy_params(source: &Path, destination: &Path, recursive: bool) -> CopyParams {
@@ -584,13 +541,13 @@ mod tests {
     #[test]
     fn relative_path_is_a_decode_error_with_the_exact_message() {
         let err = serde_json::from_str::<ReadFileParams>(r#"{"path":"tmp/x"}"#).unwrap_err();
-        assert!(err.to_string().starts_with(RELATIVE_PATH), "{err}");
+        assert!(err.to_string().starts_with("invalid URI: relative URL without a base"), "{err}");
         let err = serde_json::from_str::<ReadFileParams>(r#"{"path":5}"#).unwrap_err();
-        assert!(err.to_string().starts_with("invalid type: integer `5`, expected path string"));
+        assert!(err.to_string().starts_with("invalid type: integer `5`, expected a string"));
         let p: ReadFileParams = serde_json::from_str(r#"{"path":"/a\/b\u0041"}"#).unwrap();
-        assert_eq!(p.path.as_path(), Path::new("/a/bA"));
+        assert_eq!(p.path.as_path().unwrap(), Path::new("/a/bA"));
         let p: ReadFileParams = serde_json::from_str(r#"{"path":"/tmp/./a/../x"}"#).unwrap();
-        assert_eq!(p.path.as_path(), Path::new("/tmp/x"));
+        assert_eq!(p.path.as_path().unwrap(), Path::new("/tmp/x"));
         let err =
             serde_json::from_str::<CopyParams>(r#"{"sourcePath":"/a","destinationPath":"/b"}"#)
                 .unwrap_err();
@@ -669,7 +626,7 @@ mod tests {
     #[test]
     fn sandbox_is_checked_before_the_filesystem() {
         let sandbox = Some(json!({"sandboxPolicy":{"type":"read-only"}}));
-        let missing = AbsolutePath(PathBuf::from("/nonexistent/exec-server/x"));
+        let missing = AbsolutePath::from_path(PathBuf::from("/nonexistent/exec-server/x"));
         let err = read_file(ReadFileParams { path: missing.clone(), sandbox: sandbox.clone() });
         assert_eq!(err.unwrap_err(), RpcError::invalid_request(SANDBOX_REFUSED));
         let err = write_file(WriteFileParams { path: missing, data_base64: "!!".into(), sandbox });

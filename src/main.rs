@@ -6,6 +6,7 @@ mod b64;
 mod cli;
 mod cloud;
 mod config;
+mod environment;
 mod envpolicy;
 mod fs;
 mod pool;
@@ -19,6 +20,7 @@ mod shutdown;
 mod socket;
 mod stdio;
 mod tls;
+mod uri;
 
 use std::io::Write;
 use std::net::TcpListener;

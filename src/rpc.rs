@@ -57,7 +57,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
-use crate::fs;
+use crate::environment::{self, EnvironmentInfo};
+use crate::fs::{self, canonicalize, handles, walk, watch};
 use crate::pool::Pool;
 use crate::process::StartParams;
 use crate::session::{Session, Sessions};
@@ -296,6 +297,8 @@ impl<T: AsRef<str> + Send + 'static> AsStr for T {
 enum Key {
     Process(String),
     Path(PathBuf),
+    /// An `fs/open` handle id (v2): its blocks and its close run in arrival order.
+    Handle(String),
 }
 
 /// Whether the reader should keep reading this connection.
@@ -310,6 +313,8 @@ pub enum Flow {
 enum Family {
     Exec,
     Filesystem,
+    EnvironmentInfo,
+    EnvironmentStatus,
 }
 
 impl Family {
@@ -317,6 +322,8 @@ impl Family {
         match self {
             Family::Exec => "exec",
             Family::Filesystem => "filesystem",
+            Family::EnvironmentInfo => "environment info",
+            Family::EnvironmentStatus => "environment status",
         }
     }
 }
@@ -549,6 +556,24 @@ impl Connection {
             }
             "fs/remove" => self.gated(Family::Filesystem, id, params, |p, _| fs::remove(p)),
             "fs/copy" => self.gated(Family::Filesystem, id, params, |p, _| fs::copy(p)),
+            // Protocol v2 (issue 12).
+            "environment/info" => {
+                self.gated(Family::EnvironmentInfo, id, params, |p, _| environment::info(p))
+            }
+            "environment/status" => {
+                self.gated(Family::EnvironmentStatus, id, params, |p, _| environment::status(p))
+            }
+            "fs/canonicalize" => self
+                .gated(Family::Filesystem, id, params, |p, _| canonicalize::canonicalize(p)),
+            "fs/walk" => self.gated(Family::Filesystem, id, params, |p, _| walk::walk(p)),
+            "fs/open" => self.gated(Family::Filesystem, id, params, |p, s| handles::open(p, &s.handles)),
+            "fs/readBlock" => self
+                .gated(Family::Filesystem, id, params, |p, s| handles::read_block(p, &s.handles)),
+            "fs/writeBlock" => self
+                .gated(Family::Filesystem, id, params, |p, s| handles::write_block(p, &s.handles)),
+            "fs/close" => self.gated(Family::Filesystem, id, params, |p, s| handles::close(p, &s.handles)),
+            "fs/watchMissing" => self
+                .gated(Family::Filesystem, id, params, |p, s| watch::watch_missing(p, &s.watches)),
             other => Err(RpcError::method_not_found(other)),
         };
         (result, after)
@@ -633,7 +658,7 @@ impl Connection {
         log::info!("connection {}: client `{}` on session {}", self.id, p.client_name, session.id);
         let session_id = session.id.clone();
         state.session = Some(session);
-        Ok(InitializeResponse { session_id })
+        Ok(InitializeResponse { session_id, environment_info: environment::current() })
     }
 }
 
@@ -652,6 +677,8 @@ struct InitializeParams {
 #[serde(rename_all = "camelCase")]
 struct InitializeResponse {
     session_id: String,
+    /// v2: what `environment/info` returns.
+    environment_info: EnvironmentInfo,
 }
 
 /// The message shapes of §2.1, borrowing from the frame.
@@ -776,7 +803,8 @@ fn closing_quote(json: &str, from: usize) -> Option<usize> {
 /// before decoding; below it, one direct decode is cheaper than the extra pass.
 const KEYS_SCAN_MIN_BYTES: usize = 4096;
 /// The params members `keys` reads (the fields of its `Named`).
-const KEY_MEMBERS: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
+const KEY_MEMBERS: [&str; 6] =
+    ["processId", "path", "sourcePath", "destinationPath", "waitMs", "handleId"];
 
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
 /// to long-poll (`waitMs` above zero).
@@ -789,6 +817,7 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
         source_path: Option<String>,
         destination_path: Option<String>,
         wait_ms: Option<u64>,
+        handle_id: Option<String>,
     }
     // In large params only the named members are decoded: a file's base64 is skipped with
     // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
@@ -802,8 +831,11 @@ fn keys(params: &str) -> (Vec<Key>, bool) {
     if let Some(id) = named.process_id {
         keys.push(Key::Process(id));
     }
+    if let Some(id) = named.handle_id {
+        keys.push(Key::Handle(id));
+    }
     for path in [named.path, named.source_path, named.destination_path].into_iter().flatten() {
-        if let Some(path) = fs::normalize(&path) {
+        if let Some(path) = crate::uri::key_path(&path) {
             keys.push(Key::Path(path));
         }
     }
