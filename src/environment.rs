@@ -52,7 +52,10 @@ impl<'de> Deserialize<'de> for NoParams {
                 Ok(NoParams)
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoParams, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<NoParams, A::Error> {
                 match map.next_key::<serde::de::IgnoredAny>()? {
                     None => Ok(NoParams),
                     Some(_) => {
@@ -158,6 +161,8 @@ pub fn status(_: NoParams) -> Result<StatusResponse, RpcError> {
 /// The environment info of this daemon now.
 pub fn current() -> EnvironmentInfo {
     let tmpdir = std::env::var_os("TMPDIR").filter(|t| Path::new(t).is_absolute());
+    // `std::env::temp_dir` would return an empty or relative `$TMPDIR` as it is.
+    let temp_dir = tmpdir.as_ref().map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
     EnvironmentInfo {
         shell: detect_shell(
             passwd_shell().as_deref(),
@@ -171,7 +176,7 @@ pub fn current() -> EnvironmentInfo {
         platform_os: "linux",
         // Upstream lists `$TMPDIR` here when it is set, and nothing otherwise.
         temporary_directories: tmpdir.iter().map(|t| Uri(PathBuf::from(t))).collect(),
-        temp_dir: Uri(std::env::temp_dir()),
+        temp_dir: Uri(temp_dir),
         capabilities: Capabilities::implemented(),
     }
 }
@@ -219,9 +224,10 @@ pub fn hostname() -> Vec<u8> {
 /// known, else the first of bash, zsh, sh found on `PATH`, else `sh`.
 fn detect_shell(passwd: Option<&Path>, env_shell: Option<&str>, path: Option<&Path>) -> ShellInfo {
     let known = |candidate: &str| {
-        KNOWN_SHELLS.iter().find(|(_, paths)| paths.contains(&candidate)).map(|(name, _)| {
-            ShellInfo { name: (*name).to_string(), path: candidate.to_string() }
-        })
+        KNOWN_SHELLS
+            .iter()
+            .find(|(_, paths)| paths.contains(&candidate))
+            .map(|(name, _)| ShellInfo { name: (*name).to_string(), path: candidate.to_string() })
     };
     if let Some(shell) = passwd.and_then(|p| p.to_str()).and_then(known) {
         return shell;
@@ -237,7 +243,10 @@ fn detect_shell(passwd: Option<&Path>, env_shell: Option<&str>, path: Option<&Pa
             .map(|dir| dir.join(name))
             .find(|candidate| candidate.is_file());
         if let Some(found) = found {
-            return ShellInfo { name: name.to_string(), path: found.to_string_lossy().into_owned() };
+            return ShellInfo {
+                name: name.to_string(),
+                path: found.to_string_lossy().into_owned(),
+            };
         }
     }
     ShellInfo { name: "sh".into(), path: "/bin/sh".into() }
@@ -280,7 +289,10 @@ mod tests {
         let bash = ShellInfo { name: "bash".into(), path: "/bin/bash".into() };
         assert_eq!(detect_shell(Some(Path::new("/bin/bash")), Some("/bin/sh"), None), bash);
         let zsh = ShellInfo { name: "zsh".into(), path: "/usr/bin/zsh".into() };
-        assert_eq!(detect_shell(Some(Path::new("/usr/sbin/nologin")), Some("/usr/bin/zsh"), None), zsh);
+        assert_eq!(
+            detect_shell(Some(Path::new("/usr/sbin/nologin")), Some("/usr/bin/zsh"), None),
+            zsh
+        );
         // Look-alikes are not shells.
         let sh = ShellInfo { name: "sh".into(), path: "/bin/sh".into() };
         assert_eq!(detect_shell(Some(Path::new("/tmp/bash")), Some("/tmp/zsh"), None), sh);
@@ -288,7 +300,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("zsh"), b"").unwrap();
         let found = detect_shell(None, None, Some(&dir));
-        assert_eq!(found, ShellInfo { name: "zsh".into(), path: dir.join("zsh").to_string_lossy().into() });
+        assert_eq!(
+            found,
+            ShellInfo { name: "zsh".into(), path: dir.join("zsh").to_string_lossy().into() }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -327,7 +342,8 @@ mod tests {
 
     #[test]
     fn no_params_accepts_only_nothing() {
-        let p = |s: &str| serde_json::from_str::<NoParams>(s).map(|_| ()).map_err(|e| e.to_string());
+        let p =
+            |s: &str| serde_json::from_str::<NoParams>(s).map(|_| ()).map_err(|e| e.to_string());
         assert_eq!(p("null"), Ok(()));
         assert_eq!(p("{}"), Ok(()));
         assert!(p(r#"{"a":1}"#).unwrap_err().starts_with("invalid type: map, expected unit"));

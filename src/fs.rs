@@ -276,9 +276,11 @@ pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     })?;
     // The base64 text is no longer needed; release it before the write if it was copied.
     drop(p.data_base64);
-    let mut file =
-        open_nonblocking(p.path.as_path()?, File::options().write(true).create(true).truncate(true))
-            .map_err(io_error)?;
+    let mut file = open_nonblocking(
+        p.path.as_path()?,
+        File::options().write(true).create(true).truncate(true),
+    )
+    .map_err(io_error)?;
     file.write_all(&data).map_err(io_error)?;
     Ok(Empty {})
 }

@@ -563,15 +563,20 @@ impl Connection {
             "environment/status" => {
                 self.gated(Family::EnvironmentStatus, id, params, |p, _| environment::status(p))
             }
-            "fs/canonicalize" => self
-                .gated(Family::Filesystem, id, params, |p, _| canonicalize::canonicalize(p)),
+            "fs/canonicalize" => {
+                self.gated(Family::Filesystem, id, params, |p, _| canonicalize::canonicalize(p))
+            }
             "fs/walk" => self.gated(Family::Filesystem, id, params, |p, _| walk::walk(p)),
-            "fs/open" => self.gated(Family::Filesystem, id, params, |p, s| handles::open(p, &s.handles)),
+            "fs/open" => {
+                self.gated(Family::Filesystem, id, params, |p, s| handles::open(p, &s.handles))
+            }
             "fs/readBlock" => self
                 .gated(Family::Filesystem, id, params, |p, s| handles::read_block(p, &s.handles)),
             "fs/writeBlock" => self
                 .gated(Family::Filesystem, id, params, |p, s| handles::write_block(p, &s.handles)),
-            "fs/close" => self.gated(Family::Filesystem, id, params, |p, s| handles::close(p, &s.handles)),
+            "fs/close" => {
+                self.gated(Family::Filesystem, id, params, |p, s| handles::close(p, &s.handles))
+            }
             "fs/watchMissing" => self
                 .gated(Family::Filesystem, id, params, |p, s| watch::watch_missing(p, &s.watches)),
             other => Err(RpcError::method_not_found(other)),

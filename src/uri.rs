@@ -248,7 +248,17 @@ fn parse_host(host: &str) -> Result<String, String> {
             || *b == 0x7f
             || matches!(
                 b,
-                b'#' | b'%' | b'/' | b':' | b'<' | b'>' | b'?' | b'@' | b'[' | b'\\' | b']' | b'^'
+                b'#' | b'%'
+                    | b'/'
+                    | b':'
+                    | b'<'
+                    | b'>'
+                    | b'?'
+                    | b'@'
+                    | b'['
+                    | b'\\'
+                    | b']'
+                    | b'^'
                     | b'|'
             )
     };
@@ -383,13 +393,17 @@ mod tests {
         assert_eq!(decode_error("file://user@localhost/tmp"), BAD_HOST);
         assert_eq!(decode_error("file://host%20x/tmp"), BAD_HOST);
         assert_eq!(decode_error("file://exa mple/tmp"), BAD_HOST);
-        assert_eq!(decode_error("file:///tmp/d/a%00b"), "'file:///tmp/d/a%00b' is invalid on 'linux'");
+        assert_eq!(
+            decode_error("file:///tmp/d/a%00b"),
+            "'file:///tmp/d/a%00b' is invalid on 'linux'"
+        );
         assert_eq!(decode_error(" FILE:///a b/../c%00 "), "'file:///c%00' is invalid on 'linux'");
     }
 
     #[test]
     fn other_hosts_and_drives_fail_only_on_use() {
-        let invalid = |uri: &str| RpcError::invalid_request(format!("'{uri}' is invalid on 'linux'"));
+        let invalid =
+            |uri: &str| RpcError::invalid_request(format!("'{uri}' is invalid on 'linux'"));
         assert_eq!(use_error("file://otherhost/tmp/a%20b"), invalid("file://otherhost/tmp/a%20b"));
         assert_eq!(use_error("FILE://Other/a b/../c"), invalid("file://other/c"));
         assert_eq!(use_error("file://127.0.0.1/tmp"), invalid("file://127.0.0.1/tmp"));
@@ -414,7 +428,10 @@ mod tests {
         let err = serde_json::from_str::<P>(r#"{"path":true}"#).err().expect("fails");
         assert!(err.to_string().starts_with("invalid type: boolean `true`, expected a string"));
         let err = serde_json::from_str::<P>(r#"{"path":"/a\u0000b"}"#).map(|p| p.path);
-        assert_eq!(err.expect("v1 keeps NULs for the handler").local().map(|p| p.to_owned()), Some(PathBuf::from("/a\0b")));
+        assert_eq!(
+            err.expect("v1 keeps NULs for the handler").local().map(|p| p.to_owned()),
+            Some(PathBuf::from("/a\0b"))
+        );
     }
 
     #[test]
@@ -434,7 +451,10 @@ mod tests {
         for bytes in [&b"/a b/%41/\xff\xfe/#?"[..], b"/x/\x01\x1f", b"/"] {
             assert_eq!(local(&uri(bytes)), bytes);
         }
-        assert_eq!(serde_json::to_string(&Uri(PathBuf::from("/a b"))).unwrap(), r#""file:///a%20b""#);
+        assert_eq!(
+            serde_json::to_string(&Uri(PathBuf::from("/a b"))).unwrap(),
+            r#""file:///a%20b""#
+        );
     }
 
     #[test]

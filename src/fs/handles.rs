@@ -211,14 +211,20 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("exec-server-handles-{}-{tag}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("exec-server-handles-{}-{tag}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
     }
 
     fn open_params(id: &str, path: &Path, mode: Mode) -> OpenParams {
-        OpenParams { handle_id: id.into(), path: AbsolutePath::from_path(path), mode, sandbox: None }
+        OpenParams {
+            handle_id: id.into(),
+            path: AbsolutePath::from_path(path),
+            mode,
+            sandbox: None,
+        }
     }
 
     fn read(h: &Handles, id: &str, offset: u64, len: u64) -> Result<ReadBlockResponse, RpcError> {
@@ -239,7 +245,10 @@ mod tests {
         let block = |o, l| read(&h, "h1", o, l).unwrap();
         assert_eq!(block(0, 4), ReadBlockResponse { chunk: "YWJjZA==".into(), eof: false });
         assert_eq!(block(8, 4), ReadBlockResponse { chunk: "aWo=".into(), eof: true });
-        assert_eq!(block(0, 10), ReadBlockResponse { chunk: "YWJjZGVmZ2hpag==".into(), eof: false });
+        assert_eq!(
+            block(0, 10),
+            ReadBlockResponse { chunk: "YWJjZGVmZ2hpag==".into(), eof: false }
+        );
         assert_eq!(block(100, 4), ReadBlockResponse { chunk: "".into(), eof: true });
         let bad_len =
             RpcError::invalid_request("file read block length must be between 1 and 1048576");
@@ -283,10 +292,7 @@ mod tests {
             empty,
             RpcError::invalid_request("file write block length must be between 1 and 1048576")
         );
-        assert_eq!(
-            write(&h, "w", 0, &vec![0; MAX_BLOCK_BYTES + 1]).unwrap_err().code,
-            -32600
-        );
+        assert_eq!(write(&h, "w", 0, &vec![0; MAX_BLOCK_BYTES + 1]).unwrap_err().code, -32600);
         assert_eq!(
             read(&h, "w", 0, 4).unwrap_err(),
             RpcError::internal("Bad file descriptor (os error 9)")
@@ -333,15 +339,17 @@ mod tests {
             r#"{"handleId":"h","path":"file:///x","mode":"append"}"#,
         )
         .unwrap_err();
-        assert!(err.to_string().starts_with("unknown variant `append`, expected `read` or `replace`"));
+        assert!(err
+            .to_string()
+            .starts_with("unknown variant `append`, expected `read` or `replace`"));
         let p: OpenParams = serde_json::from_str(r#"{"handleId":"h","path":"file:///x"}"#).unwrap();
         assert_eq!(p.mode, Mode::Read);
-        let err = serde_json::from_str::<WriteBlockParams>(
-            r#"{"handleId":"h","offset":0,"chunk":"!!"}"#,
-        )
-        .unwrap_err();
+        let err =
+            serde_json::from_str::<WriteBlockParams>(r#"{"handleId":"h","offset":0,"chunk":"!!"}"#)
+                .unwrap_err();
         assert!(err.to_string().starts_with("Invalid symbol 33, offset 0."), "{err}");
-        let err = serde_json::from_str::<ReadBlockParams>(r#"{"handleId":"h","offset":0}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<ReadBlockParams>(r#"{"handleId":"h","offset":0}"#).unwrap_err();
         assert!(err.to_string().starts_with("missing field `len`"));
     }
 }

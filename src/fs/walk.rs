@@ -4,10 +4,10 @@
 //! directory expanded once), hidden directories optionally listed but not entered, per-entry
 //! errors collected instead of failing the walk. A plain blocking handler; no state.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use serde::{Deserialize, Serialize};
 
 use super::{check_sandbox, io_error};
 use crate::rpc::RpcError;
@@ -77,12 +77,9 @@ pub fn walk(p: WalkParams) -> Result<WalkResponse, RpcError> {
         )));
     }
     let root = p.path.as_path()?.to_path_buf();
-    let meta = if o.follow_directory_symlinks {
-        fs::metadata(&root)
-    } else {
-        fs::symlink_metadata(&root)
-    }
-    .map_err(io_error)?;
+    let meta =
+        if o.follow_directory_symlinks { fs::metadata(&root) } else { fs::symlink_metadata(&root) }
+            .map_err(io_error)?;
     let mut out = WalkResponse::default();
     // A file, or a symlink not to be followed, has nothing under it.
     if !meta.is_dir() {

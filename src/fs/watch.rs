@@ -123,7 +123,8 @@ impl Watches {
             return Err(io::Error::last_os_error());
         }
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
-        let (fd, stop, shared) = (Arc::clone(&inotify), Arc::clone(&wake), Arc::clone(&self.shared));
+        let (fd, stop, shared) =
+            (Arc::clone(&inotify), Arc::clone(&wake), Arc::clone(&self.shared));
         let thread = std::thread::Builder::new()
             .name("fs-watch".into())
             .spawn(move || serve(&fd, &stop, &shared))?;
@@ -138,7 +139,10 @@ impl Drop for Watches {
     }
 }
 
-pub fn watch_missing(p: WatchMissingParams, watches: &Watches) -> Result<WatchMissingResponse, RpcError> {
+pub fn watch_missing(
+    p: WatchMissingParams,
+    watches: &Watches,
+) -> Result<WatchMissingResponse, RpcError> {
     let not_watching = Ok(WatchMissingResponse { watching: false });
     let inotify = watches.inotify().ok();
     let mut state = lock(&watches.shared.state);
@@ -211,7 +215,9 @@ fn serve(inotify: &OwnedFd, wake: &OwnedFd, shared: &Shared) {
         }
         let fired = matched(&buf[..n as usize], shared, inotify);
         if let Some(id) = fired {
-            (shared.notify)(format!(r#"{{"method":"fs/missingChanged","params":{{"watchId":{id}}}}}"#));
+            (shared.notify)(format!(
+                r#"{{"method":"fs/missingChanged","params":{{"watchId":{id}}}}}"#
+            ));
         }
     }
 }
@@ -230,9 +236,7 @@ fn matched(events: &[u8], shared: &Shared, inotify: &OwnedFd) -> Option<u64> {
         let raw = &events[at + HEADER..name_end];
         let name = OsStr::from_bytes(&raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())]);
         at = name_end;
-        let Some(active) = state.active.as_ref() else {
-            return None;
-        };
+        let active = state.active.as_ref()?;
         if event.wd == active.wd && event.mask & EVENTS != 0 && active.names.contains(name) {
             let (id, wd) = (active.id, active.wd);
             state.active = None;
@@ -258,7 +262,8 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(10);
 
     fn setup(tag: &str) -> (PathBuf, Watches, mpsc::Receiver<String>) {
-        let d = std::env::temp_dir().join(format!("exec-server-watch-{}-{tag}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("exec-server-watch-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         let (tx, rx) = mpsc::channel();
