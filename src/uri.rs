@@ -53,6 +53,16 @@ impl AbsolutePath {
         }
     }
 
+    /// The path on this host, or the bare text upstream puts in other methods' errors
+    /// (`'file://other/x' is invalid on 'linux'`) for callers that report it with their own
+    /// code or wording (`process/start`'s cwd, `environmentConfig/read`'s cwd: -32602).
+    pub fn to_local(&self) -> Result<&Path, String> {
+        match &self.local {
+            Ok(path) => Ok(path),
+            Err(Foreign(uri)) => Err(invalid_on_host(uri)),
+        }
+    }
+
     /// The path when local, for ordering keys and other best-effort uses.
     pub fn local(&self) -> Option<&Path> {
         self.local.as_ref().ok().map(PathBuf::as_path)
@@ -415,6 +425,8 @@ mod tests {
         assert_eq!(use_error("file://localhost/C:/x"), invalid("file:///C:/x"));
         assert_eq!(use_error("file://a_b/x"), invalid("file://a_b/x"));
         assert_eq!(key_path("file://other/x"), None);
+        let foreign = AbsolutePath::parse("file://other/x").unwrap();
+        assert_eq!(foreign.to_local(), Err("'file://other/x' is invalid on 'linux'".to_string()));
         assert_eq!(key_path("file:///a/./b"), Some(PathBuf::from("/a/b")));
     }
 

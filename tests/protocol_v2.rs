@@ -622,7 +622,32 @@ fn watch_missing_notifies_once_and_ends_with_the_session() {
         watch(&mut c, json!(17), vec!["relative".into()], uri(&dir.0)),
         err(-32602, "invalid URI: relative URL without a base")
     );
-    assert_eq!(watch(&mut c, json!(18), vec![dir.uri("late")], uri(&dir.0)), watching(true));
+    // `present` is optional; a missing path deep below fires when its first missing
+    // ancestor appears; a restricted sandbox is accepted (nothing is read).
+    let r = call(
+        &mut c,
+        "fs/watchMissing",
+        json!({"watchId": 18, "missing": [dir.uri("p/q/r")],
+        "sandbox": restricted_sandbox()}),
+    );
+    assert_eq!(r, watching(true));
+    fs::create_dir(dir.join("p")).unwrap();
+    assert_eq!(
+        c.notification("fs/missingChanged"),
+        json!({"method": "fs/missingChanged", "params": {"watchId": 18}})
+    );
+    // A change to the `present` file fires too.
+    fs::write(dir.join("AGENTS.md"), b"v1").unwrap();
+    assert_eq!(
+        watch(&mut c, json!(19), vec![dir.uri("late")], dir.uri("AGENTS.md")),
+        watching(true)
+    );
+    fs::write(dir.join("AGENTS.md"), b"v2").unwrap();
+    assert_eq!(
+        c.notification("fs/missingChanged"),
+        json!({"method": "fs/missingChanged", "params": {"watchId": 19}})
+    );
+    assert_eq!(watch(&mut c, json!(20), vec![dir.uri("late")], uri(&dir.0)), watching(true));
     assert_eq!(threads_named(daemon.pid(), "fs-watch"), 1);
     serving(&mut c);
     drop(c);

@@ -1,16 +1,18 @@
 //! `fs/watchMissing` and its `fs/missingChanged` notification (PROTOCOL v2), as the 0.171
 //! server behaves: a session has at most one watch; a request with a higher `watchId`
-//! replaces it and one with a lower or equal id is stale (`watching: false`). The watch
-//! looks at the existing directory `present` (not recursively) and fires once, when a
-//! child appears there whose name is the next component on the way to one of the `missing`
-//! paths; the client then re-evaluates and registers anew.
+//! replaces it (even when it then answers `watching: false`) and one with a lower or equal
+//! id is stale. The watch fires once, when a `missing` path or a missing ancestor of one
+//! appears (each is watched in its nearest existing directory, not recursively), or when
+//! the optional `present` path itself changes (written, touched, chmod-ed, removed; not
+//! when something is created inside a `present` directory); the client then re-evaluates
+//! and registers anew.
 //!
 //! `Watches` is one session's watch: it owns an inotify instance and one watcher thread,
 //! both created on the first watch and ended when the session drops it or calls `stop`.
 //! Notifications leave through the callback the session supplies; this module never
 //! touches sockets.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,8 +26,14 @@ use serde::{Deserialize, Serialize};
 use crate::rpc::RpcError;
 use crate::uri::AbsolutePath;
 
-/// Events that make a missing child appear in the watched directory.
-const EVENTS: u32 = libc::IN_CREATE | libc::IN_MOVED_TO;
+/// Events that make a missing child appear in a watched directory.
+const APPEAR: u32 = libc::IN_CREATE | libc::IN_MOVED_TO;
+/// Events that change the `present` path itself.
+const CHANGE: u32 = libc::IN_MODIFY
+    | libc::IN_ATTRIB
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF;
 /// Room for many events per read (each is 16 bytes plus its name).
 const EVENT_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -34,7 +42,9 @@ const EVENT_BUFFER_BYTES: usize = 64 * 1024;
 pub struct WatchMissingParams {
     pub watch_id: u64,
     pub missing: Vec<AbsolutePath>,
-    pub present: AbsolutePath,
+    #[serde(default)]
+    pub present: Option<AbsolutePath>,
+    // A `sandbox` member is accepted and ignored, as upstream: watching reveals no content.
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
@@ -65,9 +75,16 @@ struct State {
 
 struct Active {
     id: u64,
-    wd: i32,
-    /// Names in the watched directory that lead to a missing path.
-    names: HashSet<OsString>,
+    /// Watched directories and, in each, the names that lead to a missing path.
+    appear: HashMap<i32, HashSet<OsString>>,
+    /// The watch on `present` itself.
+    present: Option<i32>,
+}
+
+impl Active {
+    fn descriptors(&self) -> impl Iterator<Item = i32> + '_ {
+        self.appear.keys().copied().chain(self.present)
+    }
 }
 
 struct Watcher {
@@ -152,33 +169,78 @@ pub fn watch_missing(
     state.latest = Some(p.watch_id);
     // A newer request replaces the watch, whatever becomes of it.
     if let (Some(old), Some(fd)) = (state.active.take(), inotify.as_ref()) {
-        // SAFETY: removing a watch descriptor from our own inotify instance.
-        unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), old.wd) };
+        remove(fd, &old);
     }
-    let (Some(present), Some(fd)) = (p.present.local(), inotify) else {
+    let Some(fd) = inotify else {
         return not_watching;
     };
     let missing: Option<Vec<&Path>> = p.missing.iter().map(AbsolutePath::local).collect();
     let Some(missing) = missing.filter(|m| !m.is_empty()) else {
         return not_watching;
     };
-    let Ok(c_present) = CString::new(present.as_os_str().as_bytes()) else {
-        return not_watching;
+    let present = match &p.present {
+        None => None,
+        Some(present) => match present.local() {
+            Some(path) => Some(path),
+            None => return not_watching,
+        },
     };
-    // SAFETY: a valid NUL-terminated path and our own inotify fd.
-    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c_present.as_ptr(), EVENTS) };
-    if wd < 0 {
-        return not_watching;
+    let mut active = Active { id: p.watch_id, appear: HashMap::new(), present: None };
+    if let Some(present) = present {
+        match add_watch(&fd, present, CHANGE) {
+            Some(wd) => active.present = Some(wd),
+            None => return not_watching,
+        }
     }
-    // Checked after the watch is in place, so a path created meanwhile is not missed.
+    for path in &missing {
+        let Some((dir, name)) = nearest_existing(path) else {
+            continue;
+        };
+        // IN_MASK_ADD: the directory may already be watched (as `present`, or for another
+        // missing path); the events add up on the one descriptor.
+        match add_watch(&fd, dir, APPEAR | libc::IN_MASK_ADD) {
+            Some(wd) => {
+                active.appear.entry(wd).or_default().insert(name);
+            }
+            None => {
+                remove(&fd, &active);
+                return not_watching;
+            }
+        }
+    }
+    // Checked after the watches are in place, so a path created meanwhile is not missed.
     if missing.iter().any(|m| std::fs::symlink_metadata(m).is_ok()) {
-        // SAFETY: as above.
-        unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
+        remove(&fd, &active);
         return not_watching;
     }
-    let names = missing.iter().filter_map(|m| next_component(present, m)).collect();
-    state.active = Some(Active { id: p.watch_id, wd, names });
+    state.active = Some(active);
     Ok(WatchMissingResponse { watching: true })
+}
+
+fn add_watch(fd: &OwnedFd, path: &Path, mask: u32) -> Option<i32> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid NUL-terminated path and our own inotify fd.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+    (wd >= 0).then_some(wd)
+}
+
+fn remove(fd: &OwnedFd, active: &Active) {
+    for wd in active.descriptors() {
+        // SAFETY: removing a watch descriptor from our own inotify instance.
+        unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
+    }
+}
+
+/// The nearest existing directory above `path` and the name in it on the way to `path`.
+fn nearest_existing(path: &Path) -> Option<(&Path, OsString)> {
+    let mut child = path;
+    while let Some(parent) = child.parent() {
+        if parent.is_dir() {
+            return Some((parent, next_component(parent, path)?));
+        }
+        child = parent;
+    }
+    None
 }
 
 /// The name of the child of `dir` on the way to `path`, if `path` lies under `dir`.
@@ -222,8 +284,8 @@ fn serve(inotify: &OwnedFd, wake: &OwnedFd, shared: &Shared) {
     }
 }
 
-/// Looks through one read's events for the active watch's names; on a match the watch is
-/// removed (it fires once) and its id returned.
+/// Looks through one read's events for the active watch; on a match the watch is removed
+/// (it fires once) and its id returned.
 fn matched(events: &[u8], shared: &Shared, inotify: &OwnedFd) -> Option<u64> {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     let mut state = lock(&shared.state);
@@ -237,12 +299,15 @@ fn matched(events: &[u8], shared: &Shared, inotify: &OwnedFd) -> Option<u64> {
         let name = OsStr::from_bytes(&raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())]);
         at = name_end;
         let active = state.active.as_ref()?;
-        if event.wd == active.wd && event.mask & EVENTS != 0 && active.names.contains(name) {
-            let (id, wd) = (active.id, active.wd);
-            state.active = None;
-            // SAFETY: removing our own watch descriptor.
-            unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) };
-            return Some(id);
+        let appeared = event.mask & APPEAR != 0
+            && active.appear.get(&event.wd).is_some_and(|names| names.contains(name));
+        // Only events about `present` itself (no name): not about what a directory holds.
+        let changed =
+            event.mask & CHANGE != 0 && event.len == 0 && active.present == Some(event.wd);
+        if appeared || changed {
+            let active = state.active.take()?;
+            remove(inotify, &active);
+            return Some(active.id);
         }
     }
     None
@@ -278,7 +343,7 @@ mod tests {
         let p = WatchMissingParams {
             watch_id: id,
             missing: missing.iter().map(|m| AbsolutePath::from_path(m.clone())).collect(),
-            present: AbsolutePath::from_path(present),
+            present: Some(AbsolutePath::from_path(present)),
         };
         watch_missing(p, w).unwrap().watching
     }
@@ -321,10 +386,28 @@ mod tests {
         let foreign = WatchMissingParams {
             watch_id: 16,
             missing: vec![AbsolutePath::parse("file://other/x").unwrap()],
-            present: AbsolutePath::from_path(&d),
+            present: Some(AbsolutePath::from_path(&d)),
         };
         assert!(!watch_missing(foreign, &w).unwrap().watching);
         drop(w);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn present_changes_fire_and_present_is_optional() {
+        let (d, w, rx) = setup("present");
+        std::fs::write(d.join("AGENTS.md"), b"v1").unwrap();
+        assert!(watch(&w, 1, &[d.join("p/q/r")], &d.join("AGENTS.md")));
+        std::fs::write(d.join("AGENTS.md"), b"v2").unwrap();
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), fired(1));
+        let p = WatchMissingParams {
+            watch_id: 2,
+            missing: vec![AbsolutePath::from_path(d.join("p/q/r"))],
+            present: None,
+        };
+        assert!(watch_missing(p, &w).unwrap().watching);
+        std::fs::create_dir(d.join("p")).unwrap();
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), fired(2));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
