@@ -117,10 +117,10 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// What this build implements: `fs/watchMissing` and the `fs/open` family (writes
-    /// included). Not `sandboxedFileStreaming`: a restricted sandbox on `fs/open` is refused
-    /// until sandboxes are enforced. `httpHeaderEnvVars` and `environmentConfigRead` turn on
-    /// with `http/request` and `environmentConfig/read`.
+    /// What this build implements: `fs/watchMissing`, `environmentConfig/read` and the
+    /// `fs/open` family (writes included). Not `sandboxedFileStreaming`: a restricted sandbox
+    /// on `fs/open` is refused until sandboxes are enforced. `httpHeaderEnvVars` turns on with
+    /// `http/request`.
     pub const fn implemented() -> Capabilities {
         Capabilities {
             network_proxy_launch: false,
@@ -131,7 +131,7 @@ impl Capabilities {
             capability_discovery_sandbox: false,
             fs_watch_missing: true,
             capability_discovery_v2: false,
-            environment_config_read: false,
+            environment_config_read: true,
             http_header_env_vars: false,
             sandboxed_file_streaming: false,
             file_write_streaming: true,

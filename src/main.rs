@@ -6,6 +6,7 @@ mod b64;
 mod cli;
 mod cloud;
 mod config;
+mod envconfig;
 mod environment;
 mod envpolicy;
 mod fs;

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
+use crate::envconfig;
 use crate::environment::{self, EnvironmentInfo};
 use crate::fs::{self, canonicalize, handles, walk, watch};
 use crate::pool::Pool;
@@ -315,6 +316,7 @@ enum Family {
     Filesystem,
     EnvironmentInfo,
     EnvironmentStatus,
+    EnvironmentConfig,
 }
 
 impl Family {
@@ -324,6 +326,7 @@ impl Family {
             Family::Filesystem => "filesystem",
             Family::EnvironmentInfo => "environment info",
             Family::EnvironmentStatus => "environment status",
+            Family::EnvironmentConfig => "environment config",
         }
     }
 }
@@ -562,6 +565,9 @@ impl Connection {
             }
             "environment/status" => {
                 self.gated(Family::EnvironmentStatus, id, params, |p, _| environment::status(p))
+            }
+            "environmentConfig/read" => {
+                self.gated(Family::EnvironmentConfig, id, params, |p, _| envconfig::read(p))
             }
             "fs/canonicalize" => {
                 self.gated(Family::Filesystem, id, params, |p, _| canonicalize::canonicalize(p))

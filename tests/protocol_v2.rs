@@ -149,7 +149,7 @@ fn initialize_carries_environment_info_and_environment_info_matches() {
             "capabilityDiscoverySandbox": false,
             "fsWatchMissing": true,
             "capabilityDiscoveryV2": false,
-            "environmentConfigRead": false,
+            "environmentConfigRead": true,
             "httpHeaderEnvVars": false,
             "sandboxedFileStreaming": false,
             "fileWriteStreaming": true,
@@ -652,4 +652,85 @@ fn watch_missing_notifies_once_and_ends_with_the_session() {
     serving(&mut c);
     drop(c);
     eventually("the watcher thread ending", || threads_named(daemon.pid(), "fs-watch") == 0);
+}
+
+#[test]
+fn environment_config_read_returns_the_selected_keys_of_each_layer() {
+    let home = TempDir::new();
+    fs::create_dir(home.join(".codex")).unwrap();
+    let user = home.join(".codex/config.toml");
+    fs::write(&user, "model = \"gpt-x\"\nsandbox_mode = \"workspace-write\"\n[profiles.p]\nmodel=\"m2\"\n[features]\nfoo = true\n")
+        .unwrap();
+    let home_text = home.0.to_str().unwrap().to_owned();
+    let codex_home = home.join(".codex").to_str().unwrap().to_owned();
+    let daemon = Daemon::start_raw(
+        &["--listen", "ws://127.0.0.1:0"],
+        &[("HOME", home_text.as_str()), ("CODEX_HOME", codex_home.as_str())],
+    );
+    let mut c = daemon.connect();
+    let params = json!({"cwd": uri(&home.0), "configPaths": [["model"], ["features"], ["profiles", "p", "model"]],
+        "requirementsPaths": [["allowed_sandbox_modes"]]});
+    assert_eq!(
+        call(&mut c, "environmentConfig/read", params.clone()),
+        err(-32600, "client must call initialize before using environment config methods")
+    );
+    c.initialize();
+    let r = call(&mut c, "environmentConfig/read", params);
+    let result = &r["result"];
+    assert_eq!(result["userHomeDir"], uri(&home.0), "{r}");
+    assert_eq!(result["codexHomeDir"], uri(&home.join(".codex")));
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(result["hostname"], host.trim_end());
+    let layers = result["config"]["layers"].as_array().unwrap();
+    let mine: Vec<&Value> =
+        layers.iter().filter(|l| l["source"].as_str().unwrap().starts_with("user (")).collect();
+    assert_eq!(
+        mine,
+        [
+            &json!({"source": format!("user ({})", user.display()), "baseDir": uri(&home.join(".codex")),
+            "toml": "model = \"gpt-x\"\n\n[profiles.p]\nmodel = \"m2\"\n\n[features]\nfoo = true\n"})
+        ]
+    );
+    let bad = [
+        (
+            json!({"cwd": uri(&home.0), "configPaths": [], "requirementsPaths": []}),
+            err(-32602, "at least one config or requirements path is required"),
+        ),
+        (
+            json!({"cwd": uri(&home.0), "configPaths": [[]], "requirementsPaths": []}),
+            err(-32602, "TOML paths must contain at least one key segment"),
+        ),
+        (
+            json!({"cwd": "file://other/x", "configPaths": [["a"]], "requirementsPaths": []}),
+            err(-32602, "'file://other/x' is invalid on 'linux'"),
+        ),
+        (
+            json!({"cwd": uri(&home.0), "configPaths": ["model"], "requirementsPaths": []}),
+            err(-32602, "invalid type: string \"model\", expected a sequence"),
+        ),
+        (
+            json!({"cwd": uri(&home.0), "configPaths": []}),
+            err(-32602, "missing field `requirementsPaths`"),
+        ),
+        (json!({}), err(-32602, "missing field `cwd`")),
+    ];
+    for (params, expected) in &bad {
+        assert_eq!(&call(&mut c, "environmentConfig/read", params.clone()), expected, "{params}");
+    }
+    fs::write(&user, "model = gpt\n").unwrap();
+    let broken = call(
+        &mut c,
+        "environmentConfig/read",
+        json!({"cwd": uri(&home.0), "configPaths": [["model"]], "requirementsPaths": []}),
+    );
+    assert_eq!(broken["error"]["code"], -32603);
+    let text = broken["error"]["message"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "failed to load executor-local config: {}:1:9: ",
+            user.display()
+        )),
+        "{text}"
+    );
+    serving(&mut c);
 }
