@@ -149,8 +149,16 @@ pub struct StatusResponse {
 }
 
 /// `environment/info`.
-pub fn info(_: NoParams) -> Result<EnvironmentInfo, RpcError> {
-    Ok(current())
+pub fn info(_: NoParams) -> Result<&'static EnvironmentInfo, RpcError> {
+    Ok(cached())
+}
+
+/// The environment info, worked out once: nothing in it changes while the daemon runs,
+/// and `initialize` (answered on a connection's reader thread) should not read passwd and
+/// machine-id files each time.
+pub fn cached() -> &'static EnvironmentInfo {
+    static INFO: std::sync::OnceLock<EnvironmentInfo> = std::sync::OnceLock::new();
+    INFO.get_or_init(current)
 }
 
 /// `environment/status`: a local executor is ready whenever it answers.
@@ -159,7 +167,7 @@ pub fn status(_: NoParams) -> Result<StatusResponse, RpcError> {
 }
 
 /// The environment info of this daemon now.
-pub fn current() -> EnvironmentInfo {
+fn current() -> EnvironmentInfo {
     let tmpdir = std::env::var_os("TMPDIR").filter(|t| Path::new(t).is_absolute());
     // `std::env::temp_dir` would return an empty or relative `$TMPDIR` as it is.
     let temp_dir = tmpdir.as_ref().map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);

@@ -669,7 +669,7 @@ impl Connection {
         log::info!("connection {}: client `{}` on session {}", self.id, p.client_name, session.id);
         let session_id = session.id.clone();
         state.session = Some(session);
-        Ok(InitializeResponse { session_id, environment_info: environment::current() })
+        Ok(InitializeResponse { session_id, environment_info: environment::cached() })
     }
 }
 
@@ -689,7 +689,7 @@ struct InitializeParams {
 struct InitializeResponse {
     session_id: String,
     /// v2: what `environment/info` returns.
-    environment_info: EnvironmentInfo,
+    environment_info: &'static EnvironmentInfo,
 }
 
 /// The message shapes of §2.1, borrowing from the frame.
