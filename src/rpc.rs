@@ -1056,6 +1056,10 @@ mod tests {
             vec![Key::Path("/a/c".into()), Key::Path("/d".into())]
         );
         assert_eq!(keys(r#"{"path":"relative"}"#).0, vec![]);
+        // v2: URIs name the same paths; a handle id is a key of its own.
+        assert_eq!(keys(r#"{"path":"file:///a/./b%20c"}"#).0, vec![Key::Path("/a/b c".into())]);
+        assert_eq!(keys(r#"{"path":"file://other/a"}"#).0, vec![]);
+        assert_eq!(keys(r#"{"handleId":"h","offset":0}"#).0, vec![Key::Handle("h".into())]);
         assert_eq!(keys("[1,2]").0, vec![]);
         assert!(keys(r#"{"processId":"p","waitMs":5000}"#).1);
         assert!(!keys(r#"{"processId":"p","waitMs":0}"#).1);

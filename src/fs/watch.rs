@@ -34,6 +34,10 @@ const CHANGE: u32 = libc::IN_MODIFY
     | libc::IN_CLOSE_WRITE
     | libc::IN_DELETE_SELF
     | libc::IN_MOVE_SELF;
+/// Directories one watch may put under inotify (one per distinct nearest existing ancestor of
+/// a missing path, plus `present`). Upstream has no limit; past this a request answers
+/// `watching: false` instead of using up the user's inotify watches.
+pub const MAX_WATCHED_DIRECTORIES: usize = 256;
 /// Room for many events per read (each is 16 bytes plus its name).
 const EVENT_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -198,11 +202,16 @@ pub fn watch_missing(
         };
         // IN_MASK_ADD: the directory may already be watched (as `present`, or for another
         // missing path); the events add up on the one descriptor.
-        match add_watch(&fd, dir, APPEAR | libc::IN_MASK_ADD) {
+        let added = add_watch(&fd, dir, APPEAR | libc::IN_MASK_ADD);
+        match added.filter(|_| active.appear.len() < MAX_WATCHED_DIRECTORIES) {
             Some(wd) => {
                 active.appear.entry(wd).or_default().insert(name);
             }
             None => {
+                if let Some(wd) = added {
+                    // SAFETY: removing our own watch descriptor.
+                    unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) };
+                }
                 remove(&fd, &active);
                 return not_watching;
             }
@@ -408,6 +417,20 @@ mod tests {
         assert!(watch_missing(p, &w).unwrap().watching);
         std::fs::create_dir(d.join("p")).unwrap();
         assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), fired(2));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_number_of_watched_directories_is_bounded() {
+        let (d, w, _rx) = setup("bound");
+        let many: Vec<PathBuf> = (0..=MAX_WATCHED_DIRECTORIES)
+            .map(|i| {
+                std::fs::create_dir(d.join(format!("d{i}"))).unwrap();
+                d.join(format!("d{i}/missing"))
+            })
+            .collect();
+        assert!(!watch(&w, 1, &many, &d));
+        assert!(watch(&w, 2, &many[..MAX_WATCHED_DIRECTORIES], &d));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
