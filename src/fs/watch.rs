@@ -203,7 +203,10 @@ pub fn watch_missing(
         // IN_MASK_ADD: the directory may already be watched (as `present`, or for another
         // missing path); the events add up on the one descriptor.
         let added = add_watch(&fd, dir, APPEAR | libc::IN_MASK_ADD);
-        match added.filter(|_| active.appear.len() < MAX_WATCHED_DIRECTORIES) {
+        let room = |wd: &i32| {
+            active.appear.contains_key(wd) || active.appear.len() < MAX_WATCHED_DIRECTORIES
+        };
+        match added.filter(room) {
             Some(wd) => {
                 active.appear.entry(wd).or_default().insert(name);
             }
