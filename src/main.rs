@@ -9,8 +9,11 @@ mod error;
 mod outbound;
 mod recycle;
 mod shutdown;
+mod uri;
 
 // Handlers: what the methods do (they never import `rpc`).
+mod envconfig;
+mod environment;
 mod fs;
 mod process;
 

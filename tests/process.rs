@@ -746,7 +746,9 @@ fn resume(daemon: &Daemon, session: &str) -> Client {
             client.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
         response.get("error").is_none()
     });
-    assert_eq!(response["result"], json!({"sessionId": session}));
+    // v2: the resumed session's result carries the environment info too.
+    assert_eq!(response["result"]["sessionId"], json!(session));
+    assert!(response["result"]["environmentInfo"].is_object());
     client.send(&json!({"method": "initialized", "params": {}}));
     client
 }

@@ -244,7 +244,8 @@ fn initialize_returns_exactly_a_uuid_v4_and_only_once() {
     let ra = a.call("initialize", json!({"clientName": "a"}));
     let rb = b.call("initialize", json!({"clientName": "b"}));
     let result = ra["result"].as_object().expect("object");
-    assert_eq!(result.len(), 1);
+    // v2: `sessionId` and `environmentInfo` (checked in tests/protocol_v2.rs).
+    assert_eq!(result.keys().collect::<Vec<_>>(), ["environmentInfo", "sessionId"]);
     let id = result["sessionId"].as_str().expect("string");
     let uuid = uuid::Uuid::parse_str(id).expect("uuid");
     assert_eq!(uuid.get_version_num(), 4);
@@ -333,7 +334,7 @@ fn resume_rules() {
     loop {
         let r = b.call("initialize", json!({"clientName": "b", "resumeSessionId": session}));
         if r["result"]["sessionId"] == json!(session) {
-            assert_eq!(r["result"].as_object().expect("object").len(), 1);
+            assert_eq!(r["result"].as_object().expect("object").len(), 2);
             break;
         }
         assert_eq!(r["error"]["code"], -32600);

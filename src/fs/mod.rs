@@ -1,11 +1,16 @@
 //! The filesystem methods of PROTOCOL.md §6: the seven `fs/*` handlers, the §6.1 error
-//! mapping and the §6.9 sandbox gate; their wire types are in wire.rs, path decoding and
-//! lexical normalization in path.rs, `fs/copy`'s file work in copy.rs. Each handler is a plain
+//! mapping and the §6.9 sandbox gate; their wire types are in wire.rs (paths decode through `crate::uri`, `file:`
+//! URIs or native absolute paths), `fs/copy`'s file work in copy.rs; the v2 methods each
+//! have a file: canonicalize.rs, walk.rs, handles.rs (`fs/open` family), watch.rs
+//! (`fs/watchMissing`). Each handler is a plain
 //! blocking function run on a pool worker; this module owns no threads, no sessions and no
 //! sockets, imports nothing of `rpc`, and never decides anything from an error's message text.
 
+pub mod canonicalize;
 mod copy;
-mod path;
+pub mod handles;
+pub mod walk;
+pub mod watch;
 mod wire;
 
 use std::fs::{self, File};
@@ -17,7 +22,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::b64;
 use crate::error::RpcError;
 use copy::{canonicalize_nearest, copy_file, copy_symlink, copy_tree};
-pub use path::normalize;
 #[cfg(test)]
 pub use wire::ReadFileResponse;
 pub use wire::{
@@ -98,7 +102,7 @@ pub fn read_file_into(p: ReadFileParams, out: &mut String) -> Result<(), RpcErro
     const TAIL: &str = r#""}"#;
     check_sandbox(p.sandbox.as_ref())?;
     let mut file =
-        open_nonblocking(p.path.as_path(), File::options().read(true)).map_err(io_error)?;
+        open_nonblocking(p.path.as_path()?, File::options().read(true)).map_err(io_error)?;
     let len = file.metadata().map_err(io_error)?.len();
     if len > READ_LIMIT_BYTES {
         return Err(too_large());
@@ -169,16 +173,18 @@ pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     })?;
     // The base64 text is no longer needed; release it before the write if it was copied.
     drop(p.data_base64);
-    let mut file =
-        open_nonblocking(p.path.as_path(), File::options().write(true).create(true).truncate(true))
-            .map_err(io_error)?;
+    let mut file = open_nonblocking(
+        p.path.as_path()?,
+        File::options().write(true).create(true).truncate(true),
+    )
+    .map_err(io_error)?;
     file.write_all(&data).map_err(io_error)?;
     Ok(Empty {})
 }
 
 pub fn create_directory(p: CreateDirectoryParams) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let path = p.path.as_path();
+    let path = p.path.as_path()?;
     if p.recursive.unwrap_or(true) {
         fs::create_dir_all(path).map_err(io_error)?;
     } else {
@@ -189,7 +195,7 @@ pub fn create_directory(p: CreateDirectoryParams) -> Result<Empty, RpcError> {
 
 pub fn get_metadata(p: GetMetadataParams) -> Result<GetMetadataResponse, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let path = p.path.as_path();
+    let path = p.path.as_path()?;
     let link = fs::symlink_metadata(path).map_err(io_error)?;
     let meta = if link.file_type().is_symlink() {
         fs::metadata(path).map_err(io_error)?
@@ -200,6 +206,7 @@ pub fn get_metadata(p: GetMetadataParams) -> Result<GetMetadataResponse, RpcErro
         is_directory: meta.is_dir(),
         is_file: meta.is_file(),
         is_symlink: link.file_type().is_symlink(),
+        size: meta.len(),
         // Birth time is not recorded by every filesystem (nor returned by old kernels).
         created_at_ms: meta.created().map(unix_ms).unwrap_or(0),
         // `mtime_nsec` is never negative, so this floors times before the epoch too.
@@ -226,7 +233,7 @@ fn unix_ms(t: SystemTime) -> i64 {
 pub fn read_directory(p: ReadDirectoryParams) -> Result<ReadDirectoryResponse, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
     let mut entries = Vec::new();
-    for entry in fs::read_dir(p.path.as_path()).map_err(io_error)? {
+    for entry in fs::read_dir(p.path.as_path()?).map_err(io_error)? {
         let entry = entry.map_err(io_error)?;
         // Follows symlinks; a dangling link (or an entry removed meanwhile) is skipped (§6).
         let Ok(meta) = fs::metadata(entry.path()) else {
@@ -243,7 +250,7 @@ pub fn read_directory(p: ReadDirectoryParams) -> Result<ReadDirectoryResponse, R
 
 pub fn remove(p: RemoveParams) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let path = p.path.as_path();
+    let path = p.path.as_path()?;
     let force = p.force.unwrap_or(true);
     let result = fs::symlink_metadata(path).and_then(|meta| {
         // `symlink_metadata` does not follow links, so a link to a directory is unlinked
@@ -264,8 +271,8 @@ pub fn remove(p: RemoveParams) -> Result<Empty, RpcError> {
 
 pub fn copy(p: CopyParams) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let source = p.source_path.as_path();
-    let destination = p.destination_path.as_path();
+    let source = p.source_path.as_path()?;
+    let destination = p.destination_path.as_path()?;
     let kind = fs::symlink_metadata(source).map_err(io_error)?.file_type();
     if kind.is_dir() {
         if !p.recursive {

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::path::AbsolutePath;
+use crate::uri::AbsolutePath;
 
 /// `{}` on the wire.
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
@@ -67,6 +67,8 @@ pub struct GetMetadataResponse {
     pub is_directory: bool,
     pub is_file: bool,
     pub is_symlink: bool,
+    /// Bytes (`st_size`, following a symlink); v2 (0.171) requires it.
+    pub size: u64,
     pub created_at_ms: i64,
     pub modified_at_ms: i64,
 }

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::connection::{Connection, Request};
 use super::envelope::{decode_params, encode};
 use super::session::Session;
+use crate::envconfig;
+use crate::environment::{self, EnvironmentInfo};
 use crate::error::RpcError;
-use crate::fs;
+use crate::fs::{self, canonicalize, handles, walk, watch};
 use crate::process::StartParams;
 
 /// The method families behind the handshake gate (§3.4).
@@ -19,6 +21,9 @@ use crate::process::StartParams;
 enum Family {
     Exec,
     Filesystem,
+    EnvironmentInfo,
+    EnvironmentStatus,
+    EnvironmentConfig,
 }
 
 impl Family {
@@ -26,6 +31,9 @@ impl Family {
         match self {
             Family::Exec => "exec",
             Family::Filesystem => "filesystem",
+            Family::EnvironmentInfo => "environment info",
+            Family::EnvironmentStatus => "environment status",
+            Family::EnvironmentConfig => "environment config",
         }
     }
 }
@@ -67,6 +75,32 @@ impl Connection {
             }
             "fs/remove" => self.gated(Family::Filesystem, id, params, |p, _| fs::remove(p)),
             "fs/copy" => self.gated(Family::Filesystem, id, params, |p, _| fs::copy(p)),
+            // Protocol v2 (codex 0.171).
+            "environment/info" => {
+                self.gated(Family::EnvironmentInfo, id, params, |p, _| environment::info(p))
+            }
+            "environment/status" => {
+                self.gated(Family::EnvironmentStatus, id, params, |p, _| environment::status(p))
+            }
+            "environmentConfig/read" => {
+                self.gated(Family::EnvironmentConfig, id, params, |p, _| envconfig::read(p))
+            }
+            "fs/canonicalize" => {
+                self.gated(Family::Filesystem, id, params, |p, _| canonicalize::canonicalize(p))
+            }
+            "fs/walk" => self.gated(Family::Filesystem, id, params, |p, _| walk::walk(p)),
+            "fs/open" => {
+                self.gated(Family::Filesystem, id, params, |p, s| handles::open(p, &s.handles))
+            }
+            "fs/readBlock" => self
+                .gated(Family::Filesystem, id, params, |p, s| handles::read_block(p, &s.handles)),
+            "fs/writeBlock" => self
+                .gated(Family::Filesystem, id, params, |p, s| handles::write_block(p, &s.handles)),
+            "fs/close" => {
+                self.gated(Family::Filesystem, id, params, |p, s| handles::close(p, &s.handles))
+            }
+            "fs/watchMissing" => self
+                .gated(Family::Filesystem, id, params, |p, s| watch::watch_missing(p, &s.watches)),
             other => Err(RpcError::method_not_found(other)),
         };
         (result, after)
@@ -151,7 +185,7 @@ impl Connection {
         log::info!("connection {}: client `{}` on session {}", self.id, p.client_name, session.id);
         let session_id = session.id.clone();
         state.session = Some(session);
-        Ok(InitializeResponse { session_id })
+        Ok(InitializeResponse { session_id, environment_info: environment::cached() })
     }
 }
 
@@ -170,6 +204,8 @@ struct InitializeParams {
 #[serde(rename_all = "camelCase")]
 struct InitializeResponse {
     session_id: String,
+    /// v2: what `environment/info` returns.
+    environment_info: &'static EnvironmentInfo,
 }
 
 #[cfg(test)]

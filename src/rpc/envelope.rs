@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::RpcError;
-use crate::fs;
 
 /// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
 pub const MAX_NESTING: usize = 128;
@@ -34,6 +33,8 @@ impl<T: AsRef<str> + Send + 'static> AsStr for T {
 pub(super) enum Key {
     Process(String),
     Path(PathBuf),
+    /// An `fs/open` handle id (v2): its blocks and its close run in arrival order.
+    Handle(String),
 }
 
 /// The message shapes of §2.1, borrowing from the frame.
@@ -158,7 +159,8 @@ fn closing_quote(json: &str, from: usize) -> Option<usize> {
 /// before decoding; below it, one direct decode is cheaper than the extra pass.
 const KEYS_SCAN_MIN_BYTES: usize = 4096;
 /// The params members `keys` reads (the fields of its `Named`).
-const KEY_MEMBERS: [&str; 5] = ["processId", "path", "sourcePath", "destinationPath", "waitMs"];
+const KEY_MEMBERS: [&str; 6] =
+    ["processId", "path", "sourcePath", "destinationPath", "waitMs", "handleId"];
 
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
 /// to long-poll (`waitMs` above zero).
@@ -171,6 +173,7 @@ pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
         source_path: Option<String>,
         destination_path: Option<String>,
         wait_ms: Option<u64>,
+        handle_id: Option<String>,
     }
     // In large params only the named members are decoded: a file's base64 is skipped with
     // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
@@ -184,8 +187,11 @@ pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
     if let Some(id) = named.process_id {
         keys.push(Key::Process(id));
     }
+    if let Some(id) = named.handle_id {
+        keys.push(Key::Handle(id));
+    }
     for path in [named.path, named.source_path, named.destination_path].into_iter().flatten() {
-        if let Some(path) = fs::normalize(&path) {
+        if let Some(path) = crate::uri::key_path(&path) {
             keys.push(Key::Path(path));
         }
     }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::RpcError;
+use crate::fs::handles::Handles;
+use crate::fs::watch::Watches;
 use crate::outbound::Outbound;
 use crate::process::{Notify, Processes};
 
@@ -52,6 +54,9 @@ pub struct Session {
     pub id: String,
     pub link: Arc<Link>,
     pub processes: Processes,
+    /// v2 (issue 12): files opened with `fs/open`, and the `fs/watchMissing` watch.
+    pub handles: Handles,
+    pub watches: Watches,
 }
 
 impl Session {
@@ -65,6 +70,8 @@ impl Session {
     fn end(&self) {
         log::info!("session {} removed", self.id);
         self.processes.kill_all();
+        self.handles.close_all();
+        self.watches.stop();
     }
 }
 
@@ -109,7 +116,10 @@ impl Sessions {
             Arc::clone(&self.live_processes),
             Arc::clone(&link) as Arc<dyn Notify>,
         );
-        let session = Arc::new(Session { id: id.clone(), link, processes });
+        let notify_link = Arc::clone(&link);
+        let watches = Watches::new(Arc::new(move |message| notify_link.notify(message)));
+        let handles = Handles::new();
+        let session = Arc::new(Session { id: id.clone(), link, processes, handles, watches });
         self.lock().insert(id, Arc::clone(&session));
         session
     }
