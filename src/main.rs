@@ -8,6 +8,7 @@ mod cloud;
 mod config;
 mod envpolicy;
 mod fs;
+mod http;
 mod pool;
 mod process;
 mod pty;

@@ -310,6 +310,8 @@ pub enum Flow {
 enum Family {
     Exec,
     Filesystem,
+    // v2 (issue 12): `http/request` has its own gate family; upstream 0.171 names it "http".
+    Http,
 }
 
 impl Family {
@@ -317,6 +319,7 @@ impl Family {
         match self {
             Family::Exec => "exec",
             Family::Filesystem => "filesystem",
+            Family::Http => "http",
         }
     }
 }
@@ -549,6 +552,25 @@ impl Connection {
             }
             "fs/remove" => self.gated(Family::Filesystem, id, params, |p, _| fs::remove(p)),
             "fs/copy" => self.gated(Family::Filesystem, id, params, |p, _| fs::copy(p)),
+            // v2 (issue 12): a streamed body's deltas follow this response, so the stream
+            // starts once it is written. Deltas go to whichever connection the session is
+            // attached to; the stream stops once the session is gone.
+            "http/request" => self.gated(Family::Http, id, params, |p, session| {
+                let (response, body) = crate::http::request(p)?;
+                if let Some(body) = body {
+                    let link = Arc::downgrade(&session.link);
+                    after = Some(Box::new(move || {
+                        body.stream(move |message| match link.upgrade() {
+                            Some(link) => {
+                                link.notify(message);
+                                true
+                            }
+                            None => false,
+                        })
+                    }));
+                }
+                Ok(response)
+            }),
             other => Err(RpcError::method_not_found(other)),
         };
         (result, after)
