@@ -11,6 +11,7 @@ mod fs;
 mod http;
 mod pool;
 mod process;
+mod process_v2;
 mod pty;
 mod recycle;
 mod registry;
@@ -20,6 +21,7 @@ mod shutdown;
 mod socket;
 mod stdio;
 mod tls;
+mod wire;
 
 use std::io::Write;
 use std::net::TcpListener;

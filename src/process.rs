@@ -26,6 +26,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::b64;
 use crate::config::Config;
 use crate::envpolicy::{self, EnvPolicy};
+use crate::process_v2::{
+    self, ExecMetadata, ManagedNetwork, NetworkProxy, SandboxContext, SandboxType, ShellSnapshot,
+    Signal, SignalParams, SignalResponse, WriteIds,
+};
 use crate::pty;
 use crate::recycle;
 use crate::rpc::RpcError;
@@ -119,12 +123,28 @@ pub struct StartParams {
     pub arg0: Option<String>,
     #[serde(default)]
     pub env_policy: Option<EnvPolicy>,
+    // v2 (issue 12, upstream 0.171): see process_v2.rs.
+    #[serde(default)]
+    pub metadata: Option<ExecMetadata>,
+    #[serde(default)]
+    pub sandbox: Option<SandboxContext>,
+    /// Only enforced inside a sandbox; without one upstream runs the process as asked.
+    #[serde(default)]
+    pub enforce_managed_network: bool,
+    #[serde(default)]
+    pub managed_network: Option<ManagedNetwork>,
+    #[serde(default)]
+    pub network_proxy: Option<NetworkProxy>,
+    #[serde(default)]
+    pub shell_snapshot: Option<ShellSnapshot>,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartResponse {
     pub process_id: String,
+    /// v2 (issue 12).
+    pub sandbox_type: SandboxType,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +177,8 @@ pub struct ReadResponse {
     pub closed: bool,
     /// Always null in v1.
     pub failure: Option<String>,
+    /// v2 (issue 12): no sandbox yet, so never a sandbox denial.
+    pub sandbox_denied: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +187,9 @@ pub struct WriteParams {
     pub process_id: String,
     #[serde(deserialize_with = "base64_bytes")]
     pub chunk: Vec<u8>,
+    /// v2 (issue 12): upstream requires it; optional here so v1 clients keep working.
+    #[serde(default)]
+    pub write_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -216,6 +241,8 @@ struct ExitedParams<'a> {
     exit_code: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     signal: Option<&'a str>,
+    /// v2 (issue 12): no sandbox yet, so never a sandbox denial.
+    sandbox_denied: bool,
 }
 
 #[derive(Serialize)]
@@ -416,6 +443,8 @@ struct Proc {
     pid: libc::pid_t,
     sink: Arc<dyn Notify>,
     stdin: Option<Arc<StdinQueue>>,
+    /// v2 (issue 12): `writeId`s already accepted; held while a write is queued.
+    write_ids: Mutex<WriteIds>,
     state: Mutex<State>,
     /// Signalled on every event, on reaping and on announcement.
     changed: Condvar,
@@ -462,6 +491,7 @@ impl Proc {
                         seq,
                         exit_code: exit.code,
                         signal: exit.signal.as_deref(),
+                        sandbox_denied: false,
                     };
                     let message = encode("process/exited", params);
                     state.exit = Some(exit);
@@ -1046,6 +1076,9 @@ impl Processes {
         if !Path::new(&p.cwd).is_absolute() {
             return Err(RpcError::invalid_params("cwd must be an absolute path"));
         }
+        // v2 (issue 12): refuse what cannot be honoured, before anything is reserved.
+        let sandbox_type =
+            process_v2::check_start(&p.process_id, p.sandbox.as_ref(), p.network_proxy.as_ref())?;
         let id = p.process_id.clone();
         let token = {
             let mut table = lock(&self.table);
@@ -1070,7 +1103,24 @@ impl Processes {
         match spawned {
             Ok(proc) if ours => {
                 table.slots.insert(id.clone(), Slot::Running(proc.clone()));
-                Ok(StartResponse { process_id: id })
+                // v2 (issue 12): attribution, at debug with the process id.
+                if let Some(m) = &p.metadata {
+                    log::debug!(
+                        "process {id} (pid {}): thread {}, tool call {}",
+                        proc.pid,
+                        m.thread_id.as_deref().unwrap_or("-"),
+                        m.tool_call_id.as_deref().unwrap_or("-")
+                    );
+                }
+                if p.enforce_managed_network || p.managed_network.is_some() {
+                    // As upstream: managed networking is enforced by a sandbox, and this
+                    // process has none (a restricted one was refused above).
+                    log::debug!("process {id}: managed network not enforced without a sandbox");
+                }
+                if p.shell_snapshot.is_some() {
+                    log::debug!("process {id}: shellSnapshot ignored (not advertised)");
+                }
+                Ok(StartResponse { process_id: id, sandbox_type })
             }
             Ok(proc) => {
                 // kill_all removed the slot (and its count) while we were spawning.
@@ -1163,6 +1213,7 @@ impl Processes {
             pid,
             sink: self.sink.clone(),
             stdin: stdin_file.as_ref().map(|_| Arc::new(StdinQueue::new())),
+            write_ids: Mutex::default(),
             state: Mutex::new(state),
             changed: Condvar::new(),
             emitting: Mutex::new(()),
@@ -1243,21 +1294,53 @@ impl Processes {
             signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
             closed: state.closed_at.is_some(),
             failure: None,
+            sandbox_denied: false,
         })
     }
 
     /// `process/write` (§4.5).
     pub fn write(&self, p: WriteParams) -> Result<WriteResponse, RpcError> {
+        process_v2::check_write_id(p.write_id.as_deref())?;
         let status = match self.lookup(&p.process_id) {
             Lookup::Unknown => WriteStatus::UnknownProcess,
             Lookup::Starting => WriteStatus::Starting,
             Lookup::Running(proc) => match &proc.stdin {
                 None => WriteStatus::StdinClosed,
-                Some(stdin) if stdin.push(p.chunk) => WriteStatus::Accepted,
-                Some(_) => return Err(RpcError::internal("failed to write to process stdin")),
+                Some(stdin) => {
+                    // v2 (issue 12): a repeated `writeId` is a retry: acknowledged, not
+                    // written again. The id is recorded only once the bytes are queued.
+                    let mut ids = lock(&proc.write_ids);
+                    let id = p.write_id.as_deref();
+                    if id.is_some_and(|id| ids.contains(id)) {
+                        WriteStatus::Accepted
+                    } else if stdin.push(p.chunk) {
+                        if let Some(id) = id {
+                            ids.insert(id);
+                        }
+                        WriteStatus::Accepted
+                    } else {
+                        return Err(RpcError::internal("failed to write to process stdin"));
+                    }
+                }
             },
         };
         Ok(WriteResponse { status })
+    }
+
+    /// `process/signal` (v2, issue 12): `interrupt` sends SIGINT to the process group. An
+    /// unknown, starting or finished process is not an error (upstream answers `{}`).
+    pub fn signal(&self, p: SignalParams) -> Result<SignalResponse, RpcError> {
+        if let Lookup::Running(proc) = self.lookup(&p.process_id) {
+            let Signal::Interrupt = p.signal;
+            // Under the state lock, so the waiter cannot reap the leader (freeing its pid,
+            // which is also the group id) in between.
+            let state = lock(&proc.state);
+            if !state.reaped {
+                // SAFETY: kill(2) on the process group of a child we have not reaped.
+                unsafe { libc::kill(-proc.pid, libc::SIGINT) };
+            }
+        }
+        Ok(SignalResponse {})
     }
 
     /// `process/terminate` (§4.7): kill the whole tree and reap the child.
@@ -1483,6 +1566,12 @@ mod tests {
             pipe_stdin: false,
             arg0: None,
             env_policy: None,
+            metadata: None,
+            sandbox: None,
+            enforce_managed_network: false,
+            managed_network: None,
+            network_proxy: None,
+            shell_snapshot: None,
         }
     }
 
@@ -1611,7 +1700,7 @@ mod tests {
         assert_eq!(
             sink.until_closed("t"),
             [
-                json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0}}),
+                json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0,"sandboxDenied":false}}),
                 json!({"method":"process/closed","params":{"processId":"t","seq":2}}),
             ]
         );
@@ -1631,7 +1720,7 @@ mod tests {
             [
                 json!({"method":"process/output","params":{"processId":"p1","seq":1,"stream":"stdout","chunk":"ZXZlbnQgb3V0cHV0Cg=="}}),
                 json!({"method":"process/output","params":{"processId":"p1","seq":2,"stream":"stderr","chunk":"ZXZlbnQgZXJyCg=="}}),
-                json!({"method":"process/exited","params":{"processId":"p1","seq":3,"exitCode":7}}),
+                json!({"method":"process/exited","params":{"processId":"p1","seq":3,"exitCode":7,"sandboxDenied":false}}),
                 json!({"method":"process/closed","params":{"processId":"p1","seq":4}}),
             ]
         );
@@ -1754,7 +1843,11 @@ mod tests {
         p.pipe_stdin = true;
         run(&processes, p);
         let write = |id: &str, bytes: &[u8]| {
-            processes.write(WriteParams { process_id: id.into(), chunk: bytes.to_vec() })
+            processes.write(WriteParams {
+                process_id: id.into(),
+                chunk: bytes.to_vec(),
+                write_id: None,
+            })
         };
         for part in ["a", "b", "c\n"] {
             assert_eq!(write("cat", part.as_bytes()).expect("write").status, WriteStatus::Accepted);
@@ -1806,8 +1899,11 @@ mod tests {
                 after = c.seq;
             }
         }
-        let status =
-            processes.write(WriteParams { process_id: "tty".into(), chunk: b"hello\n".to_vec() });
+        let status = processes.write(WriteParams {
+            process_id: "tty".into(),
+            chunk: b"hello\n".to_vec(),
+            write_id: None,
+        });
         assert_eq!(status.expect("write").status, WriteStatus::Accepted);
         let out = sink.output_of("tty");
         assert!(out.starts_with("24 80\r\n/dev/pts/"), "{out:?}");
@@ -1831,7 +1927,7 @@ mod tests {
         let events = sink.until_closed("tree");
         assert_eq!(
             events[0],
-            json!({"method":"process/exited","params":{"processId":"tree","seq":1,"exitCode":137,"signal":"SIGKILL"}})
+            json!({"method":"process/exited","params":{"processId":"tree","seq":1,"exitCode":137,"signal":"SIGKILL","sandboxDenied":false}})
         );
         assert_eq!(events.len(), 2);
         assert!(session_members(pid).is_empty());
@@ -1885,7 +1981,7 @@ mod tests {
             RpcError::invalid_request("unknown process id gone")
         );
         let w = processes
-            .write(WriteParams { process_id: "gone".into(), chunk: vec![] })
+            .write(WriteParams { process_id: "gone".into(), chunk: vec![], write_id: None })
             .expect("write");
         assert_eq!(w.status, WriteStatus::UnknownProcess);
         run(&processes, params("gone", &["true"]));

@@ -537,6 +537,8 @@ impl Connection {
             "process/terminate" => {
                 self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
             }
+            // v2 (issue 12).
+            "process/signal" => self.gated(Family::Exec, id, params, |p, s| s.processes.signal(p)),
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
             "fs/readFile" => self
                 .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),

@@ -128,12 +128,20 @@ impl<'de> Deserialize<'de> for Timeout {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum RedirectPolicy {
     #[default]
     Follow,
     Stop,
+}
+
+impl<'de> Deserialize<'de> for RedirectPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match crate::wire::unit_variant(d, &["follow", "stop"])? {
+            0 => Ok(RedirectPolicy::Follow),
+            _ => Ok(RedirectPolicy::Stop),
+        }
+    }
 }
 
 /// `http/request` result. For a streamed response `bodyBase64` is empty and the body
@@ -434,6 +442,10 @@ mod tests {
         assert_eq!(
             with(r#""headers":[{"name":"a","valueEnvVar":"X"}]"#).err().unwrap(),
             "missing field `value`"
+        );
+        assert_eq!(
+            with(r#""redirectPolicy":null"#).err().unwrap(),
+            "invalid type: null, expected string or map"
         );
         assert_eq!(
             with(r#""streamResponse":null"#).err().unwrap(),
