@@ -106,7 +106,7 @@ fn metadata_is_checked_and_logged_with_the_process() {
     let (mut client, _) = daemon.session();
     let metadata = json!({"metadata": {"threadId": THREAD, "toolCallId": "call_1"}});
     start(&mut client, sh("m", "true", metadata));
-    logged(&daemon, &format!("process m (pid "));
+    logged(&daemon, "process m (pid ");
     logged(&daemon, &format!("thread {THREAD}, tool call call_1"));
     for (metadata, message) in [
         (json!({"threadId": "t"}), "invalid character: expected an optional prefix of `urn:uuid:` followed by [0-9a-fA-F-], found `t` at 1"),

@@ -275,7 +275,7 @@ const PATH_SET: &[u8] = b" \"#<>?`{}";
 fn encode(text: &str, set: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for &byte in text.as_bytes() {
-        if byte < 0x20 || byte >= 0x7f || set.contains(&byte) {
+        if !(0x20..0x7f).contains(&byte) || set.contains(&byte) {
             out.push_str(&format!("%{byte:02X}"));
         } else {
             out.push(byte as char);
