@@ -558,7 +558,7 @@ impl Connection {
             // starts once it is written. Deltas go to whichever connection the session is
             // attached to; the stream stops once the session is gone.
             "http/request" => self.gated(Family::Http, id, params, |p, session| {
-                let (response, body) = crate::http::request(p)?;
+                let (response, body) = crate::http::request(p, &session.id)?;
                 if let Some(body) = body {
                     let link = Arc::downgrade(&session.link);
                     after = Some(Box::new(move || {

@@ -308,6 +308,20 @@ fn a_streamed_body_follows_the_response_as_numbered_deltas() {
         json!({"method": "http/request/bodyDelta", "params": {"requestId": "s1", "seq": 1,
                "deltaBase64": BASE64.encode("one"), "done": false, "error": null}})
     );
+    // While it streams, its id cannot start another stream (checked before anything else),
+    // but a buffered request may use it.
+    for p in [
+        params(&server.url("/hello"), json!({"requestId": "s1", "streamResponse": true})),
+        params("ftp://x/", json!({"method": "BAD M", "requestId": "s1", "streamResponse": true})),
+    ] {
+        let r = client.call("http/request", p);
+        assert_eq!(
+            error(&r),
+            (-32602, "http/request streamResponse requestId `s1` is already active".into())
+        );
+    }
+    let r = client.call("http/request", params(&server.url("/hello"), json!({"requestId": "s1"})));
+    assert_eq!(body(result(&r)), b"hello");
     server.release.send(()).expect("release");
     assert_eq!(
         client.recv(),
@@ -317,6 +331,20 @@ fn a_streamed_body_follows_the_response_as_numbered_deltas() {
     assert_eq!(
         client.recv(),
         json!({"method": "http/request/bodyDelta", "params": {"requestId": "s1", "seq": 3,
+               "deltaBase64": "", "done": true, "error": null}})
+    );
+    // Once done, the id is free again; an empty body is one final delta.
+    let id = client.request(
+        "http/request",
+        params(
+            &server.url("/found"),
+            json!({"requestId": "s1", "streamResponse": true, "redirectPolicy": "stop"}),
+        ),
+    );
+    assert_eq!(client.response(&id)["result"]["status"], 302);
+    assert_eq!(
+        client.notification("http/request/bodyDelta"),
+        json!({"method": "http/request/bodyDelta", "params": {"requestId": "s1", "seq": 1,
                "deltaBase64": "", "done": true, "error": null}})
     );
 }

@@ -13,7 +13,7 @@ mod url;
 
 use std::fmt;
 use std::io::Read;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -43,8 +43,8 @@ const BODY_DELTA_METHOD: &str = "http/request/bodyDelta";
 /// Upstream's (reqwest's) text for any failure while reading a response body.
 const BODY_ERROR: &str = "error decoding response body";
 
-/// Streamed responses in flight (bounded by `MAX_STREAMED_RESPONSES`).
-static STREAMS: AtomicUsize = AtomicUsize::new(0);
+/// Streamed responses in flight, as (scope, requestId); at most `MAX_STREAMED_RESPONSES`.
+static STREAMS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 /// `http/request` params. Members are declared in upstream's order, which decides which
 /// missing member a decode error names.
@@ -179,22 +179,36 @@ pub struct PendingBody {
     _slot: StreamSlot,
 }
 
-struct StreamSlot;
+/// A streamed request in flight, from its start until its last delta: its `requestId`
+/// cannot be used for another stream in the same scope meanwhile (as upstream, where the
+/// scope is the connection; here it is the session, which a resume carries along).
+struct StreamSlot {
+    key: (String, String),
+}
 
 impl StreamSlot {
-    fn take() -> Option<StreamSlot> {
-        STREAMS
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_STREAMED_RESPONSES).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| StreamSlot)
+    fn take(scope: &str, request_id: &str) -> Result<StreamSlot, RpcError> {
+        let key = (scope.to_owned(), request_id.to_owned());
+        let mut active = STREAMS.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.contains(&key) {
+            return Err(RpcError::invalid_params(format!(
+                "http/request streamResponse requestId `{request_id}` is already active"
+            )));
+        }
+        if active.len() >= MAX_STREAMED_RESPONSES {
+            return Err(failed(format!(
+                "too many streamed responses in progress (limit {MAX_STREAMED_RESPONSES})"
+            )));
+        }
+        active.push(key.clone());
+        Ok(StreamSlot { key })
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        STREAMS.fetch_sub(1, Ordering::AcqRel);
+        let mut active = STREAMS.lock().unwrap_or_else(PoisonError::into_inner);
+        active.retain(|key| *key != self.key);
     }
 }
 
@@ -213,7 +227,16 @@ fn failed(detail: impl fmt::Display) -> RpcError {
 /// Runs one `http/request`. A buffered request returns its whole body; a streamed one
 /// returns status and headers plus the body still to be sent with `PendingBody::stream`,
 /// which the caller starts once this result has been written (deltas follow the result).
-pub fn request(p: RequestParams) -> Result<(RequestResponse, Option<PendingBody>), RpcError> {
+/// `scope` names the session: a streamed `requestId` is unique within it while active.
+pub fn request(
+    p: RequestParams,
+    scope: &str,
+) -> Result<(RequestResponse, Option<PendingBody>), RpcError> {
+    // Upstream checks an active stream's id first, before anything else in the params.
+    let slot = match p.stream_response {
+        true => Some(StreamSlot::take(scope, &p.request_id)?),
+        false => None,
+    };
     let method = Method::from_bytes(p.method.as_bytes())
         .map_err(|e| RpcError::invalid_params(format!("http/request method is invalid: {e}")))?;
     let url = Url::parse(&p.url).map_err(|e| match e {
@@ -225,14 +248,6 @@ pub fn request(p: RequestParams) -> Result<(RequestResponse, Option<PendingBody>
         }
     })?;
     let headers = build_headers(p.headers)?;
-    let slot = match p.stream_response {
-        true => Some(StreamSlot::take().ok_or_else(|| {
-            failed(format!(
-                "too many streamed responses in progress (limit {MAX_STREAMED_RESPONSES})"
-            ))
-        })?),
-        false => None,
-    };
     let timeout = match p.timeout_ms {
         Timeout::Default => Some(DEFAULT_TIMEOUT),
         Timeout::Disabled => None,
@@ -359,7 +374,7 @@ impl PendingBody {
     }
 
     fn run(self, notify: &dyn Fn(String) -> bool) {
-        let PendingBody { request_id, body, _slot } = self;
+        let PendingBody { request_id, body, _slot: slot } = self;
         let mut reader = body.into_reader();
         let mut buf = vec![0u8; DELTA_BYTES];
         let mut seq = 1u64;
@@ -374,9 +389,12 @@ impl PendingBody {
             serde_json::to_string(&Notification { method: BODY_DELTA_METHOD, params })
                 .expect("a delta is strings, integers and booleans")
         };
+        // The id is released before the last delta goes out, so a client may reuse it as
+        // soon as it sees `done`.
         loop {
             match reader.read(&mut buf) {
                 Ok(0) => {
+                    drop(slot);
                     notify(delta(seq, &[], true, None));
                     break;
                 }
@@ -390,6 +408,7 @@ impl PendingBody {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::debug!("http/request {request_id}: body read failed: {e}");
+                    drop(slot);
                     notify(delta(seq, &[], true, Some(BODY_ERROR)));
                     break;
                 }
