@@ -17,8 +17,9 @@ use super::url::{Url, UrlError};
 
 /// Upstream follows at most this many redirects; the next one is an error.
 const MAX_REDIRECTS: usize = 10;
-/// Connecting to a host when the request has no timeout at all (`timeoutMs: null`): the
-/// response may take forever, but an unreachable host must not hold a worker forever.
+/// Connecting to a host, whatever `timeoutMs` says (absent means no deadline, as upstream):
+/// a response may take as long as it takes, but an unreachable host must not hold a worker
+/// for the kernel's minutes of SYN retries.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers that must not follow a redirect to another origin.
