@@ -243,6 +243,13 @@ fn post_sends_method_headers_and_body() {
     let repeated: Vec<&str> =
         seen.headers.iter().filter(|(n, _)| n == "x-a").map(|(_, v)| v.as_str()).collect();
     assert_eq!(repeated, ["1", "2"]);
+    // A POST without a body (or with an empty one) is sent as an empty body, never chunked.
+    for extra in [json!({"method": "POST"}), json!({"method": "POST", "bodyBase64": ""})] {
+        client.call("http/request", params(&server.url("/echo"), extra));
+        let seen = server.seen();
+        assert_eq!(seen.header("content-length"), Some("0"), "{seen:?}");
+        assert_eq!(seen.header("transfer-encoding"), None, "{seen:?}");
+    }
     // Methods are sent as given, even ones HTTP does not define.
     client.call("http/request", params(&server.url("/echo"), json!({"method": "FOO"})));
     assert_eq!(server.seen().method, "FOO");

@@ -184,8 +184,12 @@ fn send_one(hop: &Hop, left: Option<Duration>) -> Result<Response<ureq::Body>, S
     for (name, value) in &hop.headers {
         builder = builder.header(name, value);
     }
+    // ureq sends a bodiless POST, PUT or PATCH chunked; an explicit empty body is the same
+    // message with `Content-Length: 0`, which every server reads as no body at all.
+    let needs_body = [Method::POST, Method::PUT, Method::PATCH].contains(&hop.method);
     let result = match &hop.body {
         Some(body) => builder.body(body.as_slice()).map(|r| run(r, left)),
+        None if needs_body => builder.body(&[][..]).map(|r| run(r, left)),
         None => builder.body(()).map(|r| run(r, left)),
     };
     let outcome = result.unwrap_or_else(|e| Err(ureq::Error::Http(e)));

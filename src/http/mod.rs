@@ -289,7 +289,9 @@ pub fn request(
         p.stream_response
     );
     let _in_flight = InFlight::take()?;
-    let hop = Hop { method, url, headers, body: p.body };
+    // As upstream, an empty `bodyBase64` sends no body at all (no `Content-Length: 0`).
+    let body = p.body.filter(|b| !b.is_empty());
+    let hop = Hop { method, url, headers, body };
     let follow = p.redirect_policy == RedirectPolicy::Follow;
     let response = client::send(hop, follow, timeout).map_err(failed)?;
     let status = response.status().as_u16();
