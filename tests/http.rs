@@ -566,3 +566,89 @@ fn concurrent_requests_do_not_wait_for_each_other() {
     }
     assert!(done.contains_key("\"s\""));
 }
+
+/// An HTTPS server on 127.0.0.1:0 with a certificate from a fresh CA; answers every
+/// connection with 200 `ok`. Returns the port and the CA in PEM.
+fn tls_server() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "exec-server http test CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .expect("server config");
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let config = Arc::clone(&config);
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+                let conn = ServerConnection::new(config).expect("connection");
+                let mut tls = StreamOwned::new(conn, stream);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return, // a refused handshake ends here
+                    }
+                }
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[test]
+fn https_uses_the_daemons_trust_list() {
+    let (port, ca_pem) = tls_server();
+    let ca_file =
+        std::env::temp_dir().join(format!("exec-server-http-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let url = format!("https://127.0.0.1:{port}/x");
+
+    // Trusted through SSL_CERT_FILE.
+    let ca = ca_file.to_str().expect("UTF-8 path");
+    let trusting = Daemon::start_raw(&["--listen", "ws://127.0.0.1:0"], &[("SSL_CERT_FILE", ca)]);
+    let (mut client, _) = trusting.session();
+    let r = client.call("http/request", params(&url, json!({})));
+    assert_eq!(result(&r)["status"], 200, "{r}");
+    assert_eq!(body(result(&r)), b"ok");
+
+    // Unknown issuer: the request fails like any failure to connect.
+    let strict = Daemon::start_raw(&["--listen", "ws://127.0.0.1:0"], &[("SSL_CERT_FILE", "")]);
+    let (mut client, _) = strict.session();
+    let r = client.call("http/request", params(&url, json!({})));
+    assert_eq!(
+        error(&r),
+        (
+            -32603,
+            format!(
+                "http/request failed: error sending request for url (https://127.0.0.1:{port}/x)"
+            )
+        )
+    );
+    let _ = std::fs::remove_file(&ca_file);
+}
