@@ -70,6 +70,14 @@ fn output(messages: &[Value]) -> String {
     String::from_utf8(bytes).expect("UTF-8 output")
 }
 
+/// True when a `sleep <arg>` process exists (a fact no event announces, so it is polled).
+fn sleeping(arg: &str) -> bool {
+    let wanted = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc").expect("/proc").flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+    })
+}
+
 /// Waits until the daemon's log contains `text`.
 fn logged(daemon: &Daemon, text: &str) {
     let deadline = Instant::now() + DEADLINE;
@@ -264,10 +272,19 @@ fn signal_interrupts_the_process_group() {
     let (mut client, _) = daemon.session();
     // The shell's trap runs only once its foreground `sleep` is gone, so the exit below
     // shows that the whole group got SIGINT, not just the shell.
-    let script = "trap 'echo got INT; exit 7' INT; echo ready; sleep 1000.93; echo not reached";
-    start(&mut client, sh("s", script, json!({})));
+    let sleep = format!("1000.93{}", std::process::id());
+    let script =
+        format!("trap 'echo got INT; exit 7' INT; echo ready; sleep {sleep}; echo not reached");
+    start(&mut client, sh("s", &script, json!({})));
     let ready = client.notification("process/output");
     assert_eq!(ready["params"]["chunk"], BASE64.encode("ready\n"));
+    // Only once `sleep` runs: a signal between the shell's fork and exec is lost in the
+    // child, and the shell would then wait the whole sleep before running its trap.
+    let deadline = Instant::now() + DEADLINE;
+    while !sleeping(&sleep) {
+        assert!(Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let r = client.call("process/signal", json!({"processId": "s", "signal": "interrupt"}));
     assert_eq!(r["result"], json!({}));
     let events = until_closed(&mut client, "s");
