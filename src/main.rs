@@ -10,11 +10,13 @@ mod outbound;
 mod recycle;
 mod shutdown;
 mod uri;
+mod wire;
 
 // Handlers: what the methods do (they never import `rpc`).
 mod envconfig;
 mod environment;
 mod fs;
+mod http;
 mod process;
 
 // The request layer: envelope, ordering, sessions and the one dispatch `match`.

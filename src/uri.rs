@@ -63,6 +63,11 @@ impl AbsolutePath {
         }
     }
 
+    /// The URI when it names another host or a Windows drive (for error texts).
+    pub fn foreign(&self) -> Option<&str> {
+        self.local.as_ref().err().map(|Foreign(uri)| uri.as_str())
+    }
+
     /// The path when local, for ordering keys and other best-effort uses.
     pub fn local(&self) -> Option<&Path> {
         self.local.as_ref().ok().map(PathBuf::as_path)

@@ -504,7 +504,7 @@ fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
         "process/start",
         json!({"processId": "p1", "argv": ["printf", "hi"], "cwd": "/", "env": {}, "tty": false}),
     );
-    assert_eq!(start["result"], json!({"processId": "p1"}), "{start}");
+    assert_eq!(start["result"], json!({"processId": "p1", "sandboxType": "none"}), "{start}");
     let notes = orch.notifications_until_closed("p1");
     // Output and exit race (a short-lived child may be reaped before its pipe is read,
     // §4.2), so only the numbering, the payloads and `closed` being last are fixed.
@@ -524,7 +524,7 @@ fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
             ),
             Some("process/exited") => assert_eq!(
                 event,
-                &json!({"method": "process/exited", "params": {"processId": "p1", "seq": seq, "exitCode": 0}})
+                &json!({"method": "process/exited", "params": {"processId": "p1", "seq": seq, "exitCode": 0, "sandboxDenied": false}})
             ),
             _ => panic!("unexpected notification {event}"),
         }
@@ -536,7 +536,7 @@ fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
         "process/start",
         json!({"processId": "p2", "argv": ["sh", "-c", "sleep 0.3; printf late"], "cwd": "/", "env": {}, "tty": false}),
     );
-    assert_eq!(start["result"], json!({"processId": "p2"}), "{start}");
+    assert_eq!(start["result"], json!({"processId": "p2", "sandboxType": "none"}), "{start}");
     drop(orch);
 
     // The daemon notices, registers again with the same idempotency id, dials again.

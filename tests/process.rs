@@ -31,7 +31,8 @@ fn merge(mut base: Value, extra: Value) -> Value {
 fn start(client: &mut Client, params: Value) {
     let id = params["processId"].clone();
     let response = client.call("process/start", params);
-    assert_eq!(response["result"], json!({"processId": id}), "{response}");
+    // v2 (issue 12): `sandboxType` is "none" for an unsandboxed process.
+    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
 }
 
 fn sh(id: &str, script: &str) -> Value {
@@ -151,10 +152,13 @@ fn true_exits_then_closes_and_the_response_comes_first() {
         "process/start",
         json!({"processId":"t","argv":["true"],"cwd":"/","env":{"PATH":PATH},"tty":false,"pipeStdin":false,"arg0":null}),
     );
-    assert_eq!(client.recv(), json!({"id": id, "result": {"processId": "t"}}));
     assert_eq!(
         client.recv(),
-        json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0}})
+        json!({"id": id, "result": {"processId": "t", "sandboxType": "none"}})
+    );
+    assert_eq!(
+        client.recv(),
+        json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0,"sandboxDenied":false}})
     );
     assert_eq!(
         client.recv(),
@@ -185,7 +189,7 @@ fn section_5_example_yields_exactly_four_notifications() {
         [
             json!({"method":"process/output","params":{"processId":"p1","seq":1,"stream":"stdout","chunk":"ZXZlbnQgb3V0cHV0Cg=="}}),
             json!({"method":"process/output","params":{"processId":"p1","seq":2,"stream":"stderr","chunk":"ZXZlbnQgZXJyCg=="}}),
-            json!({"method":"process/exited","params":{"processId":"p1","seq":3,"exitCode":7}}),
+            json!({"method":"process/exited","params":{"processId":"p1","seq":3,"exitCode":7,"sandboxDenied":false}}),
             json!({"method":"process/closed","params":{"processId":"p1","seq":4}}),
         ]
     );
@@ -206,7 +210,8 @@ fn start_checks_give_the_contract_errors() {
     assert_eq!((code, message.as_str()), (-32602, "argv must not be empty"));
     let relative = merge(start_params("x", &["true"]), json!({"cwd": "tmp"}));
     let (code, message) = error(&client.call("process/start", relative));
-    assert_eq!((code, message.as_str()), (-32602, "cwd must be an absolute path"));
+    // A relative cwd is neither a native absolute path nor a URI (upstream 0.171's text).
+    assert_eq!((code, message.as_str()), (-32602, "invalid URI: relative URL without a base"));
 
     let missing = start_params("x", &["/no/such/program"]);
     let (code, message) = error(&client.call("process/start", missing));
@@ -336,7 +341,7 @@ fn read_defaults_next_seq_and_max_bytes() {
             {"seq":1,"stream":"stdout","chunk":"YQo="},
             {"seq":2,"stream":"stdout","chunk":"Ygo="},
             {"seq":3,"stream":"stdout","chunk":"Ywo="}],
-         "nextSeq":4,"exited":true,"exitCode":0,"closed":true,"failure":null})
+         "nextSeq":4,"exited":true,"exitCode":0,"closed":true,"failure":null,"sandboxDenied":false})
     );
     assert_eq!(read(&mut client, json!({"processId": "r"})), all);
     let one = read(&mut client, json!({"processId": "r", "maxBytes": 1}));
@@ -809,7 +814,10 @@ fn pipelined_start_and_write_take_effect_in_order() {
         client.request("process/start", merge(sh("pipe", "head -c 5"), json!({"pipeStdin": true})));
     let write_id = client
         .request("process/write", json!({"processId": "pipe", "chunk": BASE64.encode("hello")}));
-    assert_eq!(client.response(&start_id)["result"], json!({"processId": "pipe"}));
+    assert_eq!(
+        client.response(&start_id)["result"],
+        json!({"processId": "pipe", "sandboxType": "none"})
+    );
     assert_eq!(client.response(&write_id)["result"], json!({"status": "accepted"}));
     assert_eq!(output(&until_closed(&mut client, "pipe")), b"hello");
 }
@@ -858,7 +866,10 @@ fn processes_work_over_stdio() {
     let start = json!({"id": 2, "method": "process/start", "params": sh("s", "echo hi")});
     daemon.send_line(&start.to_string());
     assert!(daemon.recv()["result"]["sessionId"].is_string());
-    assert_eq!(daemon.recv(), json!({"id": 2, "result": {"processId": "s"}}));
+    assert_eq!(
+        daemon.recv(),
+        json!({"id": 2, "result": {"processId": "s", "sandboxType": "none"}})
+    );
     assert_eq!(
         daemon.recv(),
         json!({"method":"process/output","params":{"processId":"s","seq":1,"stream":"stdout","chunk":"aGkK"}})

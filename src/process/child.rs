@@ -70,6 +70,7 @@ impl Proc {
                         process_id: &self.id,
                         seq,
                         exit_code: exit.code,
+                        sandbox_denied: false,
                         signal: exit.signal.as_deref(),
                     };
                     let message = encode("process/exited", params);

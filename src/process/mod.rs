@@ -3,7 +3,8 @@
 //! `kill_all` — and assembles a child from the parts beside it: wire.rs (params, results,
 //! notification encoding), spawn.rs (clone/exec, pipes), pty.rs, envpolicy.rs (the child's
 //! environment), child.rs (events, notifications, the drain and wait threads), retention.rs,
-//! stdin.rs, table.rs (entries and their removal), kill.rs (tree kill), exit.rs (status and
+//! stdin.rs, table.rs (entries and their removal), v2.rs (codex 0.171's additions: sandbox
+//! context, metadata, `writeId`s, `process/signal`), kill.rs (tree kill), exit.rs (status and
 //! signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
 //! imports nothing of `rpc`: notifications leave through `Notify`, and the caller decides when
 //! a start response has been written.
@@ -17,6 +18,7 @@ mod retention;
 mod spawn;
 mod stdin;
 mod table;
+mod v2;
 mod wait;
 mod wire;
 
@@ -44,6 +46,7 @@ use spawn::{
 };
 use stdin::StdinQueue;
 use table::{Lookup, Proc, Slot, State, Table};
+use v2::{Signal, SignalParams, SignalResponse};
 use wait::{lock, wait_while};
 pub use wire::{
     ChunkOut, Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream,
@@ -83,9 +86,15 @@ impl Processes {
         if p.argv.is_empty() {
             return Err(RpcError::invalid_params("argv must not be empty"));
         }
-        if !Path::new(&p.cwd).is_absolute() {
-            return Err(RpcError::invalid_params("cwd must be an absolute path"));
-        }
+        let cwd = p.cwd.to_local().map_err(|e| {
+            let uri = p.cwd.foreign().unwrap_or_default();
+            RpcError::invalid_params(format!(
+                "cwd URI `{uri}` is not valid on this exec-server host: {e}"
+            ))
+        })?;
+        // v2: refuse what cannot be honoured, before anything is reserved.
+        let sandbox_type =
+            v2::check_start(&p.process_id, p.sandbox.as_ref(), p.network_proxy.as_ref())?;
         let id = p.process_id.clone();
         let token = {
             let mut table = lock(&self.table);
@@ -104,13 +113,29 @@ impl Processes {
             table.slots.insert(id.clone(), Slot::Starting(token));
             token
         };
-        let spawned = self.spawn(&p);
+        let spawned = self.spawn(&p, cwd);
         let mut table = lock(&self.table);
         let ours = matches!(table.slots.get(&id), Some(Slot::Starting(t)) if *t == token);
         match spawned {
             Ok(proc) if ours => {
                 table.slots.insert(id.clone(), Slot::Running(proc.clone()));
-                Ok(StartResponse { process_id: id })
+                if let Some(m) = &p.metadata {
+                    log::debug!(
+                        "process {id} (pid {}): thread {}, tool call {}",
+                        proc.pid,
+                        m.thread_id.as_deref().unwrap_or("-"),
+                        m.tool_call_id.as_deref().unwrap_or("-")
+                    );
+                }
+                if p.enforce_managed_network || p.managed_network.is_some() {
+                    // As upstream: managed networking is enforced by a sandbox, and this
+                    // process has none (a restricted one was refused above).
+                    log::debug!("process {id}: managed network not enforced without a sandbox");
+                }
+                if p.shell_snapshot.is_some() {
+                    log::debug!("process {id}: shellSnapshot ignored (not advertised)");
+                }
+                Ok(StartResponse { process_id: id, sandbox_type })
             }
             Ok(proc) => {
                 // kill_all removed the slot (and its count) while we were spawning.
@@ -129,9 +154,9 @@ impl Processes {
         }
     }
 
-    fn spawn(&self, p: &StartParams) -> io::Result<Arc<Proc>> {
+    fn spawn(&self, p: &StartParams, cwd: &Path) -> io::Result<Arc<Proc>> {
         let env = envpolicy::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
-        let program = resolve_program(&p.argv[0], &env, Path::new(&p.cwd))?;
+        let program = resolve_program(&p.argv[0], &env, cwd)?;
         let text = |s: &str| CString::new(s).map_err(|_| nul_error());
         let argv0 = p.arg0.as_deref().unwrap_or(&p.argv[0]);
         let argv = std::iter::once(argv0)
@@ -148,7 +173,7 @@ impl Processes {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let program = CString::new(program.into_os_string().into_vec()).map_err(|_| nul_error())?;
-        let cwd = text(&p.cwd)?;
+        let cwd = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| nul_error())?;
 
         // The child's ends (kept until the spawn returns) and ours.
         let mut outputs: Vec<(Stream, File)> = Vec::new();
@@ -203,6 +228,7 @@ impl Processes {
             pid,
             sink: self.sink.clone(),
             stdin: stdin_file.as_ref().map(|_| Arc::new(StdinQueue::new())),
+            write_ids: Mutex::default(),
             state: Mutex::new(state),
             changed: Condvar::new(),
             emitting: Mutex::new(()),
@@ -283,21 +309,53 @@ impl Processes {
             signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
             closed: state.closed_at.is_some(),
             failure: None,
+            sandbox_denied: false,
         })
     }
 
     /// `process/write` (§4.5).
     pub fn write(&self, p: WriteParams) -> Result<WriteResponse, RpcError> {
+        v2::check_write_id(p.write_id.as_deref())?;
         let status = match self.lookup(&p.process_id) {
             Lookup::Unknown => WriteStatus::UnknownProcess,
             Lookup::Starting => WriteStatus::Starting,
             Lookup::Running(proc) => match &proc.stdin {
                 None => WriteStatus::StdinClosed,
-                Some(stdin) if stdin.push(p.chunk) => WriteStatus::Accepted,
-                Some(_) => return Err(RpcError::internal("failed to write to process stdin")),
+                Some(stdin) => {
+                    // v2: a repeated `writeId` is a retry: acknowledged, not written again.
+                    // The id is recorded only once the bytes are queued.
+                    let mut ids = lock(&proc.write_ids);
+                    let id = p.write_id.as_deref();
+                    if id.is_some_and(|id| ids.contains(id)) {
+                        WriteStatus::Accepted
+                    } else if stdin.push(p.chunk) {
+                        if let Some(id) = id {
+                            ids.insert(id);
+                        }
+                        WriteStatus::Accepted
+                    } else {
+                        return Err(RpcError::internal("failed to write to process stdin"));
+                    }
+                }
             },
         };
         Ok(WriteResponse { status })
+    }
+
+    /// `process/signal` (v2): `interrupt` sends SIGINT to the process group. An unknown,
+    /// starting or finished process is not an error (upstream answers `{}`).
+    pub fn signal(&self, p: SignalParams) -> Result<SignalResponse, RpcError> {
+        if let Lookup::Running(proc) = self.lookup(&p.process_id) {
+            let Signal::Interrupt = p.signal;
+            // Under the state lock, so the waiter cannot reap the leader (freeing its pid,
+            // which is also the group id) in between.
+            let state = lock(&proc.state);
+            if !state.reaped {
+                // SAFETY: kill(2) on the process group of a child we have not reaped.
+                unsafe { libc::kill(-proc.pid, libc::SIGINT) };
+            }
+        }
+        Ok(SignalResponse {})
     }
 
     /// `process/terminate` (§4.7): kill the whole tree and reap the child.

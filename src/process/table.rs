@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::exit::Exit;
 use super::retention::Retention;
 use super::stdin::StdinQueue;
+use super::v2::WriteIds;
 use super::wait::lock;
 use super::wire::Notify;
 
@@ -40,6 +41,8 @@ pub(super) struct Proc {
     pub(super) pid: libc::pid_t,
     pub(super) sink: Arc<dyn Notify>,
     pub(super) stdin: Option<Arc<StdinQueue>>,
+    /// v2: `writeId`s already accepted; held while a write is queued.
+    pub(super) write_ids: Mutex<WriteIds>,
     pub(super) state: Mutex<State>,
     /// Signalled on every event, on reaping and on announcement.
     pub(super) changed: Condvar,

@@ -10,6 +10,7 @@ use super::retention::*;
 use super::wire::*;
 use super::*;
 use crate::b64;
+use crate::uri::AbsolutePath;
 use serde_json::{json, Value};
 
 /// Every wait in these tests ends by this deadline.
@@ -68,12 +69,18 @@ fn params(id: &str, argv: &[&str]) -> StartParams {
     StartParams {
         process_id: id.into(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
-        cwd: "/".into(),
+        cwd: AbsolutePath::from_path("/"),
         env: HashMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())]),
         tty: false,
         pipe_stdin: false,
         arg0: None,
         env_policy: None,
+        metadata: None,
+        sandbox: None,
+        enforce_managed_network: false,
+        managed_network: None,
+        network_proxy: None,
+        shell_snapshot: None,
     }
 }
 
@@ -195,7 +202,7 @@ fn true_exits_then_closes() {
     assert_eq!(
         sink.until_closed("t"),
         [
-            json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0}}),
+            json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0,"sandboxDenied":false}}),
             json!({"method":"process/closed","params":{"processId":"t","seq":2}}),
         ]
     );
@@ -215,7 +222,7 @@ fn section_5_example_yields_exactly_four_events() {
         [
             json!({"method":"process/output","params":{"processId":"p1","seq":1,"stream":"stdout","chunk":"ZXZlbnQgb3V0cHV0Cg=="}}),
             json!({"method":"process/output","params":{"processId":"p1","seq":2,"stream":"stderr","chunk":"ZXZlbnQgZXJyCg=="}}),
-            json!({"method":"process/exited","params":{"processId":"p1","seq":3,"exitCode":7}}),
+            json!({"method":"process/exited","params":{"processId":"p1","seq":3,"exitCode":7,"sandboxDenied":false}}),
             json!({"method":"process/closed","params":{"processId":"p1","seq":4}}),
         ]
     );
@@ -268,17 +275,22 @@ fn start_checks_and_spawn_errors() {
     let err = |p| processes.start(p).expect_err("start fails");
     assert_eq!(err(params("x", &[])), RpcError::invalid_params("argv must not be empty"));
     let mut p = params("x", &["true"]);
-    p.cwd = "tmp".into();
-    assert_eq!(err(p), RpcError::invalid_params("cwd must be an absolute path"));
+    p.cwd = AbsolutePath::parse("file://elsewhere/tmp").expect("a well-formed URI");
+    assert_eq!(
+        err(p),
+        RpcError::invalid_params(
+            "cwd URI `file://elsewhere/tmp` is not valid on this exec-server host: 'file://elsewhere/tmp' is invalid on 'linux'"
+        )
+    );
     assert_eq!(
         err(params("x", &["no-such-program-here"])),
         RpcError::internal("No such file or directory (os error 2)")
     );
     let mut p = params("x", &["true"]);
-    p.cwd = "/etc/passwd".into();
+    p.cwd = AbsolutePath::from_path("/etc/passwd");
     assert_eq!(err(p), RpcError::internal("Not a directory (os error 20)"));
     let mut p = params("x", &["true"]);
-    p.cwd = "/no/such/dir".into();
+    p.cwd = AbsolutePath::from_path("/no/such/dir");
     assert_eq!(err(p), RpcError::internal("No such file or directory (os error 2)"));
     assert_eq!(err(params("x", &["tr\0ue"])).code, -32603);
     assert_eq!(live.load(Ordering::SeqCst), 0);
@@ -305,7 +317,7 @@ fn env_cwd_arg0_and_path_lookup() {
     let (processes, sink, _) = setup(Config::default());
     let mut p = params("env", &["env"]);
     p.env.insert("A".into(), "1".into());
-    p.cwd = "/tmp".into();
+    p.cwd = AbsolutePath::from_path("/tmp");
     run(&processes, p);
     let mut lines: Vec<String> = sink.output_of("env").lines().map(String::from).collect();
     lines.sort();
@@ -313,7 +325,7 @@ fn env_cwd_arg0_and_path_lookup() {
 
     let mut p = params("arg0", &["sh", "-c", r#"pwd; tr '\0' ' ' < /proc/$$/cmdline"#]);
     p.arg0 = Some("renamed".into());
-    p.cwd = "/tmp".into();
+    p.cwd = AbsolutePath::from_path("/tmp");
     run(&processes, p);
     assert_eq!(sink.output_of("arg0"), "/tmp\nrenamed -c pwd; tr '\\0' ' ' < /proc/$$/cmdline ");
 
@@ -329,7 +341,11 @@ fn writes_reach_stdin_in_order() {
     p.pipe_stdin = true;
     run(&processes, p);
     let write = |id: &str, bytes: &[u8]| {
-        processes.write(WriteParams { process_id: id.into(), chunk: bytes.to_vec() })
+        processes.write(WriteParams {
+            process_id: id.into(),
+            chunk: bytes.to_vec(),
+            write_id: None,
+        })
     };
     for part in ["a", "b", "c\n"] {
         assert_eq!(write("cat", part.as_bytes()).expect("write").status, WriteStatus::Accepted);
@@ -379,8 +395,11 @@ fn pty_has_size_echo_and_a_controlling_terminal() {
             after = c.seq;
         }
     }
-    let status =
-        processes.write(WriteParams { process_id: "tty".into(), chunk: b"hello\n".to_vec() });
+    let status = processes.write(WriteParams {
+        process_id: "tty".into(),
+        chunk: b"hello\n".to_vec(),
+        write_id: None,
+    });
     assert_eq!(status.expect("write").status, WriteStatus::Accepted);
     let out = sink.output_of("tty");
     assert!(out.starts_with("24 80\r\n/dev/pts/"), "{out:?}");
@@ -403,7 +422,7 @@ fn terminate_kills_the_whole_tree() {
     let events = sink.until_closed("tree");
     assert_eq!(
         events[0],
-        json!({"method":"process/exited","params":{"processId":"tree","seq":1,"exitCode":137,"signal":"SIGKILL"}})
+        json!({"method":"process/exited","params":{"processId":"tree","seq":1,"exitCode":137,"signal":"SIGKILL","sandboxDenied":false}})
     );
     assert_eq!(events.len(), 2);
     assert!(session_members(pid).is_empty());
@@ -451,8 +470,9 @@ fn finished_entries_are_removed_after_retention() {
         processes.read(p).expect_err("removed"),
         RpcError::invalid_request("unknown process id gone")
     );
-    let w =
-        processes.write(WriteParams { process_id: "gone".into(), chunk: vec![] }).expect("write");
+    let w = processes
+        .write(WriteParams { process_id: "gone".into(), chunk: vec![], write_id: None })
+        .expect("write");
     assert_eq!(w.status, WriteStatus::UnknownProcess);
     run(&processes, params("gone", &["true"]));
 }

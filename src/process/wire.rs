@@ -11,8 +11,12 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::envpolicy::EnvPolicy;
+use super::v2::{
+    ExecMetadata, ManagedNetwork, NetworkProxy, SandboxContext, SandboxType, ShellSnapshot,
+};
 use crate::b64;
 use crate::recycle;
+use crate::uri::AbsolutePath;
 
 /// Where a session's notifications go. Implemented by the session code.
 pub trait Notify: Send + Sync {
@@ -40,7 +44,8 @@ fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
 pub struct StartParams {
     pub process_id: String,
     pub argv: Vec<String>,
-    pub cwd: String,
+    /// A `file:` URI or (0.130 clients) a native absolute path.
+    pub cwd: AbsolutePath,
     pub env: HashMap<String, String>,
     pub tty: bool,
     #[serde(default, deserialize_with = "null_as_false")]
@@ -49,12 +54,28 @@ pub struct StartParams {
     pub arg0: Option<String>,
     #[serde(default)]
     pub env_policy: Option<EnvPolicy>,
+    // v2 (upstream 0.171): see v2.rs.
+    #[serde(default)]
+    pub metadata: Option<ExecMetadata>,
+    #[serde(default)]
+    pub sandbox: Option<SandboxContext>,
+    /// Only enforced inside a sandbox; without one upstream runs the process as asked.
+    #[serde(default)]
+    pub enforce_managed_network: bool,
+    #[serde(default)]
+    pub managed_network: Option<ManagedNetwork>,
+    #[serde(default)]
+    pub network_proxy: Option<NetworkProxy>,
+    #[serde(default)]
+    pub shell_snapshot: Option<ShellSnapshot>,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartResponse {
     pub process_id: String,
+    /// v2: what enforces the process's sandbox (`none` when it has none).
+    pub sandbox_type: SandboxType,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +108,8 @@ pub struct ReadResponse {
     pub closed: bool,
     /// Always null in v1.
     pub failure: Option<String>,
+    /// v2: whether the process hit a sandbox denial the daemon could observe.
+    pub sandbox_denied: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +118,9 @@ pub struct WriteParams {
     pub process_id: String,
     #[serde(deserialize_with = "base64_bytes")]
     pub chunk: Vec<u8>,
+    /// v2: upstream requires it; optional here so v1 clients keep working.
+    #[serde(default)]
+    pub write_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -146,6 +172,8 @@ pub(super) struct ExitedParams<'a> {
     pub(super) exit_code: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) signal: Option<&'a str>,
+    /// v2: whether the process hit a sandbox denial the daemon could observe.
+    pub(super) sandbox_denied: bool,
 }
 
 #[derive(Serialize)]

@@ -21,6 +21,8 @@ use crate::process::StartParams;
 enum Family {
     Exec,
     Filesystem,
+    /// `http/request` has its own gate family; upstream 0.171 names it "http".
+    Http,
     EnvironmentInfo,
     EnvironmentStatus,
     EnvironmentConfig,
@@ -31,6 +33,7 @@ impl Family {
         match self {
             Family::Exec => "exec",
             Family::Filesystem => "filesystem",
+            Family::Http => "http",
             Family::EnvironmentInfo => "environment info",
             Family::EnvironmentStatus => "environment status",
             Family::EnvironmentConfig => "environment config",
@@ -61,6 +64,7 @@ impl Connection {
                 self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
+            "process/signal" => self.gated(Family::Exec, id, params, |p, s| s.processes.signal(p)),
             "fs/readFile" => self
                 .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
             "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),
@@ -76,6 +80,25 @@ impl Connection {
             "fs/remove" => self.gated(Family::Filesystem, id, params, |p, _| fs::remove(p)),
             "fs/copy" => self.gated(Family::Filesystem, id, params, |p, _| fs::copy(p)),
             // Protocol v2 (codex 0.171).
+            // A streamed body's deltas follow this response, so the stream starts once it
+            // is written. Deltas go to whichever connection the session is attached to; the
+            // stream stops once the session is gone.
+            "http/request" => self.gated(Family::Http, id, params, |p, session| {
+                let (response, body) = crate::http::request(p, &session.id)?;
+                if let Some(body) = body {
+                    let link = Arc::downgrade(&session.link);
+                    after = Some(Box::new(move || {
+                        body.stream(move |message| match link.upgrade() {
+                            Some(link) => {
+                                link.notify(message);
+                                true
+                            }
+                            None => false,
+                        })
+                    }));
+                }
+                Ok(response)
+            }),
             "environment/info" => {
                 self.gated(Family::EnvironmentInfo, id, params, |p, _| environment::info(p))
             }

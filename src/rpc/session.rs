@@ -15,6 +15,9 @@ use crate::fs::watch::Watches;
 use crate::outbound::Outbound;
 use crate::process::{Notify, Processes};
 
+/// The error code for resuming a session that another connection holds (upstream 0.171).
+const SESSION_ATTACHED: i64 = -32010;
+
 /// Where a session's notifications go: the attached connection, or nowhere while detached.
 pub struct Link {
     state: Mutex<LinkState>,
@@ -136,10 +139,12 @@ impl Sessions {
         let session = map.get(id).ok_or_else(unknown)?;
         let mut link = session.link.lock();
         match link.detached_at {
+            // v2 (issue 12): upstream 0.171 answers -32010 here (v1 had -32600).
             None => {
-                return Err(RpcError::invalid_request(format!(
-                    "session {id} is already attached to another connection"
-                )))
+                return Err(RpcError::new(
+                    SESSION_ATTACHED,
+                    format!("session {id} is already attached to another connection"),
+                ))
             }
             // Expired but not yet reaped: as good as gone.
             Some(at) if at.elapsed() >= self.ttl => return Err(unknown()),
