@@ -82,6 +82,9 @@ pub struct EnvironmentInfo {
     pub cwd: Option<Uri>,
     pub user_home_dir: Option<Uri>,
     pub platform_os: &'static str,
+    /// Folders upstream prepends to a child's PATH (its bundled tools); exec-server bundles
+    /// none, so always empty.
+    pub prepend_path_dirs: Vec<Uri>,
     pub temporary_directories: Vec<Uri>,
     pub temp_dir: Uri,
     pub capabilities: Capabilities,
@@ -119,8 +122,8 @@ pub struct Capabilities {
 impl Capabilities {
     /// What this build implements: `fs/watchMissing`, `environmentConfig/read` and the
     /// `fs/open` family (writes included). Not `sandboxedFileStreaming`: a restricted sandbox
-    /// on `fs/open` is refused until sandboxes are enforced. `httpHeaderEnvVars` turns on with
-    /// `http/request`.
+    /// on `fs/open` is refused until sandboxes are enforced. `httpHeaderEnvVars`: `http/request`
+    /// resolves `valueEnvVar` headers.
     pub const fn implemented() -> Capabilities {
         Capabilities {
             network_proxy_launch: false,
@@ -132,7 +135,7 @@ impl Capabilities {
             fs_watch_missing: true,
             capability_discovery_v2: false,
             environment_config_read: true,
-            http_header_env_vars: false,
+            http_header_env_vars: true,
             sandboxed_file_streaming: false,
             file_write_streaming: true,
             shell_snapshot_v2: false,
@@ -182,6 +185,7 @@ fn current() -> EnvironmentInfo {
         cwd: std::env::current_dir().ok().map(Uri),
         user_home_dir: home_dir().map(Uri),
         platform_os: "linux",
+        prepend_path_dirs: Vec::new(),
         // Upstream lists `$TMPDIR` here when it is set, and nothing otherwise.
         temporary_directories: tmpdir.iter().map(|t| Uri(PathBuf::from(t))).collect(),
         temp_dir: Uri(temp_dir),
@@ -334,6 +338,7 @@ mod tests {
             "\"cwd\":\"file:///",
             "\"userHomeDir\":",
             "\"platformOs\":\"linux\"",
+            "\"prependPathDirs\":[]",
             "\"temporaryDirectories\":[",
             "\"tempDir\":\"file:///",
             "\"capabilities\":{\"networkProxyLaunch\":false",
