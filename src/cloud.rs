@@ -20,6 +20,10 @@ use tungstenite::WebSocket;
 use crate::registry::{self, without_query, Backoff, RegisterError, Registry, TokenSource};
 use crate::tls::{self, Stream, TlsStream};
 
+// Cloud mode v2 (codex 0.171: environment registry + Noise relay), beside v1.
+pub mod noise;
+pub mod registry_v2;
+
 /// Keepalive on the rendezvous link (§8.6): ping this often...
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// ...and close it after this long without hearing anything, Pong included.

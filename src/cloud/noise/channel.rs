@@ -30,8 +30,10 @@ pub const SUITE: &str = "Noise_hybridIK_X25519+MLKEM768_AESGCM_SHA256";
 /// First part of every prologue; versions the transcript binding.
 pub const PROLOGUE_DOMAIN: &[u8] = b"codex-exec-server-relay-noise/v1";
 /// X25519 public key length in bytes.
+#[cfg_attr(not(test), allow(dead_code))]
 pub const X25519_PUBLIC_KEY_BYTES: usize = 32;
 /// ML-KEM-768 encapsulation key length in bytes (FIPS 203).
+#[cfg_attr(not(test), allow(dead_code))]
 pub const MLKEM768_PUBLIC_KEY_BYTES: usize = 1184;
 /// AES-GCM tag length in bytes; every record is at least this long.
 pub const TAG_BYTES: usize = 16;
@@ -49,6 +51,7 @@ type KemKeyPair = KeyPair<<MlKem768 as Kem>::PubKey, <MlKem768 as Kem>::SecretKe
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelError {
     KeyGeneration(String),
+    #[cfg_attr(not(test), allow(dead_code))]
     InvalidPublicKey(&'static str),
     InvalidMessage(&'static str),
     Handshake(String),
@@ -108,6 +111,7 @@ impl PublicKey {
         }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     /// Checks the suite and both lengths before anything reaches clatter (whose
     /// `from_slice` asserts lengths).
     fn decode(&self) -> Result<([u8; X25519_PUBLIC_KEY_BYTES], Vec<u8>), ChannelError> {
@@ -183,10 +187,12 @@ fn check_len(len: usize, what: &'static str) -> Result<(), ChannelError> {
 
 /// The initiator between its first and second message (harness side; tests only in
 /// this daemon). Consumed by `finish`, so one state never completes twice.
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct Initiator {
     handshake: Handshake,
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 impl Initiator {
     /// Writes message 1 to the pinned responder key; `payload` (the registry's harness
     /// key authorization) travels encrypted inside it.
@@ -295,5 +301,117 @@ impl Channel {
         }
         check_len(ciphertext.len(), "record too large")?;
         Ok(self.transport.receive_vec(ciphertext)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(prologue_i: &[u8], prologue_r: &[u8]) -> Result<(Channel, Channel, PublicKey), ChannelError> {
+        let harness = Identity::generate()?;
+        let executor = Identity::generate()?;
+        let (init, m1) = Initiator::start(&harness, &executor.public_key(), prologue_i, b"authz")?;
+        // Known sizes (matched the 0.171 executor): 3568 + payload, and 3424.
+        assert_eq!(m1.len(), 3568 + 5);
+        let mut pending = PendingResponder::read_request(&executor, prologue_r, &m1)?;
+        assert_eq!(pending.take_payload(), b"authz");
+        let seen = pending.initiator().clone();
+        let (responder, m2) = pending.complete()?;
+        assert_eq!(m2.len(), 3424);
+        let initiator = init.finish(&m2)?;
+        assert_eq!(seen, harness.public_key());
+        Ok((initiator, responder, seen))
+    }
+
+    #[test]
+    fn prologue_known_answer() {
+        // Upstream's vector (u64 big-endian lengths, the 0.171 encoding).
+        assert_eq!(
+            prologue("env-1", "registration-1", "stream-1"),
+            b"\x00\x00\x00\x00\x00\x00\x00\x20codex-exec-server-relay-noise/v1\
+              \x00\x00\x00\x00\x00\x00\x00\x05env-1\
+              \x00\x00\x00\x00\x00\x00\x00\x0eregistration-1\
+              \x00\x00\x00\x00\x00\x00\x00\x08stream-1"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn handshake_roundtrip_and_records() {
+        let p = prologue("e", "r", "s");
+        let (mut i, mut r, _) = pair(&p, &p).expect("handshake");
+        let c = i.encrypt(b"hello").expect("encrypt");
+        assert_eq!(c.len(), 5 + TAG_BYTES);
+        assert_eq!(r.decrypt(&c).expect("decrypt"), b"hello");
+        let back = r.encrypt(b"world").expect("encrypt");
+        assert_eq!(i.decrypt(&back).expect("decrypt"), b"world");
+    }
+
+    #[test]
+    fn mismatched_prologue_is_refused() {
+        let harness = Identity::generate().expect("id");
+        let executor = Identity::generate().expect("id");
+        let (_i, m1) = Initiator::start(&harness, &executor.public_key(), &prologue("e", "r", "s1"), b"a")
+            .expect("start");
+        assert!(PendingResponder::read_request(&executor, &prologue("e", "r", "s2"), &m1).is_err());
+    }
+
+    #[test]
+    fn wrong_responder_key_is_refused() {
+        let harness = Identity::generate().expect("id");
+        let executor = Identity::generate().expect("id");
+        let other = Identity::generate().expect("id");
+        let p = prologue("e", "r", "s");
+        let (_i, m1) = Initiator::start(&harness, &other.public_key(), &p, b"a").expect("start");
+        assert!(PendingResponder::read_request(&executor, &p, &m1).is_err());
+    }
+
+    #[test]
+    fn tampered_replayed_reordered_truncated_records_are_refused() {
+        let p = prologue("e", "r", "s");
+        let (mut i, mut r, _) = pair(&p, &p).expect("handshake");
+        let c0 = i.encrypt(b"zero").expect("enc");
+        let c1 = i.encrypt(b"one").expect("enc");
+        // reordered: record 1 before record 0 fails (implicit nonces)
+        assert!(r.decrypt(&c1).is_err());
+        let (mut i, mut r, _) = pair(&p, &p).expect("handshake");
+        let c0b = i.encrypt(b"zero").expect("enc");
+        let mut tampered = c0b.clone();
+        tampered[0] ^= 1;
+        assert!(r.decrypt(&tampered).is_err());
+        let (mut i, mut r, _) = pair(&p, &p).expect("handshake");
+        let c = i.encrypt(b"zero").expect("enc");
+        assert!(r.decrypt(&c[..c.len() - 1]).is_err()); // truncated
+        assert!(r.decrypt(&c[..TAG_BYTES - 1]).is_err()); // shorter than a tag
+        let (mut i, mut r, _) = pair(&p, &p).expect("handshake");
+        let c = i.encrypt(b"zero").expect("enc");
+        assert_eq!(r.decrypt(&c).expect("first"), b"zero");
+        assert!(r.decrypt(&c).is_err()); // replayed
+        drop((c0, c0b));
+    }
+
+    #[test]
+    fn public_keys_are_checked() {
+        let key = Identity::generate().expect("id").public_key();
+        let mut bad = key.clone();
+        bad.suite = "Noise_IK_25519_AESGCM_SHA256".into();
+        assert_eq!(bad.decode().err(), Some(ChannelError::InvalidPublicKey("unsupported suite")));
+        let mut short = key.clone();
+        short.x25519_public_key = STANDARD.encode([0u8; 31]);
+        assert!(short.decode().is_err());
+        let mut kem = key;
+        kem.mlkem768_public_key = STANDARD.encode([0u8; 1183]);
+        assert!(kem.decode().is_err());
+        let json = r#"{"suite":"s","x25519_public_key":"a","mlkem768_public_key":"b","extra":1}"#;
+        assert!(serde_json::from_str::<PublicKey>(json).is_err());
+    }
+
+    #[test]
+    fn debug_output_carries_no_key_material() {
+        let id = Identity::generate().expect("id");
+        let key = id.public_key();
+        assert!(!format!("{id:?}").contains(&key.x25519_public_key));
+        assert!(!format!("{key:?}").contains(&key.x25519_public_key));
     }
 }

@@ -141,10 +141,12 @@ pub fn encode_reset(stream_id: &str, reason: &str) -> Vec<u8> {
     frame(stream_id, Body::Reset(RelayReset { reason: reason.to_string() })).encode_to_vec()
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn encode_resume(stream_id: &str, next_seq: u32) -> Vec<u8> {
     frame(stream_id, Body::Resume(RelayResume { next_seq })).encode_to_vec()
 }
 
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn encode_heartbeat(stream_id: &str) -> Vec<u8> {
     frame(stream_id, Body::Heartbeat(RelayHeartbeat {})).encode_to_vec()
 }
@@ -187,5 +189,60 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
         }
         Some(Body::AckFrame(_) | Body::Resume(_) | Body::Heartbeat(_)) => Ok(Frame::Other { stream_id }),
         None => Err(FrameError("relay message frame is missing body".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer_bytes() {
+        // Upstream's vector: {version: 1, stream_id: "s-1", resume: {next_seq: 0}}.
+        assert_eq!(encode_resume("s-1", 0), [0x08, 0x01, 0x12, 0x03, b's', b'-', b'1', 0x3a, 0x00]);
+        // data seq 0 (omitted, proto3 default), segment_count 1, payload "ab".
+        assert_eq!(
+            encode_data("s", 0, b"ab".to_vec()),
+            [0x08, 0x01, 0x12, 0x01, b's', 0x2a, 0x06, 0x18, 0x01, 0x22, 0x02, b'a', b'b']
+        );
+        assert_eq!(
+            encode_reset("s", RESET_REASON)[..7],
+            [0x08, 0x01, 0x12, 0x01, b's', 0x42, 0x1c]
+        );
+        assert_eq!(encode_handshake("s", vec![9]), [0x08, 0x01, 0x12, 0x01, b's', 0x52, 0x03, 0x0a, 0x01, 9]);
+    }
+
+    #[test]
+    fn roundtrip_and_validation() {
+        assert_eq!(
+            decode(&encode_data("s-1", 7, vec![1, 2])),
+            Ok(Frame::Data { stream_id: "s-1".into(), seq: 7, payload: vec![1, 2] })
+        );
+        assert_eq!(
+            decode(&encode_handshake("x", vec![5])),
+            Ok(Frame::Handshake { stream_id: "x".into(), payload: vec![5] })
+        );
+        assert_eq!(decode(&encode_heartbeat("x")), Ok(Frame::Other { stream_id: "x".into() }));
+        assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode(&encode_data("", 0, vec![1])).is_err());
+        assert!(decode(&encode_data(" s", 0, vec![1])).is_err());
+        assert!(decode(&encode_data(&"s".repeat(129), 0, vec![1])).is_err());
+        assert!(decode(&encode_data("s", 0, vec![])).is_err());
+        assert!(decode(&encode_handshake("s", vec![])).is_err());
+        assert!(decode(&encode_reset("s", "")).is_err());
+        let mut v2 = RelayMessageFrame::decode(&encode_heartbeat("s")[..]).expect("decode");
+        v2.version = 2;
+        assert!(decode(&v2.encode_to_vec()).is_err());
+        v2.version = 1;
+        v2.body = None;
+        assert!(decode(&v2.encode_to_vec()).is_err());
+        let segmented = RelayMessageFrame {
+            version: 1,
+            stream_id: "s".into(),
+            ack: 0,
+            ack_bits: 0,
+            body: Some(Body::Data(RelayData { seq: 0, segment_index: 1, segment_count: 2, payload: vec![1] })),
+        };
+        assert!(decode(&segmented.encode_to_vec()).is_err());
     }
 }

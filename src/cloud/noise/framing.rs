@@ -139,3 +139,62 @@ impl Sequencer {
         Ok(seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_split_and_reassemble() {
+        let big = vec![b'x'; RECORD_PLAINTEXT_BYTES * 2 + 10];
+        let records = records(&big).expect("records");
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].len(), RECORD_PLAINTEXT_BYTES);
+        assert_eq!(&records[0][..4], &(big.len() as u32).to_be_bytes());
+        let mut r = Reassembler::default();
+        assert!(r.push(&records[0]).expect("push").is_empty());
+        assert!(r.push(&records[1]).expect("push").is_empty());
+        assert_eq!(r.push(&records[2]).expect("push"), vec![big]);
+        // Two messages in one record.
+        let mut joined = records_of(b"{}");
+        joined.extend(records_of(b"[1]"));
+        assert_eq!(r.push(&joined).expect("push"), vec![b"{}".to_vec(), b"[1]".to_vec()]);
+    }
+
+    fn records_of(m: &[u8]) -> Vec<u8> {
+        records(m).expect("records").concat()
+    }
+
+    #[test]
+    fn bad_lengths_are_faults() {
+        let mut r = Reassembler::default();
+        assert!(r.push(&[0, 0, 0, 0]).is_err());
+        let mut r = Reassembler::default();
+        assert!(r.push(&((MESSAGE_MAX_BYTES as u32) + 1).to_be_bytes()).is_err());
+        let mut r = Reassembler::default();
+        assert!(r.push(&vec![0; RECORD_PLAINTEXT_BYTES + 1]).is_err());
+        assert!(records(b"").is_err());
+    }
+
+    #[test]
+    fn reorder_releases_in_order_and_drops_duplicates() {
+        let mut o = Reorder::default();
+        assert!(o.push(1, vec![1]).expect("held").is_empty());
+        assert!(o.push(1, vec![9]).expect("duplicate held").is_empty());
+        assert_eq!(o.push(0, vec![0]).expect("released"), vec![vec![0], vec![1]]);
+        assert!(o.push(0, vec![0]).expect("replayed").is_empty());
+        assert_eq!(o.push(2, vec![2]).expect("next"), vec![vec![2]]);
+        assert!(o.push(3 + REORDER_WINDOW, vec![7]).expect("edge of window").is_empty());
+        assert!(o.push(4 + REORDER_WINDOW, vec![7]).is_err());
+        let mut o = Reorder::default();
+        assert!(o.push(1, vec![0; PENDING_BYTES_MAX]).expect("held").is_empty());
+        assert!(o.push(2, vec![0]).is_err());
+    }
+
+    #[test]
+    fn sequencer_never_wraps() {
+        let mut s = Sequencer { next: u32::MAX - 1 };
+        assert_eq!(s.take(), Ok(u32::MAX - 1));
+        assert!(s.take().is_err());
+    }
+}
