@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use tungstenite::handshake::server::{
+    ErrorResponse, Request as WsRequest, Response as WsResponse,
+};
 use tungstenite::WebSocket;
 
 /// One request as the fake registry received it. Header names are lowercase.
@@ -104,6 +108,10 @@ fn serve_one(stream: TcpStream, tx: &mpsc::Sender<Seen>, reply: &(dyn Fn(&Seen) 
 pub struct FakeRelay {
     pub url: String,
     pub accepted: mpsc::Receiver<(Seen, WebSocket<TcpStream>)>,
+    /// When non-zero, upgrades are refused with this HTTP status (and still reported
+    /// through `refused`).
+    pub reject: Arc<AtomicU16>,
+    pub refused: mpsc::Receiver<u16>,
 }
 
 impl FakeRelay {
@@ -111,9 +119,24 @@ impl FakeRelay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let url = format!("ws://{}{path}", listener.local_addr().expect("addr"));
         let (tx, rx) = mpsc::channel();
+        let reject = Arc::new(AtomicU16::new(0));
+        let (refused_tx, refused) = mpsc::channel();
+        let reject2 = Arc::clone(&reject);
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                let status = reject2.load(Ordering::SeqCst);
+                if status != 0 {
+                    let callback = move |_: &WsRequest, _: WsResponse| {
+                        let mut refusal = ErrorResponse::new(None);
+                        *refusal.status_mut() =
+                            tungstenite::http::StatusCode::from_u16(status).expect("status");
+                        Err(refusal)
+                    };
+                    let _ = tungstenite::accept_hdr(stream, callback);
+                    let _ = refused_tx.send(status);
+                    continue;
+                }
                 let seen = Arc::new(Mutex::new(None));
                 let seen2 = Arc::clone(&seen);
                 let callback = move |req: &WsRequest, resp: WsResponse| {
@@ -136,7 +159,7 @@ impl FakeRelay {
                 }
             }
         });
-        FakeRelay { url, accepted: rx }
+        FakeRelay { url, accepted: rx, reject, refused }
     }
 
     pub fn next(&self, deadline: Duration) -> (Seen, WebSocket<TcpStream>) {
