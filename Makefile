@@ -37,3 +37,9 @@ static:
 .PHONY: bench
 bench:
 	$(CARGO) bench --bench perf
+
+# Interop of cloud mode v2 with the codex 0.171 binary (CODEX_BIN, default the cached musl
+# build) in both roles, through a fake registry and relay. Not part of `make test`.
+.PHONY: e2e-cloud
+e2e-cloud:
+	$(CARGO) test --test e2e_cloud -- --ignored --test-threads=1

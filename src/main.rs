@@ -162,12 +162,10 @@ fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(
             }
         })
         .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
-    let outcome = cloud::noise::run(
-        cfg,
-        &server,
-        (cloud::PING_EVERY, cloud::DEAD_AFTER),
-        &|delay| shutdown::wait(Some(delay)),
-    );
+    let outcome =
+        cloud::noise::run(cfg, &server, (cloud::PING_EVERY, cloud::DEAD_AFTER), &|delay| {
+            shutdown::wait(Some(delay))
+        });
     stop(&server);
     let _ = done.send(());
     outcome.map_err(|e| Exit { code: e.code, message: e.message })

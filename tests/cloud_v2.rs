@@ -71,7 +71,15 @@ impl V2Daemon {
 
     fn standard(base: &str) -> V2Daemon {
         V2Daemon::start(
-            &["--remote", base, "--environment-id", ENV, "--name", "n", "--registration-bearer-stdin"],
+            &[
+                "--remote",
+                base,
+                "--environment-id",
+                ENV,
+                "--name",
+                "n",
+                "--registration-bearer-stdin",
+            ],
             "tok-1\n",
             &[],
         )
@@ -173,9 +181,15 @@ fn registers_validates_and_serves_json_rpc_over_the_relay() {
     let keys: Vec<&String> = body.as_object().expect("object").keys().collect();
     assert_eq!(keys, ["executor_public_key", "security_profile"]);
     assert_eq!(body["security_profile"], "noise_hybrid_ik_v1");
-    assert_eq!(body["executor_public_key"]["suite"], "Noise_hybridIK_X25519+MLKEM768_AESGCM_SHA256");
+    assert_eq!(
+        body["executor_public_key"]["suite"],
+        "Noise_hybridIK_X25519+MLKEM768_AESGCM_SHA256"
+    );
     assert_eq!(body["executor_public_key"]["x25519_public_key"].as_str().expect("b64").len(), 44);
-    assert_eq!(body["executor_public_key"]["mlkem768_public_key"].as_str().expect("b64").len(), 1580);
+    assert_eq!(
+        body["executor_public_key"]["mlkem768_public_key"].as_str().expect("b64").len(),
+        1580
+    );
     // The relay upgrade: the registry's URL, a request id, no credentials.
     assert_eq!(upgrade.path, "/relay/exec");
     let request_id = upgrade.headers.get("x-request-id").expect("x-request-id");
@@ -232,8 +246,10 @@ fn registers_validates_and_serves_json_rpc_over_the_relay() {
 fn records_out_of_order_are_reordered_and_replays_ignored() {
     let (mut up, _, _) = up(valid());
     let mut h = stream(&mut up, "s-1");
-    let mut frames = h.frames(&json!({"id": 1, "method": "initialize", "params": {"clientName": "t"}}));
-    frames.extend(h.frames(&json!({"id": 2, "method": "initialize", "params": {"clientName": "t"}})));
+    let mut frames =
+        h.frames(&json!({"id": 1, "method": "initialize", "params": {"clientName": "t"}}));
+    frames
+        .extend(h.frames(&json!({"id": 2, "method": "initialize", "params": {"clientName": "t"}})));
     assert_eq!(frames.len(), 2);
     for (seq, ct) in frames.iter().rev() {
         up.ws.send(Message::binary(frame::encode_data("s-1", *seq, ct.clone()))).expect("send");
@@ -315,7 +331,10 @@ fn a_dropped_link_is_redialed_and_a_4xx_upgrade_registers_again() {
     assert!(up.daemon.child.try_wait().expect("wait").is_none(), "still running");
 }
 
-fn registry_answering(status: u16, body: Value) -> (FakeRegistry, Arc<Mutex<Vec<(u16, Value)>>>) {
+/// The registry's answers in order; the last one repeats.
+type Script = Arc<Mutex<Vec<(u16, Value)>>>;
+
+fn registry_answering(status: u16, body: Value) -> (FakeRegistry, Script) {
     let script = Arc::new(Mutex::new(vec![(status, body)]));
     let steps = Arc::clone(&script);
     let reg = FakeRegistry::start(move |_: &Seen| -> Reply {
@@ -348,7 +367,8 @@ fn registration_failures_exit_1_with_the_0_171_texts() {
 fn a_registration_conflict_is_retried() {
     let relay = FakeRelay::start("/r");
     let ok = json!({"environment_id": ENV, "url": relay.url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": REG});
-    let (reg, script) = registry_answering(503, json!({"error": {"code": "registration_conflict"}}));
+    let (reg, script) =
+        registry_answering(503, json!({"error": {"code": "registration_conflict"}}));
     script.lock().expect("lock").push((200, ok));
     let _daemon = V2Daemon::standard(&reg.base);
     reg.next(DEADLINE);
@@ -359,7 +379,14 @@ fn a_registration_conflict_is_retried() {
 #[test]
 fn option_errors() {
     let mut direct = V2Daemon::start(
-        &["--remote", "https://example.com", "--environment-id", "e", "--remote-transport", "direct"],
+        &[
+            "--remote",
+            "https://example.com",
+            "--environment-id",
+            "e",
+            "--remote-transport",
+            "direct",
+        ],
         "",
         &[],
     );
@@ -373,14 +400,21 @@ fn option_errors() {
     );
     let (code, stderr) = plain.wait();
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("remote transport requires https for non-loopback endpoints"), "{stderr}");
+    assert!(
+        stderr.contains("remote transport requires https for non-loopback endpoints"),
+        "{stderr}"
+    );
     let mut empty = V2Daemon::start(
         &["--remote", "http://127.0.0.1:9", "--environment-id", "e", "--registration-bearer-stdin"],
         "\n",
         &[],
     );
     let (code, stderr) = empty.wait();
-    assert_eq!((code, stderr.trim_end().ends_with("Error: invalid registration bearer")), (Some(1), true), "{stderr}");
+    assert_eq!(
+        (code, stderr.trim_end().ends_with("Error: invalid registration bearer")),
+        (Some(1), true),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -14,19 +14,21 @@ mod frame;
 #[path = "../src/cloud/noise/framing.rs"]
 #[allow(dead_code)]
 mod framing;
+#[path = "support/noise_harness.rs"]
+mod noise_harness;
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
 
 use fake_cloud::{FakeRegistry, FakeRelay, Seen};
+use noise_harness::{begin, finish};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-const DEFAULT_CODEX: &str = "/work/cache/codex/0.171.0/package/vendor/x86_64-unknown-linux-musl/bin/codex";
+const DEFAULT_CODEX: &str =
+    "/work/cache/codex/0.171.0/package/vendor/x86_64-unknown-linux-musl/bin/codex";
 
 fn codex_bin() -> String {
     std::env::var("CODEX_BIN").unwrap_or_else(|_| DEFAULT_CODEX.to_string())
@@ -44,7 +46,14 @@ fn start_upstream_executor(base: &str, env_id: &str) -> Upstream {
     let home = std::env::temp_dir().join(format!("e2e-cloud-home-{}", std::process::id()));
     std::fs::create_dir_all(&home).expect("home");
     let mut child = Command::new(codex_bin())
-        .args(["exec-server", "--remote", base, "--environment-id", env_id, "--registration-bearer-stdin"])
+        .args([
+            "exec-server",
+            "--remote",
+            base,
+            "--environment-id",
+            env_id,
+            "--registration-bearer-stdin",
+        ])
         .env("HOME", &home)
         .env("RUST_LOG", std::env::var("UPSTREAM_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::piped())
@@ -56,54 +65,6 @@ fn start_upstream_executor(base: &str, env_id: &str) -> Upstream {
     stdin.write_all(b"tok-123\n").expect("token");
     std::mem::forget(stdin); // keep the pipe open for the process lifetime
     Upstream(child)
-}
-
-/// Reads binary frames until one decodes; pings and pongs are skipped.
-fn read_frame(ws: &mut WebSocket<TcpStream>) -> frame::Frame {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        assert!(Instant::now() < end, "frame in time");
-        match ws.read().expect("relay read") {
-            Message::Binary(b) => return frame::decode(&b).expect("valid frame"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-}
-
-/// The harness side of one relay stream, built from our framing code.
-struct Harness {
-    stream_id: String,
-    channel: channel::Channel,
-    send_seq: framing::Sequencer,
-    reorder: framing::Reorder,
-    reassembler: framing::Reassembler,
-}
-
-impl Harness {
-    fn send(&mut self, ws: &mut WebSocket<TcpStream>, value: &Value) {
-        for record in framing::records(value.to_string().as_bytes()).expect("frame") {
-            let ct = self.channel.encrypt(&record).expect("encrypt");
-            let seq = self.send_seq.take().expect("seq");
-            ws.send(Message::binary(frame::encode_data(&self.stream_id, seq, ct))).expect("send");
-        }
-    }
-
-    fn recv(&mut self, ws: &mut WebSocket<TcpStream>) -> Value {
-        loop {
-            match read_frame(ws) {
-                frame::Frame::Data { stream_id, seq, payload } if stream_id == self.stream_id => {
-                    for ct in self.reorder.push(seq, payload).expect("reorder") {
-                        let pt = self.channel.decrypt(&ct).expect("decrypt");
-                        if let Some(m) = self.reassembler.push(&pt).expect("reassemble").into_iter().next() {
-                            return serde_json::from_slice(&m).expect("json");
-                        }
-                    }
-                }
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
 }
 
 fn registry_for(relay_url: String) -> FakeRegistry {
@@ -119,158 +80,209 @@ fn registry_for(relay_url: String) -> FakeRegistry {
     })
 }
 
+/// Our harness side (channel, frame and framing modules of the daemon) against the 0.171
+/// executor: registration, validation, handshake, then initialize, a process with output
+/// and a file read in the 0.171 dialect (file: URIs), all through encrypted records.
 #[test]
 #[ignore]
-fn upstream_executor_completes_handshake_with_our_harness() {
+fn upstream_executor_serves_our_harness() {
     let relay = FakeRelay::start("/relay/exec");
     let registry = registry_for(relay.url.clone());
     let _up = start_upstream_executor(&registry.base, "env-1");
     let register = registry.next(DEADLINE);
-    eprintln!("REGISTER {} {} {:?}", register.method, register.path, register.headers);
+    assert_eq!(register.path, "/cloud/environment/env-1/register");
     let body: Value = serde_json::from_str(&register.body).expect("json body");
-    let executor_key: channel::PublicKey = serde_json::from_value(body["executor_public_key"].clone()).expect("key");
+    let executor_key: channel::PublicKey =
+        serde_json::from_value(body["executor_public_key"].clone()).expect("key");
     let (upgrade, mut ws) = relay.next(DEADLINE);
-    eprintln!("UPGRADE {} {:?}", upgrade.path, upgrade.headers);
+    assert!(upgrade.headers.contains_key("x-request-id"));
     ws.get_mut().set_read_timeout(Some(DEADLINE)).expect("timeout");
 
     let me = channel::Identity::generate().expect("identity");
-    let stream_id = "stream-1";
-    let prologue = channel::prologue("env-1", "reg-1", stream_id);
-    let (init, msg1) = channel::Initiator::start(&me, &executor_key, &prologue, b"authz-1").expect("start");
-    eprintln!("MSG1 len {}", msg1.len());
-    ws.send(Message::binary(frame::encode_handshake(stream_id, msg1))).expect("send hs");
+    let init = begin(&mut ws, &me, &executor_key, ("env-1", "reg-1"), "stream-1", b"authz-1");
     let validate = registry.next(DEADLINE);
-    eprintln!("VALIDATE {} {} {:?} {}", validate.method, validate.path, validate.headers, validate.body);
-    let response = match read_frame(&mut ws) {
-        frame::Frame::Handshake { stream_id: s, payload } if s == stream_id => payload,
-        other => panic!("expected handshake response, got {other:?}"),
-    };
-    eprintln!("MSG2 len {}", response.len());
-    let channel = init.finish(&response).expect("finish");
-    let mut h = Harness { stream_id: stream_id.into(), channel, send_seq: Default::default(), reorder: Default::default(), reassembler: Default::default() };
-    h.send(&mut ws, &json!({"id": 1, "method": "initialize", "params": {"clientName": "e2e"}}));
-    let r = h.recv(&mut ws);
-    eprintln!("INIT RESPONSE {r}");
+    let v: Value = serde_json::from_str(&validate.body).expect("json");
+    assert_eq!(v["harness_key_authorization"], "authz-1");
+    assert_eq!(v["harness_public_key"], serde_json::to_value(me.public_key()).expect("key"));
+    let mut h = finish(&mut ws, init, "stream-1");
+    let r = h.call(&mut ws, "initialize", json!({"clientName": "e2e"}));
+    assert!(r["result"]["sessionId"].is_string(), "{r}");
+    h.send(&mut ws, &json!({"method": "initialized", "params": {}}));
+
+    let dir = std::env::temp_dir().join(format!("e2e-cloud-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("f.txt"), b"hello world").expect("write");
+    let uri = format!("file://{}", dir.display());
+    let r =
+        h.call(&mut ws, "fs/readFile", json!({"path": format!("{uri}/f.txt"), "sandbox": null}));
+    assert_eq!(r["result"]["dataBase64"], "aGVsbG8gd29ybGQ=", "{r}");
+    let start = json!({"processId": "p", "argv": ["sh", "-c", "echo hi"], "cwd": uri, "env": {"PATH": "/usr/bin:/bin"}, "tty": false, "pipeStdin": false, "arg0": null});
+    let r = h.call(&mut ws, "process/start", start);
+    assert_eq!(r["result"]["processId"], "p", "{r}");
+    let read = h.call(&mut ws, "process/read", json!({"processId": "p", "waitMs": 5000}));
+    let chunks = read["result"]["chunks"].as_array().cloned().unwrap_or_default();
+    assert!(chunks.iter().any(|c| c["chunk"] == "aGkK"), "{read}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn probe_registry(relay_url: String, valid: Value, status: u16) -> FakeRegistry {
-    FakeRegistry::start(move |seen: &Seen| {
+/// Copies binary frames both ways between the executor's link and the harness's socket
+/// until `stop` says so; returns the frames seen per direction. Test relay only: both
+/// sockets poll with a short read timeout.
+fn forward(
+    exec: &mut tungstenite::WebSocket<std::net::TcpStream>,
+    harness: &mut tungstenite::WebSocket<std::net::TcpStream>,
+    until: std::time::Instant,
+    mut stop: impl FnMut(&[frame::Frame], &[frame::Frame]) -> bool,
+) -> (Vec<frame::Frame>, Vec<frame::Frame>) {
+    use tungstenite::Message;
+    let tick = Some(Duration::from_millis(10));
+    exec.get_mut().set_read_timeout(tick).expect("timeout");
+    harness.get_mut().set_read_timeout(tick).expect("timeout");
+    let (mut to_exec, mut to_harness) = (Vec::new(), Vec::new());
+    while std::time::Instant::now() < until && !stop(&to_exec, &to_harness) {
+        match harness.read() {
+            Ok(Message::Binary(b)) => {
+                if let Ok(f) = frame::decode(&b) {
+                    to_exec.push(f);
+                }
+                exec.send(Message::Binary(b)).expect("to executor");
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("harness socket: {e}"),
+        }
+        match exec.read() {
+            Ok(Message::Binary(b)) => {
+                if let Ok(f) = frame::decode(&b) {
+                    to_harness.push(f);
+                }
+                harness.send(Message::Binary(b)).expect("to harness");
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("executor socket: {e}"),
+        }
+    }
+    (to_exec, to_harness)
+}
+
+/// Our exec-server as the executor, the 0.171 client (`codex app-server` with the
+/// CODEX_EXEC_SERVER_NOISE_* variables) as the harness, through a fake registry and a
+/// forwarding relay: the client connects with its own key, we validate it with the
+/// registry, the handshake completes and encrypted JSON-RPC flows both ways.
+#[test]
+#[ignore]
+fn upstream_harness_talks_to_our_executor() {
+    use std::sync::{Arc, Mutex};
+    let exec_relay = FakeRelay::start("/exec");
+    let harness_relay = FakeRelay::start("/harness");
+    let executor_key: Arc<Mutex<Option<Value>>> = Arc::new(Mutex::new(None));
+    let (exec_url, harness_url, key) =
+        (exec_relay.url.clone(), harness_relay.url.clone(), Arc::clone(&executor_key));
+    let registry = FakeRegistry::start(move |seen: &Seen| {
+        let body: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
         if seen.path.ends_with("/register") {
-            let body = json!({"environment_id": "env-1", "url": relay_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"});
-            (200, vec![], body.to_string())
+            *key.lock().expect("lock") = Some(body["executor_public_key"].clone());
+            let r = json!({"environment_id": "env-1", "url": exec_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"});
+            (200, vec![], r.to_string())
+        } else if seen.path.ends_with("/connect") {
+            let r = json!({"environment_id": "env-1", "url": harness_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1", "executor_public_key": key.lock().expect("lock").clone(), "harness_key_authorization": "authz-e2e"});
+            (200, vec![], r.to_string())
+        } else if seen.path.ends_with("/validate") {
+            let ok = body["harness_key_authorization"] == "authz-e2e";
+            (200, vec![], json!({"valid": ok}).to_string())
         } else {
-            (status, vec![], valid.to_string())
+            (404, vec![], "{}".into())
         }
-    })
-}
+    });
+    let mut ours = Command::new(env!("CARGO_BIN_EXE_exec-server"))
+        .args([
+            "--remote",
+            &registry.base,
+            "--environment-id",
+            "env-1",
+            "--registration-bearer-stdin",
+        ])
+        .env("RUST_LOG", "exec_server=debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exec-server");
+    ours.stdin.as_mut().expect("stdin").write_all(b"exec-tok\n").expect("token");
+    let ours = Upstream(ours);
+    assert_eq!(registry.next(DEADLINE).path, "/cloud/environment/env-1/register");
+    let (_, mut exec_ws) = exec_relay.next(DEADLINE);
 
-fn probe_handshake(ws: &mut WebSocket<TcpStream>, key: &channel::PublicKey, stream_id: &str, prologue: Vec<u8>) -> channel::Initiator {
-    let me = channel::Identity::generate().expect("identity");
-    let (init, msg1) = channel::Initiator::start(&me, key, &prologue, b"authz-1").expect("start");
-    ws.send(Message::binary(frame::encode_handshake(stream_id, msg1))).expect("send hs");
-    init
-}
+    let home = std::env::temp_dir().join(format!("e2e-cloud-harness-{}", std::process::id()));
+    std::fs::create_dir_all(&home).expect("home");
+    let mut client = Command::new(codex_bin())
+        .arg("app-server")
+        .env("HOME", &home)
+        .env("CODEX_API_KEY", "unused")
+        .env("CODEX_EXEC_SERVER_NOISE_REGISTRY_URL", &registry.base)
+        .env("CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID", "env-1")
+        .env("CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN", "harness-tok")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn codex app-server");
+    let mut stdin = client.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"{\"id\":1,\"method\":\"initialize\",\"params\":{\"clientInfo\":{\"name\":\"e2e\",\"version\":\"1\"},\"capabilities\":{\"experimentalApi\":true}}}\n{\"method\":\"initialized\"}\n")
+        .expect("app-server stdin");
+    let client = Upstream(client);
+    let connect = registry.next(DEADLINE);
+    assert_eq!(connect.path, "/cloud/environment/env-1/connect");
+    assert_eq!(
+        connect.headers.get("authorization").map(String::as_str),
+        Some("Bearer harness-tok")
+    );
+    let harness_key: Value =
+        serde_json::from_str::<Value>(&connect.body).expect("json")["harness_public_key"].clone();
+    let (upgrade, mut harness_ws) = harness_relay.next(DEADLINE);
+    eprintln!("harness upgrade: {} {:?}", upgrade.path, upgrade.headers);
 
-#[test]
-#[ignore]
-fn probe_rejections() {
-    for (valid, status) in [(json!({"valid": false}), 200u16), (json!({}), 401), (json!({}), 500)] {
-        let relay = FakeRelay::start("/r");
-        let registry = probe_registry(relay.url.clone(), valid.clone(), status);
-        let _up = start_upstream_executor(&registry.base, "env-1");
-        let reg = registry.next(DEADLINE);
-        let key: channel::PublicKey = serde_json::from_value(serde_json::from_str::<Value>(&reg.body).unwrap()["executor_public_key"].clone()).unwrap();
-        let (_, mut ws) = relay.next(DEADLINE);
-        ws.get_mut().set_read_timeout(Some(DEADLINE)).unwrap();
-        let _i = probe_handshake(&mut ws, &key, "s-1", channel::prologue("env-1", "reg-1", "s-1"));
-        let _ = registry.next(DEADLINE);
-        eprintln!("VALIDATE {valid} {status} -> {:?}", read_frame(&mut ws));
-        // data before handshake on another stream
-        ws.send(Message::binary(frame::encode_data("s-2", 0, vec![1; 20]))).unwrap();
-        eprintln!("DATA BEFORE HS -> {:?}", read_frame(&mut ws));
-        // wrong prologue (u32 lengths)
-        let mut p = Vec::new();
-        for part in [&b"codex-exec-server-relay-noise/v1"[..], b"env-1", b"reg-1", b"s-3"] {
-            p.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            p.extend_from_slice(part);
-        }
-        let _i = probe_handshake(&mut ws, &key, "s-3", p);
-        eprintln!("U32 PROLOGUE -> {:?}", read_frame(&mut ws));
-        let _ = ws.close(None);
-        let again = registry.next(Duration::from_secs(40));
-        eprintln!("AFTER CLOSE: {} {}", again.method, again.path);
-        if status != 200 { break; }
-    }
-}
-
-#[test]
-#[ignore]
-fn probe_stream_faults() {
-    let relay = FakeRelay::start("/r");
-    let registry = registry_for(relay.url.clone());
-    let _up = start_upstream_executor(&registry.base, "env-1");
-    let reg = registry.next(DEADLINE);
-    let key: channel::PublicKey = serde_json::from_value(serde_json::from_str::<Value>(&reg.body).unwrap()["executor_public_key"].clone()).unwrap();
-    let (_, mut ws) = relay.next(DEADLINE);
-    ws.get_mut().set_read_timeout(Some(DEADLINE)).unwrap();
-    let init = probe_handshake(&mut ws, &key, "s-1", channel::prologue("env-1", "reg-1", "s-1"));
-    let _ = registry.next(DEADLINE);
-    let resp = match read_frame(&mut ws) { frame::Frame::Handshake { payload, .. } => payload, f => panic!("{f:?}") };
-    let mut ch = init.finish(&resp).unwrap();
-    // two requests; send second record first (reorder)
-    let r1 = framing::records(json!({"id": 1, "method": "initialize", "params": {"clientName": "e2e"}}).to_string().as_bytes()).unwrap();
-    let r2 = framing::records(json!({"method": "initialized", "params": {}}).to_string().as_bytes()).unwrap();
-    let c1 = ch.encrypt(&r1[0]).unwrap();
-    let c2 = ch.encrypt(&r2[0]).unwrap();
-    ws.send(Message::binary(frame::encode_data("s-1", 1, c2))).unwrap();
-    ws.send(Message::binary(frame::encode_data("s-1", 0, c1.clone()))).unwrap();
-    let f = read_frame(&mut ws);
-    eprintln!("REORDERED -> {:?}", match &f { frame::Frame::Data { seq, payload, .. } => format!("data seq {seq} len {}", payload.len()), f => format!("{f:?}") });
-    // replay seq 0 (duplicate) -> expect silence; then a heartbeat; then tampered seq 2
-    ws.send(Message::binary(frame::encode_data("s-1", 0, c1))).unwrap();
-    ws.send(Message::binary(frame::encode_heartbeat("s-1"))).unwrap();
-    let r3 = framing::records(json!({"id": 2, "method": "environment/status", "params": {}}).to_string().as_bytes()).unwrap();
-    let mut c3 = ch.encrypt(&r3[0]).unwrap();
-    c3[3] ^= 1;
-    ws.send(Message::binary(frame::encode_data("s-1", 2, c3))).unwrap();
-    eprintln!("TAMPERED -> {:?}", read_frame(&mut ws));
-    // a garbage binary frame, then a text frame, then a new stream works?
-    ws.send(Message::binary(vec![0xff, 0xff, 0xff])).unwrap();
-    ws.send(Message::text("hello")).unwrap();
-    let init = probe_handshake(&mut ws, &key, "s-9", channel::prologue("env-1", "reg-1", "s-9"));
-    let _ = registry.next(DEADLINE);
-    match read_frame(&mut ws) { frame::Frame::Handshake { payload, stream_id } => { eprintln!("NEW STREAM OK {stream_id}"); init.finish(&payload).unwrap(); }, f => eprintln!("NEW STREAM -> {f:?}") }
-    // oversized frame 300 KiB
-    let r = ws.send(Message::binary(frame::encode_data("s-9", 0, vec![7; 300 * 1024])));
-    eprintln!("OVERSIZED send {r:?}");
-    loop {
-        match ws.read() {
-            Ok(Message::Binary(b)) => eprintln!("AFTER OVERSIZED frame {:?}", frame::decode(&b)),
-            Ok(m) => { eprintln!("AFTER OVERSIZED {m:?}"); if let Message::Close(_) = m { break } }
-            Err(e) => { eprintln!("AFTER OVERSIZED err {e}"); break }
-        }
-    }
-    let again = registry.next(Duration::from_secs(40));
-    eprintln!("AFTER OVERSIZED re-register: {} {}", again.method, again.path);
-}
-
-#[test]
-#[ignore]
-fn probe_reconnect() {
-    let relay = FakeRelay::start("/r");
-    let registry = registry_for(relay.url.clone());
-    let _up = start_upstream_executor(&registry.base, "env-1");
-    let t0 = Instant::now();
-    let _ = registry.next(DEADLINE);
-    let (_, mut ws) = relay.next(DEADLINE);
-    ws.close(None).unwrap();
-    let _ = ws.flush();
-    drop(ws);
-    for i in 0..3 {
-        let (seen, ws) = relay.next(Duration::from_secs(70));
-        eprintln!("RECONNECT {i} at {:?} path {}", t0.elapsed(), seen.path);
-        let regs: Vec<_> = registry.seen.try_iter().map(|s| s.path).collect();
-        eprintln!("  registrations since: {regs:?}");
-        drop(ws);
-    }
+    let until = std::time::Instant::now() + DEADLINE;
+    let mut validated = None;
+    let (to_exec, to_harness) =
+        forward(&mut exec_ws, &mut harness_ws, until, |to_exec, to_harness| {
+            if validated.is_none() {
+                validated = registry.seen.try_recv().ok();
+            }
+            // Done once the client has sent at least two requests' worth of records after
+            // our handshake answer and we answered each.
+            let data_in = to_exec.iter().filter(|f| matches!(f, frame::Frame::Data { .. })).count();
+            let data_out =
+                to_harness.iter().filter(|f| matches!(f, frame::Frame::Data { .. })).count();
+            data_in >= 2 && data_out >= 1
+        });
+    let show = |frames: &[frame::Frame]| {
+        frames
+            .iter()
+            .map(|f| match f {
+                frame::Frame::Data { seq, payload, .. } => {
+                    format!("data {seq} ({} B)", payload.len())
+                }
+                frame::Frame::Handshake { payload, .. } => {
+                    format!("handshake ({} B)", payload.len())
+                }
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    eprintln!("harness -> executor: {:?}", show(&to_exec));
+    eprintln!("executor -> harness: {:?}", show(&to_harness));
+    let validated = validated.expect("validation request");
+    assert_eq!(validated.path, "/cloud/environment/env-1/validate");
+    let v: Value = serde_json::from_str(&validated.body).expect("json");
+    assert_eq!(v["harness_public_key"], harness_key);
+    assert_eq!(v["harness_key_authorization"], "authz-e2e");
+    // 0.171's harness opens with a resume frame, then message 1.
+    assert!(matches!(to_exec.get(1), Some(frame::Frame::Handshake { .. })), "{:?}", show(&to_exec));
+    assert!(matches!(to_harness.first(), Some(frame::Frame::Handshake { .. })), "{to_harness:?}");
+    assert!(!to_harness.iter().any(|f| matches!(f, frame::Frame::Reset { .. })), "{to_harness:?}");
+    drop((client, ours));
 }

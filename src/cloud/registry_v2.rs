@@ -214,7 +214,11 @@ impl RegistryV2 {
                 (StatusCode::SERVICE_UNAVAILABLE, Some("registration_conflict"))
                     | (StatusCode::BAD_GATEWAY, Some("authentication_service_unavailable"))
             );
-            return Err(if retry { RegisterError::Retry(message) } else { RegisterError::Fatal(message) });
+            return Err(if retry {
+                RegisterError::Retry(message)
+            } else {
+                RegisterError::Fatal(message)
+            });
         }
         let answer: RegisterAnswer = serde_json::from_str(&text).map_err(|_| {
             RegisterError::Fatal(

@@ -2,6 +2,8 @@
 //! relay endpoint (accepts the executor's rendezvous websocket and hands it to the test,
 //! which then plays the harness). Both record what they saw; every wait has a deadline.
 #![allow(dead_code)]
+// tungstenite's accept callback returns its large `ErrorResponse` by value.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,9 +15,7 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use tungstenite::handshake::server::{
-    ErrorResponse, Request as WsRequest, Response as WsResponse,
-};
+use tungstenite::handshake::server::{ErrorResponse, Request as WsRequest, Response as WsResponse};
 use tungstenite::WebSocket;
 
 /// One request as the fake registry received it. Header names are lowercase.
@@ -57,7 +57,11 @@ impl FakeRegistry {
     }
 }
 
-fn serve_one(stream: TcpStream, tx: &mpsc::Sender<Seen>, reply: &(dyn Fn(&Seen) -> Reply + Send + Sync)) {
+fn serve_one(
+    stream: TcpStream,
+    tx: &mpsc::Sender<Seen>,
+    reply: &(dyn Fn(&Seen) -> Reply + Send + Sync),
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     loop {
@@ -87,10 +91,14 @@ fn serve_one(stream: TcpStream, tx: &mpsc::Sender<Seen>, reply: &(dyn Fn(&Seen) 
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let seen = Seen { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() };
+        let seen =
+            Seen { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() };
         let (status, extra, body) = reply(&seen);
         let _ = tx.send(seen);
-        let mut out = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+        let mut out = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
         for (k, v) in extra {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -143,7 +151,9 @@ impl FakeRelay {
                     let headers = req
                         .headers()
                         .iter()
-                        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                        .map(|(k, v)| {
+                            (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                        })
                         .collect();
                     *seen2.lock().expect("lock") = Some(Seen {
                         method: req.method().to_string(),

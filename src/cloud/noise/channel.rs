@@ -121,9 +121,8 @@ impl PublicKey {
         let dh = STANDARD
             .decode(&self.x25519_public_key)
             .map_err(|_| ChannelError::InvalidPublicKey("x25519 key is not base64"))?;
-        let dh: [u8; X25519_PUBLIC_KEY_BYTES] = dh
-            .try_into()
-            .map_err(|_| ChannelError::InvalidPublicKey("x25519 key length"))?;
+        let dh: [u8; X25519_PUBLIC_KEY_BYTES] =
+            dh.try_into().map_err(|_| ChannelError::InvalidPublicKey("x25519 key length"))?;
         let kem = STANDARD
             .decode(&self.mlkem768_public_key)
             .map_err(|_| ChannelError::InvalidPublicKey("ml-kem-768 key is not base64"))?;
@@ -308,7 +307,10 @@ impl Channel {
 mod tests {
     use super::*;
 
-    fn pair(prologue_i: &[u8], prologue_r: &[u8]) -> Result<(Channel, Channel, PublicKey), ChannelError> {
+    fn pair(
+        prologue_i: &[u8],
+        prologue_r: &[u8],
+    ) -> Result<(Channel, Channel, PublicKey), ChannelError> {
         let harness = Identity::generate()?;
         let executor = Identity::generate()?;
         let (init, m1) = Initiator::start(&harness, &executor.public_key(), prologue_i, b"authz")?;
@@ -352,8 +354,9 @@ mod tests {
     fn mismatched_prologue_is_refused() {
         let harness = Identity::generate().expect("id");
         let executor = Identity::generate().expect("id");
-        let (_i, m1) = Initiator::start(&harness, &executor.public_key(), &prologue("e", "r", "s1"), b"a")
-            .expect("start");
+        let (_i, m1) =
+            Initiator::start(&harness, &executor.public_key(), &prologue("e", "r", "s1"), b"a")
+                .expect("start");
         assert!(PendingResponder::read_request(&executor, &prologue("e", "r", "s2"), &m1).is_err());
     }
 

@@ -27,7 +27,9 @@ pub enum DialError {
 impl std::fmt::Display for DialError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DialError::Rejected(status) => write!(f, "relay refused the upgrade with HTTP {status}"),
+            DialError::Rejected(status) => {
+                write!(f, "relay refused the upgrade with HTTP {status}")
+            }
             DialError::Failed(reason) => f.write_str(reason),
         }
     }
@@ -77,7 +79,9 @@ pub fn dial(
             Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
                 return Err(DialError::Rejected(response.status().as_u16()))
             }
-            Err(HandshakeError::Failure(e)) => return Err(failed(format!("websocket upgrade: {e}"))),
+            Err(HandshakeError::Failure(e)) => {
+                return Err(failed(format!("websocket upgrade: {e}")))
+            }
         }
     };
     let tcp = ws.get_ref().tcp();

@@ -107,11 +107,23 @@ impl fmt::Display for FrameError {
 /// A frame after validation, by what it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Handshake { stream_id: String, payload: Vec<u8> },
-    Data { stream_id: String, seq: u32, payload: Vec<u8> },
-    Reset { stream_id: String, reason: String },
+    Handshake {
+        stream_id: String,
+        payload: Vec<u8>,
+    },
+    Data {
+        stream_id: String,
+        seq: u32,
+        payload: Vec<u8>,
+    },
+    Reset {
+        stream_id: String,
+        reason: String,
+    },
     /// Ack, resume and heartbeat: routing noise for the executor, ignored.
-    Other { stream_id: String },
+    Other {
+        stream_id: String,
+    },
 }
 
 fn frame(stream_id: &str, body: Body) -> RelayMessageFrame {
@@ -130,11 +142,8 @@ pub fn encode_handshake(stream_id: &str, payload: Vec<u8>) -> Vec<u8> {
 
 /// One data frame: a whole record (`segment_index` 0 of `segment_count` 1).
 pub fn encode_data(stream_id: &str, seq: u32, payload: Vec<u8>) -> Vec<u8> {
-    frame(
-        stream_id,
-        Body::Data(RelayData { seq, segment_index: 0, segment_count: 1, payload }),
-    )
-    .encode_to_vec()
+    frame(stream_id, Body::Data(RelayData { seq, segment_index: 0, segment_count: 1, payload }))
+        .encode_to_vec()
 }
 
 pub fn encode_reset(stream_id: &str, reason: &str) -> Vec<u8> {
@@ -171,7 +180,9 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
     match f.body {
         Some(Body::Data(d)) => {
             if d.segment_index != 0 || d.segment_count != 1 || d.payload.is_empty() {
-                return Err(FrameError("relay data message frame is missing required fields".into()));
+                return Err(FrameError(
+                    "relay data message frame is missing required fields".into(),
+                ));
             }
             Ok(Frame::Data { stream_id, seq: d.seq, payload: d.payload })
         }
@@ -187,7 +198,9 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
             }
             Ok(Frame::Reset { stream_id, reason: r.reason })
         }
-        Some(Body::AckFrame(_) | Body::Resume(_) | Body::Heartbeat(_)) => Ok(Frame::Other { stream_id }),
+        Some(Body::AckFrame(_) | Body::Resume(_) | Body::Heartbeat(_)) => {
+            Ok(Frame::Other { stream_id })
+        }
         None => Err(FrameError("relay message frame is missing body".into())),
     }
 }
@@ -209,7 +222,10 @@ mod tests {
             encode_reset("s", RESET_REASON)[..7],
             [0x08, 0x01, 0x12, 0x01, b's', 0x42, 0x1c]
         );
-        assert_eq!(encode_handshake("s", vec![9]), [0x08, 0x01, 0x12, 0x01, b's', 0x52, 0x03, 0x0a, 0x01, 9]);
+        assert_eq!(
+            encode_handshake("s", vec![9]),
+            [0x08, 0x01, 0x12, 0x01, b's', 0x52, 0x03, 0x0a, 0x01, 9]
+        );
     }
 
     #[test]
@@ -241,7 +257,12 @@ mod tests {
             stream_id: "s".into(),
             ack: 0,
             ack_bits: 0,
-            body: Some(Body::Data(RelayData { seq: 0, segment_index: 1, segment_count: 2, payload: vec![1] })),
+            body: Some(Body::Data(RelayData {
+                seq: 0,
+                segment_index: 1,
+                segment_count: 2,
+                payload: vec![1],
+            })),
         };
         assert!(decode(&segmented.encode_to_vec()).is_err());
     }

@@ -133,9 +133,8 @@ pub struct Sequencer {
 impl Sequencer {
     pub fn take(&mut self) -> Result<u32, FramingError> {
         let seq = self.next;
-        self.next = seq
-            .checked_add(1)
-            .ok_or(FramingError("noise relay sequence number exhausted"))?;
+        self.next =
+            seq.checked_add(1).ok_or(FramingError("noise relay sequence number exhausted"))?;
         Ok(seq)
     }
 }

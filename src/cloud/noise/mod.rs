@@ -94,11 +94,9 @@ pub fn validate(
 ) -> Result<V2Config, V2Exit> {
     match args.remote_transport.as_deref() {
         None | Some("noise") => {}
-        Some("direct") => {
-            return Err(usage(
-                "--remote-transport direct (AWS SigV4) is not supported by this executor; use noise",
-            ))
-        }
+        Some("direct") => return Err(usage(
+            "--remote-transport direct (AWS SigV4) is not supported by this executor; use noise",
+        )),
         Some(other) => {
             return Err(usage(format!(
                 "invalid value `{other}` for --remote-transport; expected noise or direct"
@@ -155,11 +153,8 @@ pub fn validate(
             registry_v2::NOISE_TOKEN_ENV
         )));
     };
-    let ca_file = args
-        .ca_file
-        .clone()
-        .or_else(|| env(super::CA_FILE_ENV))
-        .filter(|p| !p.trim().is_empty());
+    let ca_file =
+        args.ca_file.clone().or_else(|| env(super::CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
     let roots = tls::trust_roots(ca_file.as_deref().map(Path::new)).map_err(usage)?;
     let tls = tls::client_config(&roots);
     let exit_on_stdin_close = args.exit_on_stdin_close
@@ -193,7 +188,8 @@ pub fn run(
 ) -> Result<(), V2Exit> {
     let identity = channel::Identity::generate()
         .map_err(|e| exit1(format!("failed to generate Noise relay identity: {e}")))?;
-    let registry = RegistryV2::new(&cfg.base_url, &cfg.environment_id, cfg.bearer.clone(), &cfg.roots);
+    let registry =
+        RegistryV2::new(&cfg.base_url, &cfg.environment_id, cfg.bearer.clone(), &cfg.roots);
     let mut backoff = Backoff::new(uuid::Uuid::new_v4().as_u64_pair().0);
     let mut registration = None;
     log::info!("registering environment {} with {}", cfg.environment_id, cfg.base_url);
@@ -237,7 +233,9 @@ pub fn run(
                 backoff.connection_ended(started.elapsed());
             }
             Err(dial::DialError::Rejected(status)) if (400..500).contains(&status) => {
-                log::warn!("relay {shown} refused the upgrade with HTTP {status}; registering again");
+                log::warn!(
+                    "relay {shown} refused the upgrade with HTTP {status}; registering again"
+                );
                 registration = None;
             }
             Err(e) => log::warn!("relay connection to {shown} failed: {e}"),

@@ -312,7 +312,11 @@ where
                 next_ping = now + ping_every;
             }
             let wake = next_ping.min(last_heard + dead_after);
-            wait_for(&[link.fd, shutdown::fd()], libc::POLLIN, Some(wake.saturating_duration_since(now)));
+            wait_for(
+                &[link.fd, shutdown::fd()],
+                libc::POLLIN,
+                Some(wake.saturating_duration_since(now)),
+            );
             continue;
         };
         last_heard = Instant::now();
@@ -351,7 +355,9 @@ where
                             table.failures += 1;
                         }
                         drop(table);
-                        log::warn!("relay data for stream {stream_id} before its handshake; resetting");
+                        log::warn!(
+                            "relay data for stream {stream_id} before its handshake; resetting"
+                        );
                         shared.link.reset(&stream_id);
                         return;
                     }
