@@ -433,3 +433,54 @@ fn exit_on_stdin_close_ends_the_daemon() {
     let (code, _) = daemon.wait();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_stream_reset_by_a_bad_record_keeps_the_session_for_a_new_stream() {
+    let (mut up, _, _) = up(valid());
+    for fault in ["tampered", "truncated"] {
+        let id = format!("s-{fault}");
+        let mut h = stream(&mut up, &id);
+        let r = h.call(&mut up.ws, "initialize", json!({"clientName": "t"}));
+        let session = r["result"]["sessionId"].as_str().expect("session").to_string();
+        h.send(&mut up.ws, &json!({"method": "initialized", "params": {}}));
+        let start = json!({"processId": "p", "argv": ["sh", "-c", "echo kept; sleep 30"], "cwd": "/", "env": {"PATH": "/usr/bin:/bin"}, "tty": false});
+        assert_eq!(h.call(&mut up.ws, "process/start", start)["result"]["processId"], "p");
+        let (seq, mut ct) = h.frames(&json!({"id": 99, "method": "environment/status"})).remove(0);
+        match fault {
+            "tampered" => ct[0] ^= 0x80,
+            _ => ct.truncate(ct.len() - 1),
+        }
+        up.ws.send(Message::binary(frame::encode_data(&id, seq, ct))).expect("send");
+        // Output notifications of the stream may still be in flight before its reset.
+        let reset = loop {
+            match read_frame(&mut up.ws) {
+                frame::Frame::Data { stream_id, .. } if stream_id == id => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(reset_of(reset), id);
+        // A new stream resumes the session: the process and its output are still there.
+        let again = format!("{id}-again");
+        let mut h2 = stream(&mut up, &again);
+        let until = std::time::Instant::now() + DEADLINE;
+        let resumed = loop {
+            assert!(std::time::Instant::now() < until, "session resumable in time");
+            let r = h2.call(
+                &mut up.ws,
+                "initialize",
+                json!({"clientName": "t", "resumeSessionId": session}),
+            );
+            if r.get("error").is_none() {
+                break r;
+            }
+            // The old connection is detached asynchronously after the reset; the harness
+            // (like a real client) simply asks again on a fresh stream.
+            h2 = stream(&mut up, &format!("{again}-{}", r["id"]));
+        };
+        assert_eq!(resumed["result"]["sessionId"], session.as_str());
+        h2.send(&mut up.ws, &json!({"method": "initialized", "params": {}}));
+        let read = h2.call(&mut up.ws, "process/read", json!({"processId": "p", "waitMs": 5000}));
+        assert_eq!(read["result"]["chunks"][0]["chunk"], "a2VwdAo=", "{read}");
+        h2.call(&mut up.ws, "process/terminate", json!({"processId": "p"}));
+    }
+}

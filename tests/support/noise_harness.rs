@@ -57,9 +57,28 @@ pub fn begin(
     init
 }
 
+fn stream_of(f: &frame::Frame) -> &str {
+    match f {
+        frame::Frame::Handshake { stream_id, .. }
+        | frame::Frame::Data { stream_id, .. }
+        | frame::Frame::Reset { stream_id, .. }
+        | frame::Frame::Other { stream_id } => stream_id,
+    }
+}
+
+/// The next frame of `stream_id`; frames of other streams on the link are skipped.
+pub fn read_frame_of(ws: &mut WebSocket<TcpStream>, stream_id: &str) -> frame::Frame {
+    loop {
+        let f = read_frame(ws);
+        if stream_of(&f) == stream_id {
+            return f;
+        }
+    }
+}
+
 /// Waits for message 2 on `stream_id` and enters transport mode.
 pub fn finish(ws: &mut WebSocket<TcpStream>, init: channel::Initiator, stream_id: &str) -> Harness {
-    match read_frame(ws) {
+    match read_frame_of(ws, stream_id) {
         frame::Frame::Handshake { stream_id: s, payload } if s == stream_id => Harness {
             stream_id: stream_id.to_string(),
             channel: init.finish(&payload).expect("message 2"),
@@ -99,8 +118,8 @@ impl Harness {
             return v;
         }
         loop {
-            match read_frame(ws) {
-                frame::Frame::Data { stream_id, seq, payload } if stream_id == self.stream_id => {
+            match read_frame_of(ws, &self.stream_id) {
+                frame::Frame::Data { seq, payload, .. } => {
                     for ct in self.reorder.push(seq, payload).expect("reorder") {
                         let pt = self.channel.decrypt(&ct).expect("decrypt");
                         for m in self.reassembler.push(&pt).expect("reassemble") {
