@@ -34,16 +34,21 @@ fn codex_bin() -> String {
     std::env::var("CODEX_BIN").unwrap_or_else(|_| DEFAULT_CODEX.to_string())
 }
 
-struct Upstream(Child);
+/// A child process, killed when dropped, with the scratch HOME it used (removed then).
+struct Upstream(Child, Option<std::path::PathBuf>);
 impl Drop for Upstream {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(home) = self.1.take() {
+            let _ = std::fs::remove_dir_all(home);
+        }
     }
 }
 
 fn start_upstream_executor(base: &str, env_id: &str) -> Upstream {
-    let home = std::env::temp_dir().join(format!("e2e-cloud-home-{}", std::process::id()));
+    let home =
+        std::path::Path::new("/var/tmp").join(format!("e2e-cloud-home-{}", std::process::id()));
     std::fs::create_dir_all(&home).expect("home");
     let mut child = Command::new(codex_bin())
         .args([
@@ -64,7 +69,7 @@ fn start_upstream_executor(base: &str, env_id: &str) -> Upstream {
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(b"tok-123\n").expect("token");
     std::mem::forget(stdin); // keep the pipe open for the process lifetime
-    Upstream(child)
+    Upstream(child, Some(home))
 }
 
 fn registry_for(relay_url: String) -> FakeRegistry {
@@ -210,11 +215,12 @@ fn upstream_harness_talks_to_our_executor() {
         .spawn()
         .expect("spawn exec-server");
     ours.stdin.as_mut().expect("stdin").write_all(b"exec-tok\n").expect("token");
-    let ours = Upstream(ours);
+    let ours = Upstream(ours, None);
     assert_eq!(registry.next(DEADLINE).path, "/cloud/environment/env-1/register");
     let (_, mut exec_ws) = exec_relay.next(DEADLINE);
 
-    let home = std::env::temp_dir().join(format!("e2e-cloud-harness-{}", std::process::id()));
+    let home =
+        std::path::Path::new("/var/tmp").join(format!("e2e-cloud-harness-{}", std::process::id()));
     std::fs::create_dir_all(&home).expect("home");
     let mut client = Command::new(codex_bin())
         .arg("app-server")
@@ -233,7 +239,7 @@ fn upstream_harness_talks_to_our_executor() {
     stdin
         .write_all(b"{\"id\":1,\"method\":\"initialize\",\"params\":{\"clientInfo\":{\"name\":\"e2e\",\"version\":\"1\"},\"capabilities\":{\"experimentalApi\":true}}}\n{\"method\":\"initialized\"}\n")
         .expect("app-server stdin");
-    let client = Upstream(client);
+    let client = Upstream(client, Some(home));
     let connect = registry.next(DEADLINE);
     assert_eq!(connect.path, "/cloud/environment/env-1/connect");
     assert_eq!(
