@@ -139,10 +139,9 @@ pub fn validate(
         let line = stdin_line().unwrap_or_default();
         Bearer::Fixed(registry_v2::checked_bearer(&line).map_err(exit1)?)
     } else if let Some(path) = &args.token_file {
-        let bearer = Bearer::File(PathBuf::from(path));
-        let probe = RegistryProbe(&bearer);
-        probe.check().map_err(exit1)?;
-        bearer
+        let path = PathBuf::from(path);
+        check_token_file(&path).map_err(exit1)?;
+        Bearer::File(path)
     } else if let Some(token) =
         env(registry_v2::NOISE_TOKEN_ENV).or_else(|| env(registry_v2::V1_TOKEN_ENV))
     {
@@ -162,21 +161,16 @@ pub fn validate(
     Ok(V2Config { base_url: base, environment_id, bearer, roots, tls, exit_on_stdin_close })
 }
 
-/// Reads a token file once at startup so a missing file fails before any request.
-struct RegistryProbe<'a>(&'a Bearer);
-
-impl RegistryProbe<'_> {
-    fn check(&self) -> Result<(), String> {
-        match self.0 {
-            Bearer::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    format!("environment registry authentication error: registration bearer file `{}` could not be read: {e}", path.display())
-                })?;
-                registry_v2::checked_bearer(&text).map(|_| ())
-            }
-            Bearer::Fixed(_) => Ok(()),
-        }
-    }
+/// Reads a token file once at startup, so a missing or empty file fails before any
+/// request (it is read again for every request after that).
+fn check_token_file(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "environment registry authentication error: registration bearer file `{}` could not be read: {e}",
+            path.display()
+        )
+    })?;
+    registry_v2::checked_bearer(&text).map(|_| ())
 }
 
 /// The v2 loop. `sleep(d)` waits `d` and returns true when shutdown was requested.
@@ -281,6 +275,11 @@ mod tests {
         let mut no_token = args("https://x", "e");
         no_token.registration_bearer_stdin = false;
         assert_eq!(check(no_token.clone(), &[]).err().map(|e| e.code), Some(1));
-        assert!(check(no_token, &[(registry_v2::NOISE_TOKEN_ENV, "t")]).is_ok());
+        assert!(check(no_token.clone(), &[(registry_v2::NOISE_TOKEN_ENV, "t")]).is_ok());
+        let mut missing_file = no_token;
+        missing_file.token_file = Some("/no/such/token".into());
+        let e = check(missing_file, &[]).err().expect("refused");
+        assert_eq!(e.code, 1);
+        assert!(e.message.contains("/no/such/token"), "{}", e.message);
     }
 }
