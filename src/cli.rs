@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::cloud::noise::V2Args;
 use crate::cloud::CloudArgs;
 use crate::config::Config;
 
@@ -87,6 +88,19 @@ pub struct Flags {
     /// print the version and exit
     #[argh(switch)]
     version: bool,
+    /// cloud mode v2: environment id to register (with --remote; env
+    /// CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID)
+    #[argh(option)]
+    environment_id: Option<String>,
+    /// cloud mode v2: read one registration bearer line from stdin
+    #[argh(switch)]
+    registration_bearer_stdin: bool,
+    /// cloud mode v2 transport: noise (default); direct is not supported
+    #[argh(option)]
+    remote_transport: Option<String>,
+    /// exit when standard input is closed (env CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE)
+    #[argh(switch)]
+    exit_on_stdin_close: bool,
 }
 
 /// What to run.
@@ -95,6 +109,7 @@ pub enum Mode {
     Listen { addr: SocketAddr, token: Option<String> },
     Stdio,
     Cloud(CloudArgs),
+    CloudV2(V2Args),
 }
 
 /// A startup failure: the message for stderr and the exit code (§8.8).
@@ -123,6 +138,9 @@ pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
         return Ok((Mode::Version, config));
     }
     let cloud = cloud_args(&flags);
+    if let Some(v2) = v2_args(&flags, &cloud)? {
+        return Ok((Mode::CloudV2(v2), config));
+    }
     if let Some(message) = cloud.usage_error(flags.listen.as_deref()) {
         return Err(Exit::usage(message));
     }
@@ -221,6 +239,38 @@ fn cloud_args(flags: &Flags) -> CloudArgs {
         token_file: flags.token_file.clone(),
         ca_file: flags.ca_file.clone(),
     }
+}
+
+/// Cloud mode v2 when its options (or its two environment variables) are given; v1's own
+/// options and `--listen` cannot be combined with it.
+fn v2_args(flags: &Flags, v1: &CloudArgs) -> Result<Option<V2Args>, Exit> {
+    let args = V2Args {
+        remote: flags.remote.clone(),
+        environment_id: flags.environment_id.clone(),
+        name: flags.name.clone(),
+        registration_bearer_stdin: flags.registration_bearer_stdin,
+        remote_transport: flags.remote_transport.clone(),
+        token_file: flags.token_file.clone(),
+        ca_file: flags.ca_file.clone(),
+        exit_on_stdin_close: flags.exit_on_stdin_close,
+    };
+    let v1_only = v1.cloud
+        || v1.cloud_base_url.is_some()
+        || v1.cloud_environment_id.is_some()
+        || v1.executor_id.is_some()
+        || v1.cloud_name.is_some();
+    if !args.enabled() {
+        return Ok(None);
+    }
+    if v1_only {
+        return Err(Exit::usage(
+            "--environment-id (cloud mode v2) cannot be combined with --cloud, --cloud-base-url, --cloud-environment-id, --executor-id or --cloud-name",
+        ));
+    }
+    if let Some(listen) = &flags.listen {
+        return Err(Exit::usage(format!("--listen `{listen}` cannot be combined with cloud mode")));
+    }
+    Ok(Some(args))
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
             Ok(())
         }
         Mode::Cloud(flags) => run_cloud(&flags, config),
+        Mode::CloudV2(args) => run_cloud_v2(&args, config),
     }
 }
 
@@ -129,6 +130,50 @@ fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exi
         },
         &|delay| shutdown::wait(Some(delay)),
     );
+    stop(&server);
+    let _ = done.send(());
+    outcome.map_err(|e| Exit { code: e.code, message: e.message })
+}
+
+/// Cloud mode v2 (codex 0.171: environment registry + Noise relay; cloud::noise). The
+/// bearer may come from stdin's first line; `--exit-on-stdin-close` then watches the rest.
+fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(), Exit> {
+    use std::io::BufRead;
+    let mut stdin_line = || {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).ok().map(|_| line)
+    };
+    let cfg = cloud::noise::validate(args, &|k| std::env::var(k).ok(), &mut stdin_line)
+        .map_err(|e| Exit { code: e.code, message: e.message })?;
+    if cfg.exit_on_stdin_close {
+        std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(|| {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+                log::info!("stdin closed; shutting down");
+                shutdown::trigger();
+            })
+            .map_err(|e| internal(format!("cannot start the stdin watcher: {e}")))?;
+    }
+    let server = Server::new(config);
+    let (done, loop_ended) = std::sync::mpsc::channel::<()>();
+    let watcher = Arc::clone(&server);
+    std::thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(move || {
+            shutdown::wait(None);
+            watcher.shutdown();
+            if loop_ended.recv_timeout(SHUTDOWN_GRACE).is_err() {
+                watcher.wait_closed(SHUTDOWN_GRACE);
+                log::info!("shutting down during a registry request");
+                std::process::exit(0);
+            }
+        })
+        .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
+    let outcome =
+        cloud::noise::run(cfg, &server, (cloud::PING_EVERY, cloud::DEAD_AFTER), &|delay| {
+            shutdown::wait(Some(delay))
+        });
     stop(&server);
     let _ = done.send(());
     outcome.map_err(|e| Exit { code: e.code, message: e.message })

@@ -71,7 +71,7 @@ pub fn dial(
     Ok(ws)
 }
 
-fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<(), String> {
+pub(super) fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<(), String> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err("timed out".to_owned());
@@ -83,7 +83,7 @@ fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<(), String> {
 
 /// Name resolution has no timeout of its own, so it runs on a helper thread that the
 /// deadline abandons; the resolver's own timeouts end that thread.
-fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, String> {
+pub(super) fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, String> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
@@ -105,7 +105,7 @@ fn resolve(host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, 
     }
 }
 
-fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, String> {
+pub(super) fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, String> {
     let mut last = String::from("no address");
     for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());

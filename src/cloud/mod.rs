@@ -20,6 +20,10 @@ use crate::transport::tls::{self, Stream};
 use dial::{dial, RENDEZVOUS_CONNECT_TIMEOUT};
 use registry::{without_query, Backoff, RegisterError, Registry, TokenSource};
 
+// Cloud mode v2 (codex 0.171: environment registry + Noise relay), beside v1.
+pub mod noise;
+pub mod registry_v2;
+
 /// Keepalive on the rendezvous link (§8.6): ping this often...
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// ...and close it after this long without hearing anything, Pong included.

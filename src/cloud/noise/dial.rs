@@ -1,0 +1,93 @@
+//! Opening the Noise relay's rendezvous websocket: TCP (`TCP_NODELAY`), TLS for `wss://`,
+//! the upgrade to the registry's URL exactly, with the one header 0.171 adds
+//! (`x-request-id: req_<32 hex>`), all before one deadline. It tells an upgrade the relay
+//! refused (HTTP status, which decides whether to register again) from every other
+//! failure. It reads no frames.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::http::HeaderValue;
+use tungstenite::WebSocket;
+
+use crate::transport::tls::{Stream, TlsStream};
+
+/// Why a dial failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialError {
+    /// The relay answered the upgrade with this HTTP status.
+    Rejected(u16),
+    /// Anything else (resolution, TCP, TLS, timeout), for logs.
+    Failed(String),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Rejected(status) => {
+                write!(f, "relay refused the upgrade with HTTP {status}")
+            }
+            DialError::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+pub fn dial(
+    url: &str,
+    tls_config: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<WebSocket<Stream>, DialError> {
+    let failed = |s: String| DialError::Failed(s);
+    let deadline = Instant::now() + timeout;
+    let mut request =
+        url.into_client_request().map_err(|_| failed("invalid rendezvous URL".into()))?;
+    let secure = match request.uri().scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        _ => return Err(failed("rendezvous URL must be ws:// or wss://".into())),
+    };
+    let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    let value = HeaderValue::from_str(&request_id).map_err(|e| failed(e.to_string()))?;
+    request.headers_mut().insert("x-request-id", value);
+    let host = request.uri().host().ok_or_else(|| failed("rendezvous URL has no host".into()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
+
+    let addrs = super::super::dial::resolve(&host, port, deadline).map_err(failed)?;
+    let tcp = super::super::dial::connect_any(&addrs, deadline).map_err(failed)?;
+    tcp.set_nodelay(true).map_err(|e| failed(format!("TCP_NODELAY: {e}")))?;
+    let stream = if secure {
+        let tls = TlsStream::connect(tcp, &host, tls_config.clone(), deadline)
+            .map_err(|e| failed(format!("TLS: {e}")))?;
+        Stream::Tls(Box::new(tls))
+    } else {
+        Stream::Plain(tcp)
+    };
+    super::super::dial::set_deadline(stream.tcp(), deadline).map_err(failed)?;
+    let mut attempt = tungstenite::client::client(request, stream);
+    let ws = loop {
+        match attempt {
+            Ok((ws, _response)) => break ws,
+            Err(HandshakeError::Interrupted(mid)) => {
+                super::super::dial::set_deadline(mid.get_ref().get_ref().tcp(), deadline)
+                    .map_err(failed)?;
+                attempt = mid.handshake();
+            }
+            Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                return Err(DialError::Rejected(response.status().as_u16()))
+            }
+            Err(HandshakeError::Failure(e)) => {
+                return Err(failed(format!("websocket upgrade: {e}")))
+            }
+        }
+    };
+    let tcp = ws.get_ref().tcp();
+    tcp.set_read_timeout(None)
+        .and_then(|()| tcp.set_write_timeout(None))
+        .map_err(|e| failed(e.to_string()))?;
+    log::debug!("rendezvous upgrade done ({request_id})");
+    Ok(ws)
+}
