@@ -205,28 +205,112 @@ fn io_error(err: io::Error) -> RpcError {
     }
 }
 
-/// §6.9: sandboxes are not enforced, so only an absent or recognizably unrestricted one may
-/// run. The shape is never validated: whatever is not recognized as unrestricted is refused.
+/// §6.9 gate for calls that reach the handlers directly: an absent or unrestricted sandbox
+/// runs; a restricted one is confined by `run_sandboxed` (routed there by rpc), so reaching
+/// here with one is refused. A malformed sandbox is the decoder's -32602.
 fn check_sandbox(sandbox: Option<&serde_json::Value>) -> Result<(), RpcError> {
-    let Some(sandbox) = sandbox.filter(|s| !s.is_null()) else {
-        return Ok(());
-    };
-    let permissions = sandbox.get("permissions");
-    let unrestricted =
-        match type_of(permissions) {
-            Some("disabled" | "external") => true,
-            Some("managed") => {
-                type_of(permissions.and_then(|p| p.get("file_system"))) == Some("unrestricted")
-            }
-            _ => false,
-        } || matches!(
-            type_of(sandbox.get("sandboxPolicy")),
-            Some("danger-full-access" | "external-sandbox")
-        ) || matches!(type_of(Some(sandbox)), Some("danger-full-access" | "external-sandbox"));
-    if unrestricted {
+    if crate::sandbox::parse(sandbox)?.fs.is_none() {
         Ok(())
     } else {
         Err(RpcError::invalid_request(SANDBOX_REFUSED))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: filesystem calls under a sandbox (the hunk the restructure ports)
+// ---------------------------------------------------------------------------------------------
+
+/// Just the `sandbox` member of any fs method's params.
+#[derive(Debug, Deserialize)]
+pub struct SandboxOnly {
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
+}
+
+/// Whether `params` (an fs method's JSON) may carry a sandbox object, found without decoding:
+/// `"sandbox"` followed by `:` and `{`. Base64 never holds a quote, so large writes scan fast.
+pub fn carries_sandbox(params: &str) -> bool {
+    let mut rest = params;
+    while let Some(at) = rest.find("\"sandbox\"") {
+        let after = rest[at + 9..].trim_start();
+        if let Some(value) = after.strip_prefix(':') {
+            if value.trim_start().starts_with('{') && !rest[..at].ends_with('\\') {
+                return true;
+            }
+        }
+        rest = &rest[at + 9..];
+    }
+    false
+}
+
+/// An fs call whose params carry a sandbox object: confined in the helper process when the
+/// policy restricts the file system, else run here as usual.
+pub fn run_sandboxed(
+    method: &str,
+    params: &str,
+    p: SandboxOnly,
+) -> Result<Box<serde_json::value::RawValue>, RpcError> {
+    let policy = crate::sandbox::parse(p.sandbox.as_ref())?;
+    let text = if policy.fs.is_none() {
+        run_unconfined(method, params)?
+    } else {
+        crate::sandbox::run_fs(&policy, method, params)?
+    };
+    serde_json::value::RawValue::from_string(text).map_err(|e| RpcError::internal(e.to_string()))
+}
+
+/// Runs one fs method on its JSON params without any sandbox check (the caller has confined
+/// this process or found the sandbox unrestricted) and returns the result's JSON text.
+pub fn run_unconfined(method: &str, params: &str) -> Result<String, RpcError> {
+    fn decode<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError> {
+        serde_json::from_str(params).map_err(|e| {
+            let text = e.to_string();
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            RpcError::invalid_params(text.strip_suffix(&position).unwrap_or(&text))
+        })
+    }
+    fn json<R: Serialize>(r: Result<R, RpcError>) -> Result<String, RpcError> {
+        serde_json::to_string(&r?).map_err(|e| RpcError::internal(e.to_string()))
+    }
+    match method {
+        "fs/readFile" => {
+            let mut p: ReadFileParams = decode(params)?;
+            p.sandbox = None;
+            let mut out = String::new();
+            read_file_into(p, &mut out)?;
+            Ok(out)
+        }
+        "fs/writeFile" => {
+            let mut p: WriteFileParams<'_> = decode(params)?;
+            p.sandbox = None;
+            json(write_file(p))
+        }
+        "fs/createDirectory" => {
+            let mut p: CreateDirectoryParams = decode(params)?;
+            p.sandbox = None;
+            json(create_directory(p))
+        }
+        "fs/getMetadata" => {
+            let mut p: GetMetadataParams = decode(params)?;
+            p.sandbox = None;
+            json(get_metadata(p))
+        }
+        "fs/readDirectory" => {
+            let mut p: ReadDirectoryParams = decode(params)?;
+            p.sandbox = None;
+            json(read_directory(p))
+        }
+        "fs/remove" => {
+            let mut p: RemoveParams = decode(params)?;
+            p.sandbox = None;
+            json(remove(p))
+        }
+        "fs/copy" => {
+            let mut p: CopyParams = decode(params)?;
+            p.sandbox = None;
+            json(copy(p))
+        }
+        other => Err(RpcError::method_not_found(other)),
     }
 }
 
@@ -293,11 +377,6 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// The string `type` member of `value`, if any.
-fn type_of(value: Option<&serde_json::Value>) -> Option<&str> {
-    value?.get("type")?.as_str()
 }
 
 /// Opens with `O_NONBLOCK`, which regular files ignore, so that a FIFO or terminal at

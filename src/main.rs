@@ -14,6 +14,7 @@ mod pty;
 mod recycle;
 mod registry;
 mod rpc;
+mod sandbox;
 mod session;
 mod shutdown;
 mod socket;
@@ -35,6 +36,10 @@ static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 fn main() {
+    // Issue 13: the confined filesystem helper (sandbox/fs_child.rs) is this binary re-run.
+    if std::env::args_os().nth(1).is_some_and(|a| a == sandbox::fs_child::HELPER_ARG) {
+        std::process::exit(sandbox::fs_child::main(fs::run_unconfined));
+    }
     let args: Vec<String> = std::env::args().collect();
     let code = match run(&args) {
         Ok(()) => 0,

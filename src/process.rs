@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::envpolicy::{self, EnvPolicy};
 use crate::pty;
 use crate::recycle;
+use crate::sandbox;
 use crate::rpc::RpcError;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
@@ -119,12 +120,18 @@ pub struct StartParams {
     pub arg0: Option<String>,
     #[serde(default)]
     pub env_policy: Option<EnvPolicy>,
+    /// Issue 13: the filesystem sandbox context (UPSTREAM-0.171.md §5).
+    #[serde(default)]
+    pub sandbox: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartResponse {
     pub process_id: String,
+    /// Issue 13: `"linuxSeccomp"` when confined; absent (for now) when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_type: Option<&'static str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +164,9 @@ pub struct ReadResponse {
     pub closed: bool,
     /// Always null in v1.
     pub failure: Option<String>,
+    /// Issue 13: for a confined process, whether it likely hit a sandbox denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_denied: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +226,8 @@ struct ExitedParams<'a> {
     exit_code: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     signal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox_denied: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -426,6 +438,9 @@ struct Proc {
     table: Weak<Mutex<Table>>,
     live: Arc<AtomicUsize>,
     exited_retention: Duration,
+    /// Issue 13: run under a sandbox confinement; its output is watched for denials.
+    confined: bool,
+    denial_mentioned: AtomicBool,
 }
 
 impl Proc {
@@ -462,6 +477,7 @@ impl Proc {
                         seq,
                         exit_code: exit.code,
                         signal: exit.signal.as_deref(),
+                        sandbox_denied: self.sandbox_denied(&exit),
                     };
                     let message = encode("process/exited", params);
                     state.exit = Some(exit);
@@ -524,6 +540,13 @@ impl Proc {
 
     /// SIGKILLs the child's tree unless it is over. Under the state lock, so the waiter
     /// cannot reap the leader (freeing its pid for reuse) in between.
+    /// Issue 13: `sandboxDenied` for an exit of this process (None when not confined).
+    fn sandbox_denied(&self, exit: &Exit) -> Option<bool> {
+        let mentioned = self.denial_mentioned.load(Ordering::Relaxed);
+        let sigsys = exit.signal.as_deref() == Some("SIGSYS");
+        self.confined.then(|| sandbox::is_likely_denied(exit.code, sigsys, mentioned))
+    }
+
     fn kill_tree(&self) -> bool {
         let state = lock(&self.state);
         let running = !state.reaped;
@@ -675,6 +698,8 @@ struct SpawnPlan {
     stdio: [RawFd; 3],
     /// Make stdin (a PTY slave) the controlling terminal.
     tty: bool,
+    /// Issue 13: applied in the child right before chdir and exec.
+    confinement: Option<sandbox::Confinement>,
 }
 
 type SpawnJob = (SpawnPlan, mpsc::SyncSender<io::Result<libc::pid_t>>);
@@ -826,6 +851,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::getppid() != args.parent {
             // The server died before the death signal was armed.
             libc::_exit(137);
+        }
+        // Issue 13: mounts, no-new-privs, Landlock, seccomp; raw syscalls on prepared data.
+        if let Some(confinement) = &plan.confinement {
+            let errno = confinement.apply();
+            if errno != 0 {
+                *libc::__errno_location() = errno;
+                return fail(args);
+            }
         }
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
             return fail(args);
@@ -1046,6 +1079,14 @@ impl Processes {
         if !Path::new(&p.cwd).is_absolute() {
             return Err(RpcError::invalid_params("cwd must be an absolute path"));
         }
+        // Issue 13: the sandbox is decoded and prepared before anything is reserved.
+        let policy = sandbox::parse(p.sandbox.as_ref())?;
+        let confinement = if policy.is_unrestricted() {
+            None
+        } else {
+            Some(sandbox::Confinement::prepare(&policy)?)
+        };
+        let sandbox_type = confinement.as_ref().map(|_| sandbox::SANDBOX_TYPE);
         let id = p.process_id.clone();
         let token = {
             let mut table = lock(&self.table);
@@ -1064,13 +1105,13 @@ impl Processes {
             table.slots.insert(id.clone(), Slot::Starting(token));
             token
         };
-        let spawned = self.spawn(&p);
+        let spawned = self.spawn(&p, confinement);
         let mut table = lock(&self.table);
         let ours = matches!(table.slots.get(&id), Some(Slot::Starting(t)) if *t == token);
         match spawned {
             Ok(proc) if ours => {
                 table.slots.insert(id.clone(), Slot::Running(proc.clone()));
-                Ok(StartResponse { process_id: id })
+                Ok(StartResponse { process_id: id, sandbox_type })
             }
             Ok(proc) => {
                 // kill_all removed the slot (and its count) while we were spawning.
@@ -1089,7 +1130,12 @@ impl Processes {
         }
     }
 
-    fn spawn(&self, p: &StartParams) -> io::Result<Arc<Proc>> {
+    fn spawn(
+        &self,
+        p: &StartParams,
+        confinement: Option<sandbox::Confinement>,
+    ) -> io::Result<Arc<Proc>> {
+        let confined = confinement.is_some();
         let env = envpolicy::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
         let program = resolve_program(&p.argv[0], &env, Path::new(&p.cwd))?;
         let text = |s: &str| CString::new(s).map_err(|_| nul_error());
@@ -1140,6 +1186,7 @@ impl Processes {
             cwd,
             stdio: child_ends.each_ref().map(|fd| fd.as_raw_fd()),
             tty: p.tty,
+            confinement,
         };
         let pid = spawn_on_spawner(plan)?;
         // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
@@ -1169,6 +1216,8 @@ impl Processes {
             table: Arc::downgrade(&self.table),
             live: self.live.clone(),
             exited_retention: self.config.exited_retention,
+            confined,
+            denial_mentioned: AtomicBool::new(false),
         });
         // The child exists from here on: whatever fails, it must still be reaped.
         let waiter = proc.clone();
@@ -1243,6 +1292,7 @@ impl Processes {
             signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
             closed: state.closed_at.is_some(),
             failure: None,
+            sandbox_denied: state.exit.as_ref().and_then(|e| proc.sandbox_denied(e)),
         })
     }
 
@@ -1378,6 +1428,13 @@ fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
         match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                // Issue 13: a confined process's output is watched for denial messages.
+                if proc.confined
+                    && !proc.denial_mentioned.load(Ordering::Relaxed)
+                    && sandbox::mentions_denial(&buf[..n])
+                {
+                    proc.denial_mentioned.store(true, Ordering::Relaxed);
+                }
                 if n == buf.len() && !pipe_grown {
                     grow_pipe(&file);
                     pipe_grown = true;
@@ -1483,6 +1540,7 @@ mod tests {
             pipe_stdin: false,
             arg0: None,
             env_policy: None,
+            sandbox: None,
         }
     }
 

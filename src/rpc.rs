@@ -535,6 +535,15 @@ impl Connection {
                 self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
+            // Issue 13: fs calls carrying a sandbox object may need confinement.
+            method @ ("fs/readFile" | "fs/writeFile" | "fs/createDirectory" | "fs/getMetadata"
+            | "fs/readDirectory" | "fs/remove" | "fs/copy")
+                if fs::carries_sandbox(params) =>
+            {
+                self.gated(Family::Filesystem, id, params, |p, _| {
+                    fs::run_sandboxed(method, params, p)
+                })
+            }
             "fs/readFile" => self
                 .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
             "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),

@@ -1,0 +1,140 @@
+//! Filesystem calls under a sandbox, race-free: the daemon re-executes its own binary
+//! (`/proc/self/exe __sandboxed-fs`), writes one request to the helper's stdin, and reads
+//! one reply from its stdout. The helper is a fresh single-threaded process: it confines
+//! itself (mount carve-outs, Landlock) and only then performs the call with the ordinary fs
+//! handler, so every path it resolves, including a symlink swapped in meanwhile, is
+//! checked by the kernel at use. The daemon's own threads are never confined.
+//!
+//! Request: one JSON line `{"method","policy"}`, then the call's params JSON to EOF.
+//! Reply: `O` + the result JSON, or `E` + `<code>\n<message>`.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::{self, Effective, Policy};
+use super::Confinement;
+use crate::rpc::RpcError;
+
+/// The hidden first argument that makes the binary the helper.
+pub const HELPER_ARG: &str = "__sandboxed-fs";
+
+/// What an fs handler looks like to the helper: method and params JSON in, result JSON out.
+pub type Dispatch = fn(&str, &str) -> Result<String, RpcError>;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    method: String,
+    policy: Policy,
+}
+
+/// Daemon side: runs `method` in a confined helper and returns its reply.
+pub fn run(policy: &Policy, method: &str, params: &str) -> Result<String, RpcError> {
+    let header = serde_json::to_string(&Header { method: method.into(), policy: policy.clone() })
+        .map_err(|e| RpcError::internal(e.to_string()))?;
+    let failed = |e: io::Error| RpcError::internal(format!("sandboxed filesystem helper: {e}"));
+    let mut child = Command::new("/proc/self/exe")
+        .arg(HELPER_ARG)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(failed)?;
+    let written = (|| -> io::Result<()> {
+        let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin"))?;
+        stdin.write_all(header.as_bytes())?;
+        stdin.write_all(b"\n")?;
+        stdin.write_all(params.as_bytes())
+    })();
+    let mut reply = Vec::new();
+    let read = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))
+        .and_then(|mut out| out.read_to_end(&mut reply));
+    let status = child.wait().map_err(failed)?;
+    written.and(read).map_err(failed)?;
+    match reply.split_first() {
+        Some((b'O', result)) => String::from_utf8(result.to_vec()).map_err(|e| RpcError::internal(e.to_string())),
+        Some((b'E', error)) => {
+            let text = String::from_utf8_lossy(error);
+            let (code, message) = text.split_once('\n').unwrap_or(("-32603", &text));
+            Err(RpcError::new(code.parse().unwrap_or(-32603), message))
+        }
+        _ => Err(RpcError::internal(format!("sandboxed filesystem helper failed ({status})"))),
+    }
+}
+
+/// Helper side (`main` hands over here for `HELPER_ARG`): read the request, confine this
+/// process, run `dispatch`, write the reply. Returns the exit code.
+pub fn main(dispatch: Dispatch) -> i32 {
+    let reply = serve(dispatch);
+    let mut out = io::stdout().lock();
+    let written = match &reply {
+        Ok(result) => out.write_all(b"O").and_then(|()| out.write_all(result.as_bytes())),
+        Err(e) => write!(out, "E{}\n{}", e.code, e.message),
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn serve(dispatch: Dispatch) -> Result<String, RpcError> {
+    let mut input = Vec::new();
+    io::stdin().lock().read_to_end(&mut input).map_err(|e| RpcError::internal(e.to_string()))?;
+    let split = input.iter().position(|&b| b == b'\n').unwrap_or(input.len());
+    let header: Header = serde_json::from_slice(&input[..split])
+        .map_err(|e| RpcError::internal(format!("bad helper request: {e}")))?;
+    let params = std::str::from_utf8(input.get(split + 1..).unwrap_or_default())
+        .map_err(|e| RpcError::internal(e.to_string()))?;
+    let confinement = Confinement::prepare(&header.policy)?;
+    let errno = confinement.apply();
+    if errno != 0 {
+        let e = io::Error::from_raw_os_error(errno);
+        return Err(RpcError::internal(format!("cannot confine the filesystem call: {e}")));
+    }
+    drop(confinement);
+    if let Some(fs) = &header.policy.fs {
+        check_paths(fs, &header.method, params)?;
+    }
+    dispatch(&header.method, params)
+}
+
+/// Landlock does not cover everything (a `stat` of an uncovered file succeeds), so each path
+/// of the call is also checked against the rules, after confinement, with symlinks
+/// resolved. The kernel still decides every open; this only adds earlier, plainer refusals.
+fn check_paths(fs: &policy::FsRules, method: &str, params: &str) -> Result<(), RpcError> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(params) else {
+        return Ok(()); // The handler reports the decode error as the unconfined call would.
+    };
+    let write = matches!(method, "fs/writeFile" | "fs/createDirectory" | "fs/remove");
+    let mut checks: Vec<(&str, bool)> = vec![("path", write)];
+    if method == "fs/copy" {
+        checks = vec![("sourcePath", false), ("destinationPath", true)];
+    }
+    for (key, needs_write) in checks {
+        let Some(path) = value.get(key).and_then(|v| v.as_str()).and_then(policy::native_path)
+        else {
+            continue;
+        };
+        let resolved = resolve_for(&path, method == "fs/remove");
+        let need = if needs_write { Effective::Write } else { Effective::Read };
+        if fs.access_of(&resolved) < need {
+            let e = io::Error::from_raw_os_error(libc::EACCES);
+            return Err(RpcError::invalid_request(e.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The path as the kernel will reach it; for `remove` the link itself, not its target.
+fn resolve_for(path: &Path, keep_last: bool) -> PathBuf {
+    match (keep_last, path.parent(), path.file_name()) {
+        (true, Some(parent), Some(name)) => policy::resolve(parent).join(name),
+        _ => policy::resolve(path),
+    }
+}
