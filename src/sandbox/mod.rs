@@ -311,16 +311,23 @@ pub fn mentions_denial(output: &[u8]) -> bool {
     })
 }
 
-/// `sandboxDenied` for a confined process (upstream's heuristic): killed by SIGSYS (a
-/// seccomp kill), or a non-zero exit other than the quick rejects after output mentioning
-/// a denial. The kernel reports Landlock and seccomp-errno denials only as errors the
-/// process sees, so this is a heuristic: a program that prints "permission denied" for
-/// its own reasons under a sandbox counts as denied.
+/// `sandboxDenied` for a confined process, upstream's heuristic in upstream's order: a
+/// non-zero exit with output mentioning a denial; else, unless the code is a quick reject,
+/// death by SIGSYS (exit code 159, a seccomp kill). The kernel reports Landlock and
+/// seccomp-errno denials only as errors the process sees, so this is a heuristic: a
+/// program that prints "permission denied" for its own reasons counts as denied.
 pub fn is_likely_denied(exit_code: i32, killed_by_sigsys: bool, mentioned_denial: bool) -> bool {
-    if killed_by_sigsys {
+    const SIGSYS_EXIT_CODE: i32 = 128 + libc::SIGSYS;
+    if exit_code == 0 {
+        return false;
+    }
+    if mentioned_denial {
         return true;
     }
-    exit_code != 0 && !QUICK_REJECT_EXIT_CODES.contains(&exit_code) && mentioned_denial
+    if QUICK_REJECT_EXIT_CODES.contains(&exit_code) {
+        return false;
+    }
+    killed_by_sigsys || exit_code == SIGSYS_EXIT_CODE
 }
 
 #[cfg(test)]

@@ -349,11 +349,16 @@ fn denial_heuristic() {
     assert!(mentions_denial(b"touch: cannot touch '/etc/x': Permission denied\n"));
     assert!(mentions_denial(b"OSError: [Errno 1] OPERATION NOT PERMITTED"));
     assert!(!mentions_denial(b"all good"));
-    assert!(is_likely_denied(1, false, true));
-    assert!(!is_likely_denied(0, false, true));
-    assert!(!is_likely_denied(127, false, true));
+    // Upstream's own cases: keywords needed; a keyword wins even over a quick-reject code;
+    // 127 without one is rejected; exit 0 never; SIGSYS (159) always.
     assert!(!is_likely_denied(1, false, false));
+    assert!(is_likely_denied(1, false, true));
+    assert!(is_likely_denied(101, false, true));
+    assert!(is_likely_denied(2, false, true));
+    assert!(!is_likely_denied(127, false, false));
+    assert!(!is_likely_denied(0, false, true));
     assert!(is_likely_denied(159, true, false));
+    assert!(is_likely_denied(159, false, false));
 }
 
 #[test]

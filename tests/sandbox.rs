@@ -1,0 +1,298 @@
+//! Verifies sandbox enforcement over the real binary (issue 13): `process/start` and fs calls
+//! with workspace-write and read-only profiles, network restriction, symlink escapes and a
+//! symlink-swap race, and that the daemon itself stays unconfined. Needs Landlock and (for
+//! the `.git` carve-out) mount namespaces, i.e. root on a Landlock kernel, as in CI.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use common::{Client, Daemon};
+use serde_json::{json, Value};
+
+const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A fresh base directory outside /tmp (which workspace-write makes writable), holding a
+/// workspace `ws` (with `.git/config`) and a sibling directory `out`.
+struct Tree {
+    base: PathBuf,
+}
+
+impl Tree {
+    fn new(name: &str) -> Tree {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{name}"));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("ws/.git")).unwrap();
+        std::fs::create_dir_all(base.join("out")).unwrap();
+        std::fs::write(base.join("ws/.git/config"), "[core]\n").unwrap();
+        std::fs::write(base.join("ws/readme"), "hello").unwrap();
+        std::os::unix::fs::symlink(base.join("out"), base.join("ws/link-out")).unwrap();
+        let base = std::fs::canonicalize(base).unwrap();
+        Tree { base }
+    }
+    fn ws(&self) -> PathBuf {
+        self.base.join("ws")
+    }
+    fn p(&self, rel: &str) -> String {
+        self.base.join(rel).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+fn special(kind: &str) -> Value {
+    json!({"type":"special","value":{"kind": kind}})
+}
+
+/// The 0.171 client's workspace-write context (UPSTREAM-0.171.md §5), paths as `file:` URIs.
+fn workspace_write(ws: &Path, network: &str) -> Value {
+    let uri = format!("file://{}", ws.display());
+    let sub = |s: &str| json!({"type":"special","value":{"kind":"project_roots","subpath": s}});
+    json!({
+        "permissions": {"type":"managed","file_system":{"type":"restricted","entries":[
+            {"path": special("root"), "access":"read"},
+            {"path": special("project_roots"), "access":"write"},
+            {"path": special("slash_tmp"), "access":"write"},
+            {"path": special("tmpdir"), "access":"write"},
+            {"path": sub(".git"), "access":"read", "missing_path_behavior":"skip"},
+            {"path": sub(".agents"), "access":"read", "missing_path_behavior":"skip"},
+            {"path": sub(".codex"), "access":"read", "missing_path_behavior":"skip"}]},
+            "network": network},
+        "cwd": uri, "policyContext": {"cwd": uri, "workspaceRoots": [uri]},
+        "workspaceRoots": [uri], "userHomeDir": "file:///root",
+        "windowsSandboxLevel": "disabled", "useLegacyLandlock": false
+    })
+}
+
+/// The 0.130 client's read-only context (Appendix A.3), native paths.
+fn read_only(ws: &Path) -> Value {
+    json!({
+        "permissions": {"type":"managed","file_system":{"type":"restricted","entries":[
+            {"path": special("root"), "access":"read"}]},"network":"restricted"},
+        "cwd": ws, "windowsSandboxLevel": "disabled"
+    })
+}
+
+fn session() -> (Daemon, Client) {
+    let daemon = Daemon::start(&[]);
+    let (client, _) = daemon.session();
+    (daemon, client)
+}
+
+/// Runs `sh -c script` in `cwd` under `sandbox`; returns (start result, exit code,
+/// sandboxDenied of the exit notification, output).
+fn run(client: &mut Client, id: &str, cwd: &Path, sandbox: Value, script: &str) -> (Value, i64, Value, String) {
+    let params = json!({"processId": id, "argv": ["sh", "-c", script], "cwd": cwd,
+        "env": {"PATH": PATH}, "tty": false, "sandbox": sandbox});
+    let response = client.call("process/start", params);
+    let result = response.get("result").cloned().unwrap_or_else(|| panic!("start failed: {response}"));
+    let mut out = Vec::new();
+    let (mut code, mut denied) = (-1, Value::Null);
+    loop {
+        let m = client.recv();
+        if m["params"]["processId"] != id {
+            continue;
+        }
+        match m["method"].as_str() {
+            Some("process/output") => out.extend(BASE64.decode(m["params"]["chunk"].as_str().unwrap()).unwrap()),
+            Some("process/exited") => {
+                code = m["params"]["exitCode"].as_i64().unwrap();
+                denied = m["params"].get("sandboxDenied").cloned().unwrap_or(Value::Null);
+            }
+            Some("process/closed") => break,
+            _ => {}
+        }
+    }
+    (result, code, denied, String::from_utf8_lossy(&out).into_owned())
+}
+
+fn write_file(client: &mut Client, path: &str, data: &[u8], sandbox: Value) -> Value {
+    client.call("fs/writeFile", json!({"path": path, "dataBase64": BASE64.encode(data), "sandbox": sandbox}))
+}
+
+/// A denial as the contract allows it: -32600 Permission denied or -32603 Read-only file system.
+fn assert_denied(response: &Value) {
+    let error = &response["error"];
+    let pair = (error["code"].as_i64(), error["message"].as_str());
+    assert!(
+        matches!(
+            pair,
+            (Some(-32600), Some("Permission denied (os error 13)"))
+                | (Some(-32603), Some("Read-only file system (os error 30)"))
+        ),
+        "expected a denial, got {response}"
+    );
+}
+
+#[test]
+fn workspace_write_command_writes_inside_only() {
+    let tree = Tree::new("cmd-ww");
+    let (_daemon, mut client) = session();
+    let script = format!(
+        "echo ok > inside && echo inside-ok; \
+         echo x > /etc/exec-server-sandbox-test || echo etc-denied; \
+         echo x > {out}/f || echo sibling-denied; \
+         echo x >> .git/config || echo git-denied; \
+         echo x > .git/new || echo git-new-denied; \
+         mv .git .git-moved || echo git-move-denied; \
+         echo x > link-out/f || echo link-denied; \
+         cat readme",
+        out = tree.p("out")
+    );
+    let (result, code, denied, out) =
+        run(&mut client, "ww", &tree.ws(), workspace_write(&tree.ws(), "restricted"), &script);
+    assert_eq!(result["sandboxType"], "linuxSeccomp", "{result}");
+    for line in ["inside-ok", "etc-denied", "sibling-denied", "git-denied", "git-new-denied", "git-move-denied", "link-denied", "hello"] {
+        assert!(out.contains(line), "missing {line} in:\n{out}");
+    }
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(denied, json!(false), "exit 0 is never a denial");
+    assert_eq!(std::fs::read_to_string(tree.ws().join("inside")).unwrap(), "ok\n");
+    assert!(!Path::new("/etc/exec-server-sandbox-test").exists());
+    assert!(!tree.base.join("out/f").exists());
+    assert!(!tree.ws().join(".git/new").exists());
+    assert_eq!(std::fs::read_to_string(tree.ws().join(".git/config")).unwrap(), "[core]\n");
+
+    // A failing write reports sandboxDenied.
+    let (_, code, denied, out) =
+        run(&mut client, "deny", &tree.ws(), workspace_write(&tree.ws(), "restricted"), "echo x > /etc/exec-server-sandbox-test");
+    // dash exits 2 on a failed redirection; the denial text decides, as upstream.
+    assert_eq!((code, denied), (2, json!(true)), "{out}");
+
+    // The daemon stays unconfined: an unrestricted command writes outside afterwards.
+    let params = json!({"processId": "free", "argv": ["sh", "-c", format!("echo x > {}/free", tree.p("out"))],
+        "cwd": tree.ws(), "env": {"PATH": PATH}, "tty": false});
+    let response = client.call("process/start", params);
+    assert!(response["result"].get("sandboxType").is_none(), "{response}");
+    let exited = client.notification("process/exited");
+    assert_eq!(exited["params"]["exitCode"], 0);
+    assert!(exited["params"].get("sandboxDenied").is_none(), "{exited}");
+    assert!(tree.base.join("out/free").exists());
+}
+
+#[test]
+fn read_only_command_reads_but_cannot_write() {
+    let tree = Tree::new("cmd-ro");
+    let (_daemon, mut client) = session();
+    let (_, code, _, out) = run(&mut client, "ro", &tree.ws(), read_only(&tree.ws()), "cat readme /etc/hostname >/dev/null && echo read-ok; touch new || echo write-denied; echo x > /tmp/exec-server-ro-test || echo tmp-denied");
+    assert_eq!(code, 0, "{out}");
+    for line in ["read-ok", "write-denied", "tmp-denied"] {
+        assert!(out.contains(line), "missing {line} in:\n{out}");
+    }
+    assert!(!tree.ws().join("new").exists());
+    assert!(!Path::new("/tmp/exec-server-ro-test").exists());
+}
+
+#[test]
+fn network_restricted_blocks_connect_and_enabled_allows_it() {
+    let tree = Tree::new("net");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_daemon, mut client) = session();
+    let script = format!(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\""
+    );
+    let (_, code, denied, out) = run(&mut client, "off", &tree.ws(), workspace_write(&tree.ws(), "restricted"), &script);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert_eq!(denied, json!(true));
+    let (_, code, _, out) = run(&mut client, "on", &tree.ws(), workspace_write(&tree.ws(), "enabled"), &script);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("connected"), "{out}");
+    // AF_UNIX socketpairs stay usable.
+    let (_, code, _, out) = run(&mut client, "unix", &tree.ws(), workspace_write(&tree.ws(), "restricted"),
+        "python3 -c \"import socket; a, b = socket.socketpair(); print('pair')\"");
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn fs_calls_follow_the_same_rules() {
+    let tree = Tree::new("fs");
+    let (_daemon, mut client) = session();
+    let ww = workspace_write(&tree.ws(), "restricted");
+    let ok = write_file(&mut client, &tree.p("ws/new.txt"), b"data", ww.clone());
+    assert_eq!(ok["result"], json!({}), "{ok}");
+    assert_eq!(std::fs::read(tree.ws().join("new.txt")).unwrap(), b"data");
+    // file: URI paths inside the sandbox context, native path in params.
+    for outside in ["/etc/exec-server-sandbox-fs", &tree.p("out/f"), &tree.p("ws/.git/config"), &tree.p("ws/link-out/f")] {
+        let response = write_file(&mut client, outside, b"evil", ww.clone());
+        assert_denied(&response);
+    }
+    assert!(!Path::new("/etc/exec-server-sandbox-fs").exists());
+    assert!(!tree.base.join("out/f").exists());
+    assert_eq!(std::fs::read_to_string(tree.ws().join(".git/config")).unwrap(), "[core]\n");
+    let mkdir = client.call("fs/createDirectory", json!({"path": tree.p("out/d"), "sandbox": ww.clone()}));
+    assert_denied(&mkdir);
+    let rm = client.call("fs/remove", json!({"path": tree.p("ws/.git/config"), "sandbox": ww.clone()}));
+    assert_denied(&rm);
+    assert!(tree.ws().join(".git/config").exists());
+
+    // Read-only: reads work, writes don't.
+    let ro = read_only(&tree.ws());
+    let read = client.call("fs/readFile", json!({"path": tree.p("ws/readme"), "sandbox": ro.clone()}));
+    assert_eq!(read["result"]["dataBase64"], BASE64.encode("hello"), "{read}");
+    let list = client.call("fs/readDirectory", json!({"path": tree.p("ws"), "sandbox": ro.clone()}));
+    assert!(list["result"]["entries"].as_array().is_some(), "{list}");
+    assert_denied(&write_file(&mut client, &tree.p("ws/readme"), b"x", ro.clone()));
+    assert_eq!(std::fs::read_to_string(tree.ws().join("readme")).unwrap(), "hello");
+    // Not-found keeps its code under a sandbox.
+    let missing = client.call("fs/readFile", json!({"path": tree.p("ws/nope"), "sandbox": ro}));
+    assert_eq!(missing["error"]["code"], -32004, "{missing}");
+
+    // A malformed context is upstream's -32602.
+    let bad = write_file(&mut client, &tree.p("ws/x"), b"x", json!({"permissions": {"type":"disabled"}}));
+    assert_eq!(bad["error"], json!({"code": -32602, "message": "missing field `windowsSandboxLevel`"}));
+    // Unrestricted contexts run as before, and later plain calls are unconfined.
+    let disabled = json!({"permissions": {"type":"disabled"}, "windowsSandboxLevel": "disabled"});
+    assert_eq!(write_file(&mut client, &tree.p("out/free"), b"x", disabled)["result"], json!({}));
+    assert_eq!(write_file(&mut client, &tree.p("out/free2"), b"x", Value::Null)["result"], json!({}));
+}
+
+#[test]
+fn a_symlink_swapped_during_writes_never_escapes() {
+    let tree = Tree::new("race");
+    std::fs::create_dir(tree.ws().join("real")).unwrap();
+    let flip = tree.ws().join("flip");
+    std::os::unix::fs::symlink(tree.ws().join("real"), &flip).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, flip, tree_ws, out) = (stop.clone(), flip.clone(), tree.ws(), tree.base.join("out"));
+        std::thread::spawn(move || {
+            let tmp = tree_ws.join("flip.tmp");
+            let mut to_out = true;
+            while !stop.load(Ordering::Relaxed) {
+                let target = if to_out { out.clone() } else { tree_ws.join("real") };
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::os::unix::fs::symlink(&target, &tmp);
+                let _ = std::fs::rename(&tmp, &flip);
+                to_out = !to_out;
+            }
+        })
+    };
+    let (_daemon, mut client) = session();
+    let ww = workspace_write(&tree.ws(), "restricted");
+    let target = format!("{}/f", flip.display());
+    let (mut written, mut denied) = (0, 0);
+    for _ in 0..200 {
+        let response = write_file(&mut client, &target, b"x", ww.clone());
+        if response.get("result").is_some() {
+            written += 1;
+        } else {
+            denied += 1;
+        }
+        assert!(!tree.base.join("out/f").exists(), "escaped after {written} writes");
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(!tree.base.join("out/f").exists());
+    assert!(written + denied == 200 && denied > 0, "written {written}, denied {denied}");
+}
