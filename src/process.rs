@@ -28,8 +28,8 @@ use crate::config::Config;
 use crate::envpolicy::{self, EnvPolicy};
 use crate::pty;
 use crate::recycle;
-use crate::sandbox;
 use crate::rpc::RpcError;
+use crate::sandbox;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;

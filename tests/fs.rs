@@ -671,7 +671,13 @@ fn sandbox_table_row_by_row() {
     let context = json!({"permissions":{"type":"disabled"},"cwd":"/home/user/project","windowsSandboxLevel":"disabled","windowsSandboxPrivateDesktop":false,"useLegacyLandlock":false});
     assert_eq!(read(&mut c, context), ok);
     let level = json!("disabled");
-    assert_eq!(read(&mut c, json!({"permissions":{"type":"external","network":"restricted"},"windowsSandboxLevel":level})), ok);
+    assert_eq!(
+        read(
+            &mut c,
+            json!({"permissions":{"type":"external","network":"restricted"},"windowsSandboxLevel":level})
+        ),
+        ok
+    );
     // managed with an unrestricted file system
     assert_eq!(
         read(

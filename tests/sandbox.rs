@@ -90,11 +90,18 @@ fn session() -> (Daemon, Client) {
 
 /// Runs `sh -c script` in `cwd` under `sandbox`; returns (start result, exit code,
 /// sandboxDenied of the exit notification, output).
-fn run(client: &mut Client, id: &str, cwd: &Path, sandbox: Value, script: &str) -> (Value, i64, Value, String) {
+fn run(
+    client: &mut Client,
+    id: &str,
+    cwd: &Path,
+    sandbox: Value,
+    script: &str,
+) -> (Value, i64, Value, String) {
     let params = json!({"processId": id, "argv": ["sh", "-c", script], "cwd": cwd,
         "env": {"PATH": PATH}, "tty": false, "sandbox": sandbox});
     let response = client.call("process/start", params);
-    let result = response.get("result").cloned().unwrap_or_else(|| panic!("start failed: {response}"));
+    let result =
+        response.get("result").cloned().unwrap_or_else(|| panic!("start failed: {response}"));
     let mut out = Vec::new();
     let (mut code, mut denied) = (-1, Value::Null);
     loop {
@@ -103,7 +110,9 @@ fn run(client: &mut Client, id: &str, cwd: &Path, sandbox: Value, script: &str) 
             continue;
         }
         match m["method"].as_str() {
-            Some("process/output") => out.extend(BASE64.decode(m["params"]["chunk"].as_str().unwrap()).unwrap()),
+            Some("process/output") => {
+                out.extend(BASE64.decode(m["params"]["chunk"].as_str().unwrap()).unwrap())
+            }
             Some("process/exited") => {
                 code = m["params"]["exitCode"].as_i64().unwrap();
                 denied = m["params"].get("sandboxDenied").cloned().unwrap_or(Value::Null);
@@ -116,7 +125,10 @@ fn run(client: &mut Client, id: &str, cwd: &Path, sandbox: Value, script: &str) 
 }
 
 fn write_file(client: &mut Client, path: &str, data: &[u8], sandbox: Value) -> Value {
-    client.call("fs/writeFile", json!({"path": path, "dataBase64": BASE64.encode(data), "sandbox": sandbox}))
+    client.call(
+        "fs/writeFile",
+        json!({"path": path, "dataBase64": BASE64.encode(data), "sandbox": sandbox}),
+    )
 }
 
 /// A denial as the contract allows it: -32600 Permission denied or -32603 Read-only file system.
@@ -151,7 +163,16 @@ fn workspace_write_command_writes_inside_only() {
     let (result, code, denied, out) =
         run(&mut client, "ww", &tree.ws(), workspace_write(&tree.ws(), "restricted"), &script);
     assert_eq!(result["sandboxType"], "linuxSeccomp", "{result}");
-    for line in ["inside-ok", "etc-denied", "sibling-denied", "git-denied", "git-new-denied", "git-move-denied", "link-denied", "hello"] {
+    for line in [
+        "inside-ok",
+        "etc-denied",
+        "sibling-denied",
+        "git-denied",
+        "git-new-denied",
+        "git-move-denied",
+        "link-denied",
+        "hello",
+    ] {
         assert!(out.contains(line), "missing {line} in:\n{out}");
     }
     assert_eq!(code, 0, "{out}");
@@ -163,8 +184,13 @@ fn workspace_write_command_writes_inside_only() {
     assert_eq!(std::fs::read_to_string(tree.ws().join(".git/config")).unwrap(), "[core]\n");
 
     // A failing write reports sandboxDenied.
-    let (_, code, denied, out) =
-        run(&mut client, "deny", &tree.ws(), workspace_write(&tree.ws(), "restricted"), "echo x > /etc/exec-server-sandbox-test");
+    let (_, code, denied, out) = run(
+        &mut client,
+        "deny",
+        &tree.ws(),
+        workspace_write(&tree.ws(), "restricted"),
+        "echo x > /etc/exec-server-sandbox-test",
+    );
     // dash exits 2 on a failed redirection; the denial text decides, as upstream.
     assert_eq!((code, denied), (2, json!(true)), "{out}");
 
@@ -201,16 +227,23 @@ fn network_restricted_blocks_connect_and_enabled_allows_it() {
     let script = format!(
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')\""
     );
-    let (_, code, denied, out) = run(&mut client, "off", &tree.ws(), workspace_write(&tree.ws(), "restricted"), &script);
+    let (_, code, denied, out) =
+        run(&mut client, "off", &tree.ws(), workspace_write(&tree.ws(), "restricted"), &script);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("Operation not permitted"), "{out}");
     assert_eq!(denied, json!(true));
-    let (_, code, _, out) = run(&mut client, "on", &tree.ws(), workspace_write(&tree.ws(), "enabled"), &script);
+    let (_, code, _, out) =
+        run(&mut client, "on", &tree.ws(), workspace_write(&tree.ws(), "enabled"), &script);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("connected"), "{out}");
     // AF_UNIX socketpairs stay usable.
-    let (_, code, _, out) = run(&mut client, "unix", &tree.ws(), workspace_write(&tree.ws(), "restricted"),
-        "python3 -c \"import socket; a, b = socket.socketpair(); print('pair')\"");
+    let (_, code, _, out) = run(
+        &mut client,
+        "unix",
+        &tree.ws(),
+        workspace_write(&tree.ws(), "restricted"),
+        "python3 -c \"import socket; a, b = socket.socketpair(); print('pair')\"",
+    );
     assert_eq!(code, 0, "{out}");
 }
 
@@ -223,24 +256,33 @@ fn fs_calls_follow_the_same_rules() {
     assert_eq!(ok["result"], json!({}), "{ok}");
     assert_eq!(std::fs::read(tree.ws().join("new.txt")).unwrap(), b"data");
     // file: URI paths inside the sandbox context, native path in params.
-    for outside in ["/etc/exec-server-sandbox-fs", &tree.p("out/f"), &tree.p("ws/.git/config"), &tree.p("ws/link-out/f")] {
+    for outside in [
+        "/etc/exec-server-sandbox-fs",
+        &tree.p("out/f"),
+        &tree.p("ws/.git/config"),
+        &tree.p("ws/link-out/f"),
+    ] {
         let response = write_file(&mut client, outside, b"evil", ww.clone());
         assert_denied(&response);
     }
     assert!(!Path::new("/etc/exec-server-sandbox-fs").exists());
     assert!(!tree.base.join("out/f").exists());
     assert_eq!(std::fs::read_to_string(tree.ws().join(".git/config")).unwrap(), "[core]\n");
-    let mkdir = client.call("fs/createDirectory", json!({"path": tree.p("out/d"), "sandbox": ww.clone()}));
+    let mkdir =
+        client.call("fs/createDirectory", json!({"path": tree.p("out/d"), "sandbox": ww.clone()}));
     assert_denied(&mkdir);
-    let rm = client.call("fs/remove", json!({"path": tree.p("ws/.git/config"), "sandbox": ww.clone()}));
+    let rm =
+        client.call("fs/remove", json!({"path": tree.p("ws/.git/config"), "sandbox": ww.clone()}));
     assert_denied(&rm);
     assert!(tree.ws().join(".git/config").exists());
 
     // Read-only: reads work, writes don't.
     let ro = read_only(&tree.ws());
-    let read = client.call("fs/readFile", json!({"path": tree.p("ws/readme"), "sandbox": ro.clone()}));
+    let read =
+        client.call("fs/readFile", json!({"path": tree.p("ws/readme"), "sandbox": ro.clone()}));
     assert_eq!(read["result"]["dataBase64"], BASE64.encode("hello"), "{read}");
-    let list = client.call("fs/readDirectory", json!({"path": tree.p("ws"), "sandbox": ro.clone()}));
+    let list =
+        client.call("fs/readDirectory", json!({"path": tree.p("ws"), "sandbox": ro.clone()}));
     assert!(list["result"]["entries"].as_array().is_some(), "{list}");
     assert_denied(&write_file(&mut client, &tree.p("ws/readme"), b"x", ro.clone()));
     assert_eq!(std::fs::read_to_string(tree.ws().join("readme")).unwrap(), "hello");
@@ -249,12 +291,19 @@ fn fs_calls_follow_the_same_rules() {
     assert_eq!(missing["error"]["code"], -32004, "{missing}");
 
     // A malformed context is upstream's -32602.
-    let bad = write_file(&mut client, &tree.p("ws/x"), b"x", json!({"permissions": {"type":"disabled"}}));
-    assert_eq!(bad["error"], json!({"code": -32602, "message": "missing field `windowsSandboxLevel`"}));
+    let bad =
+        write_file(&mut client, &tree.p("ws/x"), b"x", json!({"permissions": {"type":"disabled"}}));
+    assert_eq!(
+        bad["error"],
+        json!({"code": -32602, "message": "missing field `windowsSandboxLevel`"})
+    );
     // Unrestricted contexts run as before, and later plain calls are unconfined.
     let disabled = json!({"permissions": {"type":"disabled"}, "windowsSandboxLevel": "disabled"});
     assert_eq!(write_file(&mut client, &tree.p("out/free"), b"x", disabled)["result"], json!({}));
-    assert_eq!(write_file(&mut client, &tree.p("out/free2"), b"x", Value::Null)["result"], json!({}));
+    assert_eq!(
+        write_file(&mut client, &tree.p("out/free2"), b"x", Value::Null)["result"],
+        json!({})
+    );
 }
 
 #[test]
@@ -265,7 +314,8 @@ fn a_symlink_swapped_during_writes_never_escapes() {
     std::os::unix::fs::symlink(tree.ws().join("real"), &flip).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
-        let (stop, flip, tree_ws, out) = (stop.clone(), flip.clone(), tree.ws(), tree.base.join("out"));
+        let (stop, flip, tree_ws, out) =
+            (stop.clone(), flip.clone(), tree.ws(), tree.base.join("out"));
         std::thread::spawn(move || {
             let tmp = tree_ws.join("flip.tmp");
             let mut to_out = true;
@@ -295,4 +345,36 @@ fn a_symlink_swapped_during_writes_never_escapes() {
     swapper.join().unwrap();
     assert!(!tree.base.join("out/f").exists());
     assert!(written + denied == 200 && denied > 0, "written {written}, denied {denied}");
+}
+
+/// Start latency of `/bin/true` with and without workspace-write (prints p50/p90; run with
+/// `cargo test --release --test sandbox -- --ignored --nocapture start_latency`).
+#[test]
+#[ignore]
+fn start_latency() {
+    let tree = Tree::new("latency");
+    let (_daemon, mut client) = session();
+    for (label, sandbox) in [
+        ("unsandboxed", Value::Null),
+        ("workspace-write", workspace_write(&tree.ws(), "restricted")),
+    ] {
+        let mut times = Vec::new();
+        for i in 0..200 {
+            let id = format!("{label}-{i}");
+            let params = json!({"processId": id, "argv": ["/bin/true"], "cwd": tree.ws(),
+                "env": {"PATH": PATH}, "tty": false, "sandbox": sandbox});
+            let started = std::time::Instant::now();
+            let response = client.call("process/start", params);
+            assert!(response.get("result").is_some(), "{response}");
+            loop {
+                let m = client.recv();
+                if m["method"] == "process/closed" && m["params"]["processId"] == id.as_str() {
+                    break;
+                }
+            }
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!("{label}: p50 {:?} p90 {:?}", times[100], times[180]);
+    }
 }

@@ -58,7 +58,9 @@ pub fn run(policy: &Policy, method: &str, params: &str) -> Result<String, RpcErr
     let status = child.wait().map_err(failed)?;
     written.and(read).map_err(failed)?;
     match reply.split_first() {
-        Some((b'O', result)) => String::from_utf8(result.to_vec()).map_err(|e| RpcError::internal(e.to_string())),
+        Some((b'O', result)) => {
+            String::from_utf8(result.to_vec()).map_err(|e| RpcError::internal(e.to_string()))
+        }
         Some((b'E', error)) => {
             let text = String::from_utf8_lossy(error);
             let (code, message) = text.split_once('\n').unwrap_or(("-32603", &text));

@@ -91,7 +91,8 @@ impl Confinement {
     /// Prepares `policy` (which must not be unrestricted) for this host.
     pub fn prepare(policy: &Policy) -> Result<Confinement, SandboxError> {
         let support = support();
-        let mut confinement = Confinement { mounts: MountPlan::default(), landlock: None, seccomp: None };
+        let mut confinement =
+            Confinement { mounts: MountPlan::default(), landlock: None, seccomp: None };
         if let Some(fs) = &policy.fs {
             if support.landlock_abi.is_none() {
                 return Err(SandboxError::Unsupported(
@@ -102,7 +103,10 @@ impl Confinement {
             confinement.mounts = mounts;
             let fd = landlock::ruleset(&grants).map_err(SandboxError::Failed)?;
             confinement.landlock = Some(fd.ok_or_else(|| {
-                SandboxError::Unsupported("cannot enforce the sandbox's file rules: Landlock is not enabled on this host".into())
+                SandboxError::Unsupported(
+                    "cannot enforce the sandbox's file rules: Landlock is not enabled on this host"
+                        .into(),
+                )
             })?);
         }
         if policy.network_restricted {

@@ -54,14 +54,23 @@ impl MountPlan {
                 return super::landlock::errno();
             }
             let null = std::ptr::null::<libc::c_char>();
-            if libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(
+                null,
+                c"/".as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
                 return super::landlock::errno();
             }
             for op in &self.ops {
                 let path = op.path.as_ptr();
                 let (source, fstype, flags, data) = match op.kind {
                     Kind::ReadOnly => (path, null, libc::MS_BIND | libc::MS_REC, std::ptr::null()),
-                    Kind::MaskFile => (c"/dev/null".as_ptr(), null, libc::MS_BIND, std::ptr::null()),
+                    Kind::MaskFile => {
+                        (c"/dev/null".as_ptr(), null, libc::MS_BIND, std::ptr::null())
+                    }
                     Kind::MaskDir => (
                         c"tmpfs".as_ptr(),
                         c"tmpfs".as_ptr(),

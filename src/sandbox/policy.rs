@@ -180,7 +180,8 @@ impl Context {
         let cwd = member("cwd").map(path_value).transpose()?;
         let mut workspace_roots = Vec::new();
         if let Some(roots) = member("workspaceRoots") {
-            let roots = roots.as_array().ok_or_else(|| invalid("workspaceRoots: expected a sequence"))?;
+            let roots =
+                roots.as_array().ok_or_else(|| invalid("workspaceRoots: expected a sequence"))?;
             for root in roots {
                 workspace_roots.push(path_value(root)?);
             }
@@ -203,7 +204,9 @@ impl Context {
 }
 
 fn path_value(v: &Value) -> Result<PathBuf, PolicyError> {
-    let text = v.as_str().ok_or_else(|| invalid(format!("invalid type: {}, expected path string", kind_of(v))))?;
+    let text = v
+        .as_str()
+        .ok_or_else(|| invalid(format!("invalid type: {}, expected path string", kind_of(v))))?;
     native_path(text).ok_or_else(|| invalid(format!("sandbox path is not absolute: {text}")))
 }
 
@@ -399,10 +402,8 @@ fn entry_paths(
     match path.get("type").and_then(Value::as_str) {
         Some("path") => push(path_value(path.get("path").ok_or_else(|| missing("path"))?)?),
         Some("glob_pattern") => {
-            let pattern = path
-                .get("pattern")
-                .and_then(Value::as_str)
-                .ok_or_else(|| missing("pattern"))?;
+            let pattern =
+                path.get("pattern").and_then(Value::as_str).ok_or_else(|| missing("pattern"))?;
             if access != Access::Deny {
                 return Err(PolicyError::Unsupported(format!(
                     "glob pattern `{pattern}` may only deny access"
@@ -437,7 +438,8 @@ fn entry_paths(
                 Some("minimal") => {
                     for root in MINIMAL_READ_ROOTS {
                         // The platform minimum is read-only whatever the entry asks, unless denied.
-                        let access = if access == Access::Deny { Access::Deny } else { Access::Read };
+                        let access =
+                            if access == Access::Deny { Access::Deny } else { Access::Read };
                         rules.push(Rule { path: PathBuf::from(root), access });
                     }
                 }
@@ -475,10 +477,17 @@ fn legacy_policy(v: &Value, context: &Context, env: &Env) -> Result<Policy, Poli
     let read_rules = |rules: &mut Vec<Rule>, key: &str| -> Result<(), PolicyError> {
         match v.get(key).filter(|a| !a.is_null()) {
             Some(access) if access.get("type").and_then(Value::as_str) == Some("restricted") => {
-                if access.get("include_platform_defaults").and_then(Value::as_bool).unwrap_or(true) {
-                    rules.extend(MINIMAL_READ_ROOTS.iter().map(|p| Rule { path: p.into(), access: Access::Read }));
+                if access.get("include_platform_defaults").and_then(Value::as_bool).unwrap_or(true)
+                {
+                    rules.extend(
+                        MINIMAL_READ_ROOTS
+                            .iter()
+                            .map(|p| Rule { path: p.into(), access: Access::Read }),
+                    );
                 }
-                for root in access.get("readable_roots").and_then(Value::as_array).into_iter().flatten() {
+                for root in
+                    access.get("readable_roots").and_then(Value::as_array).into_iter().flatten()
+                {
                     rules.push(Rule { path: path_value(root)?, access: Access::Read });
                 }
                 if let Some(cwd) = &context.cwd {
@@ -549,7 +558,8 @@ fn finish(fs: Option<FsRules>, network_restricted: bool) -> Policy {
     let full_write = fs.rules.iter().any(|r| r.path == Path::new("/") && r.access == Access::Write)
         && fs.deny_globs.is_empty()
         && fs.rules.iter().all(|r| {
-            r.access == Access::Write || PROTECTED_NAMES.iter().any(|n| r.path == Path::new("/").join(n))
+            r.access == Access::Write
+                || PROTECTED_NAMES.iter().any(|n| r.path == Path::new("/").join(n))
         });
     if full_write {
         return Policy { fs: None, network_restricted };
@@ -565,14 +575,10 @@ impl FsRules {
         if self.denied_by_glob(path) {
             return Effective::None;
         }
-        let best = self
-            .rules
-            .iter()
-            .filter(|r| path.starts_with(&r.path))
-            .max_by(|a, b| {
-                let depth = |r: &Rule| r.path.components().count();
-                depth(a).cmp(&depth(b)).then(a.access.cmp(&b.access))
-            });
+        let best = self.rules.iter().filter(|r| path.starts_with(&r.path)).max_by(|a, b| {
+            let depth = |r: &Rule| r.path.components().count();
+            depth(a).cmp(&depth(b)).then(a.access.cmp(&b.access))
+        });
         match best.map(|r| r.access) {
             Some(Access::Write) => Effective::Write,
             Some(Access::Read) => Effective::Read,

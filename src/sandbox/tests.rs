@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::landlock::Grant;
 use super::mounts::Kind;
-use super::policy::{self, glob_match, native_path, Access, Effective, Env, Policy, PolicyError};
+use super::policy::{self, glob_match, native_path, Effective, Env, Policy, PolicyError};
 use super::*;
 
 fn env() -> Env {
@@ -80,11 +80,17 @@ fn missing_fields_are_upstreams_decoder_errors() {
     assert_eq!(e, PolicyError::Invalid("missing field `permissions`".into()));
     let e = parse(json!({"permissions":{"type":"disabled"}})).unwrap_err();
     assert_eq!(e, PolicyError::Invalid("missing field `windowsSandboxLevel`".into()));
-    assert_eq!(parse(json!({})).unwrap_err(), PolicyError::Invalid("missing field `permissions`".into()));
+    assert_eq!(
+        parse(json!({})).unwrap_err(),
+        PolicyError::Invalid("missing field `permissions`".into())
+    );
     assert!(matches!(parse(json!(5)), Err(PolicyError::Invalid(_))));
     let e = parse(context(json!({"type":"managed","network":"enabled"}), "/p")).unwrap_err();
     assert_eq!(e, PolicyError::Invalid("missing field `file_system`".into()));
-    assert!(matches!(parse(context(json!({"type":"DISABLED"}), "/p")), Err(PolicyError::Invalid(_))));
+    assert!(matches!(
+        parse(context(json!({"type":"DISABLED"}), "/p")),
+        Err(PolicyError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -150,8 +156,11 @@ fn longest_prefix_decides_and_deny_beats_write_beats_read() {
 
 #[test]
 fn uncovered_paths_have_no_access() {
-    let p = parse(context(managed(vec![entry(json!({"type":"path","path":"/only"}), "write")], "restricted"), "/"))
-        .unwrap();
+    let p = parse(context(
+        managed(vec![entry(json!({"type":"path","path":"/only"}), "write")], "restricted"),
+        "/",
+    ))
+    .unwrap();
     let fs = fs_of(&p);
     assert_eq!(fs.access_of(Path::new("/etc/passwd")), Effective::None);
     assert_eq!(fs.access_of(Path::new("/only/x")), Effective::Write);
@@ -225,7 +234,10 @@ fn symlinked_policy_paths_are_resolved() {
     std::fs::create_dir(dir.0.join("real")).unwrap();
     std::os::unix::fs::symlink(dir.0.join("real"), dir.0.join("link")).unwrap();
     let p = parse(context(
-        managed(vec![entry(json!({"type":"path","path": dir.0.join("link")}), "write")], "restricted"),
+        managed(
+            vec![entry(json!({"type":"path","path": dir.0.join("link")}), "write")],
+            "restricted",
+        ),
         "/",
     ))
     .unwrap();
@@ -239,9 +251,21 @@ fn symlinked_policy_paths_are_resolved() {
 fn project_roots_need_a_cwd_or_workspace_roots() {
     let v = json!({"permissions": managed(vec![entry(special("project_roots"), "write")], "restricted"), "windowsSandboxLevel":"disabled"});
     assert!(matches!(parse(v), Err(PolicyError::Unsupported(_))));
-    let v = context(managed(vec![entry(json!({"type":"special","value":{"kind":"project_roots","subpath":"../x"}}), "write")], "restricted"), "/w");
+    let v = context(
+        managed(
+            vec![entry(
+                json!({"type":"special","value":{"kind":"project_roots","subpath":"../x"}}),
+                "write",
+            )],
+            "restricted",
+        ),
+        "/w",
+    );
     assert!(matches!(parse(v), Err(PolicyError::Invalid(_))));
-    let v = context(managed(vec![entry(special("current_working_directory"), "write")], "restricted"), "file:///w%20x");
+    let v = context(
+        managed(vec![entry(special("current_working_directory"), "write")], "restricted"),
+        "file:///w%20x",
+    );
     assert_eq!(fs_of(&parse(v).unwrap()).access_of(Path::new("/w x/f")), Effective::Write);
 }
 
@@ -286,7 +310,11 @@ fn legacy_policies() {
     assert_eq!(fs.access_of(Path::new("/usr/bin/sh")), Effective::Read);
     assert_eq!(fs.access_of(Path::new("/home")), Effective::None);
     // The untagged older profile.
-    let untagged = parse(context(json!({"network":{"enabled":true},"file_system":{"read":["/"],"write":["/w"]}}), "/w")).unwrap();
+    let untagged = parse(context(
+        json!({"network":{"enabled":true},"file_system":{"read":["/"],"write":["/w"]}}),
+        "/w",
+    ))
+    .unwrap();
     assert!(!untagged.network_restricted);
     assert_eq!(fs_of(&untagged).access_of(Path::new("/w/x")), Effective::Write);
 }
@@ -313,7 +341,10 @@ fn plan_carves_read_only_and_denied_paths_out_of_grants() {
                 entry(special("root"), "read"),
                 entry(special("project_roots"), "write"),
                 entry(special("project_roots"), "write"),
-                entry(json!({"type":"special","value":{"kind":"project_roots","subpath":"secret"}}), "deny"),
+                entry(
+                    json!({"type":"special","value":{"kind":"project_roots","subpath":"secret"}}),
+                    "deny",
+                ),
                 entry(json!({"type":"glob_pattern","pattern":"**/*.env"}), "deny"),
             ],
             "restricted",
