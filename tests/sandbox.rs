@@ -307,6 +307,36 @@ fn fs_calls_follow_the_same_rules() {
 }
 
 #[test]
+fn deny_globs_hide_existing_matches_and_refuse_new_ones() {
+    let tree = Tree::new("glob");
+    std::fs::write(tree.ws().join(".env"), "SECRET=1").unwrap();
+    std::fs::create_dir(tree.ws().join("sub")).unwrap();
+    let mut ww = workspace_write(&tree.ws(), "restricted");
+    ww["permissions"]["file_system"]["entries"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": {"type":"glob_pattern","pattern":"**/.env"}, "access":"deny"}));
+    let (_daemon, mut client) = session();
+    let (_, code, _, out) = run(
+        &mut client,
+        "g",
+        &tree.ws(),
+        ww.clone(),
+        "cat .env; echo x > .env || echo env-denied; echo fine > ok",
+    );
+    assert!(!out.contains("SECRET"), "{out}");
+    assert!(out.contains("env-denied"), "{out}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(tree.ws().join(".env")).unwrap(), "SECRET=1");
+    let read =
+        client.call("fs/readFile", json!({"path": tree.p("ws/.env"), "sandbox": ww.clone()}));
+    assert_denied(&read);
+    assert_denied(&write_file(&mut client, &tree.p("ws/sub/.env"), b"x", ww.clone()));
+    assert!(!tree.ws().join("sub/.env").exists());
+    assert_eq!(write_file(&mut client, &tree.p("ws/sub/ok"), b"x", ww)["result"], json!({}));
+}
+
+#[test]
 fn a_symlink_swapped_during_writes_never_escapes() {
     let tree = Tree::new("race");
     std::fs::create_dir(tree.ws().join("real")).unwrap();

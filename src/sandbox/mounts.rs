@@ -17,7 +17,7 @@ pub enum Kind {
     ReadOnly,
     /// Hide a directory under an empty read-only tmpfs.
     MaskDir,
-    /// Hide a file under a read-only `/dev/null`.
+    /// Hide a file under a read-only, `nodev` `/dev/null` (opening it fails).
     MaskFile,
 }
 
@@ -82,7 +82,13 @@ impl MountPlan {
                     return super::landlock::errno();
                 }
                 if op.kind != Kind::MaskDir {
-                    let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                    // `nodev` matters for the `/dev/null` mask: a device node on a read-only
+                    // mount is still writable, on a `nodev` one it cannot even be opened.
+                    let remount = libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV;
                     if libc::mount(null, path, null, remount, std::ptr::null()) != 0 {
                         return super::landlock::errno();
                     }

@@ -542,6 +542,15 @@ fn finish(fs: Option<FsRules>, network_restricted: bool) -> Policy {
     for rule in &mut fs.rules {
         rule.path = resolve(&rule.path);
     }
+    // Full-disk write: a `/` write and nothing narrower (checked before the protected names
+    // are added, which only narrow writable roots the client named).
+    let root = Path::new("/");
+    let full_write = fs.deny_globs.is_empty()
+        && fs.rules.iter().any(|r| r.path == root && r.access == Access::Write)
+        && fs.rules.iter().all(|r| r.access == Access::Write);
+    if full_write {
+        return Policy { fs: None, network_restricted };
+    }
     let explicit: Vec<PathBuf> = fs.rules.iter().map(|r| r.path.clone()).collect();
     let writable: Vec<PathBuf> =
         fs.rules.iter().filter(|r| r.access == Access::Write).map(|r| r.path.clone()).collect();
@@ -555,15 +564,6 @@ fn finish(fs: Option<FsRules>, network_restricted: bool) -> Policy {
     }
     fs.rules.sort_by(|a, b| a.path.cmp(&b.path).then(a.access.cmp(&b.access)));
     fs.rules.dedup();
-    let full_write = fs.rules.iter().any(|r| r.path == Path::new("/") && r.access == Access::Write)
-        && fs.deny_globs.is_empty()
-        && fs.rules.iter().all(|r| {
-            r.access == Access::Write
-                || PROTECTED_NAMES.iter().any(|n| r.path == Path::new("/").join(n))
-        });
-    if full_write {
-        return Policy { fs: None, network_restricted };
-    }
     Policy { fs: Some(fs), network_restricted }
 }
 

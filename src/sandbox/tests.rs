@@ -68,6 +68,13 @@ fn absent_null_and_unrestricted_shapes_enforce_nothing() {
         json!({"type":"external-sandbox","network_access":"enabled"}),
         // A `/` write with nothing narrower is full disk write: not sandboxed (A.2).
         context(managed(vec![entry(special("root"), "write")], "enabled"), "/p"),
+        context(
+            managed(
+                vec![entry(special("root"), "write"), entry(special("project_roots"), "write")],
+                "enabled",
+            ),
+            "/p",
+        ),
     ];
     for v in unrestricted {
         assert!(parse(v.clone()).unwrap().is_unrestricted(), "{v}");
