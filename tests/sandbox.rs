@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -304,6 +305,67 @@ fn fs_calls_follow_the_same_rules() {
         write_file(&mut client, &tree.p("out/free2"), b"x", Value::Null)["result"],
         json!({})
     );
+}
+
+/// As nobody the daemon cannot create mount namespaces: the write grant around `.git` is split
+/// into grants on the workspace's entries (symlinks left out), which denies more, not less.
+#[test]
+fn without_mount_namespaces_the_grant_is_split() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        println!("skipped: needs root to start the daemon as nobody");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let tree = Tree::new("split");
+    std::fs::create_dir(tree.ws().join("sub")).unwrap();
+    for path in ["", "ws", "ws/.git", "ws/.git/config", "ws/readme", "ws/sub", "out"] {
+        std::os::unix::fs::chown(tree.base.join(path), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    // Every ancestor must be searchable by nobody.
+    let mut ancestor = tree.base.parent();
+    while let Some(dir) = ancestor {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            println!("skipped: {} is not searchable by nobody", dir.display());
+            return;
+        }
+        ancestor = dir.parent();
+    }
+    let mut daemon = std::process::Command::new(common::BIN)
+        .args(["--listen", "ws://127.0.0.1:0"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let mut client = Client::connect(line.trim_end());
+    client.initialize();
+    let script = format!(
+        "echo ok > sub/f && echo sub-ok; echo x >> readme && echo readme-ok; \
+         echo x >> .git/config || echo git-denied; echo x > newtop || echo top-denied; \
+         echo x > link-out/f || echo link-denied; echo x > {}/f || echo out-denied",
+        tree.p("out")
+    );
+    let (result, code, _, out) =
+        run(&mut client, "split", &tree.ws(), workspace_write(&tree.ws(), "restricted"), &script);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(result["sandboxType"], "linuxSeccomp");
+    assert_eq!(code, 0, "{out}");
+    for line in ["sub-ok", "readme-ok", "git-denied", "top-denied", "link-denied", "out-denied"] {
+        assert!(out.contains(line), "missing {line} in:\n{out}");
+    }
+    assert_eq!(std::fs::read_to_string(tree.ws().join(".git/config")).unwrap(), "[core]\n");
+    assert!(!tree.base.join("out/f").exists());
 }
 
 #[test]

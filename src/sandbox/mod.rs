@@ -230,7 +230,9 @@ fn split(grants: &mut Vec<(PathBuf, Grant)>, carve: &Path, intended: Effective) 
             let next = dir.join(name);
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for entry in entries.flatten() {
-                    if entry.path() != next {
+                    // A symlink would grant its target, wherever it points: left out.
+                    let link = entry.file_type().map_or(true, |t| t.is_symlink());
+                    if entry.path() != next && !link {
                         grants.push((entry.path(), grant));
                     }
                 }
