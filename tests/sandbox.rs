@@ -433,9 +433,15 @@ fn a_symlink_swapped_during_writes_never_escapes() {
         }
         assert!(!tree.base.join("out/f").exists(), "escaped after {written} writes");
     }
+    // The same race from inside a confined command.
+    let script =
+        format!("i=0; while [ $i -lt 300 ]; do echo x > {target} 2>/dev/null; i=$((i+1)); done");
+    let (_, code, _, out) = run(&mut client, "race", &tree.ws(), ww, &script);
+    assert_eq!(code, 0, "{out}");
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
     assert!(!tree.base.join("out/f").exists());
+    assert!(tree.ws().join("real/f").exists(), "some writes landed inside");
     assert!(written + denied == 200 && denied > 0, "written {written}, denied {denied}");
 }
 
