@@ -339,6 +339,7 @@ fn without_mount_namespaces_the_grant_is_split() {
         .gid(NOBODY)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();

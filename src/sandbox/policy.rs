@@ -556,7 +556,7 @@ fn finish(fs: Option<FsRules>, network_restricted: bool) -> Policy {
         fs.rules.iter().filter(|r| r.access == Access::Write).map(|r| r.path.clone()).collect();
     for root in writable {
         for name in PROTECTED_NAMES {
-            let path = root.join(name);
+            let path = resolve(&root.join(name));
             if !explicit.contains(&path) {
                 fs.rules.push(Rule { path, access: Access::Read });
             }
