@@ -8,9 +8,11 @@
 //! Request: one JSON line `{"method","policy"}`, then the call's params JSON to EOF.
 //! Reply: `O` + the result JSON, or `E` + `<code>\n<message>`.
 
+use std::ffi::CString;
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,27 +37,17 @@ pub fn run(policy: &Policy, method: &str, params: &str) -> Result<String, RpcErr
     let header = serde_json::to_string(&Header { method: method.into(), policy: policy.clone() })
         .map_err(|e| RpcError::internal(e.to_string()))?;
     let failed = |e: io::Error| RpcError::internal(format!("sandboxed filesystem helper: {e}"));
-    let mut child = Command::new("/proc/self/exe")
-        .arg(HELPER_ARG)
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(failed)?;
-    let written = (|| -> io::Result<()> {
-        let mut stdin = child.stdin.take().ok_or_else(|| io::Error::other("no stdin"))?;
-        stdin.write_all(header.as_bytes())?;
-        stdin.write_all(b"\n")?;
-        stdin.write_all(params.as_bytes())
-    })();
+    let (pid, mut stdin, mut stdout) = spawn_helper().map_err(failed)?;
+    // The helper reads all of its input before it writes anything, so writing everything
+    // first and then reading cannot deadlock.
+    let written = stdin
+        .write_all(header.as_bytes())
+        .and_then(|()| stdin.write_all(b"\n"))
+        .and_then(|()| stdin.write_all(params.as_bytes()));
+    drop(stdin);
     let mut reply = Vec::new();
-    let read = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no stdout"))
-        .and_then(|mut out| out.read_to_end(&mut reply));
-    let status = child.wait().map_err(failed)?;
+    let read = stdout.read_to_end(&mut reply);
+    let status = reap(pid).map_err(failed)?;
     written.and(read).map_err(failed)?;
     match reply.split_first() {
         Some((b'O', result)) => {
@@ -66,7 +58,76 @@ pub fn run(policy: &Policy, method: &str, params: &str) -> Result<String, RpcErr
             let (code, message) = text.split_once('\n').unwrap_or(("-32603", &text));
             Err(RpcError::new(code.parse().unwrap_or(-32603), message))
         }
-        _ => Err(RpcError::internal(format!("sandboxed filesystem helper failed ({status})"))),
+        _ => Err(RpcError::internal(format!(
+            "sandboxed filesystem helper failed (wait status {status})"
+        ))),
+    }
+}
+
+/// Starts `/proc/self/exe __sandboxed-fs` with posix_spawn (std's `Command` costs more
+/// binary than this), stdin and stdout on fresh pipes, stderr on /dev/null, no environment.
+fn spawn_helper() -> io::Result<(libc::pid_t, File, File)> {
+    let (in_read, in_write) = pipe()?;
+    let (out_read, out_write) = pipe()?;
+    let program = c"/proc/self/exe";
+    let arg = CString::new(HELPER_ARG).map_err(io::Error::other)?;
+    let argv = [program.as_ptr(), arg.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the file actions are initialized before use and destroyed after; every
+    // pointer handed to posix_spawn outlives the call.
+    let ret = unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut actions);
+        libc::posix_spawn_file_actions_adddup2(&mut actions, in_read.as_raw_fd(), 0);
+        libc::posix_spawn_file_actions_adddup2(&mut actions, out_write.as_raw_fd(), 1);
+        libc::posix_spawn_file_actions_addopen(
+            &mut actions,
+            2,
+            c"/dev/null".as_ptr(),
+            libc::O_WRONLY,
+            0,
+        );
+        let ret = libc::posix_spawn(
+            &mut pid,
+            program.as_ptr(),
+            &actions,
+            std::ptr::null(),
+            argv.as_ptr() as *const *mut libc::c_char,
+            envp.as_ptr() as *const *mut libc::c_char,
+        );
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        ret
+    };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok((pid, File::from(in_write), File::from(out_read)))
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Waits for the helper; returns its raw wait status.
+fn reap(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
