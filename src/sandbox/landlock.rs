@@ -63,7 +63,7 @@ fn handled(abi: i64) -> u64 {
 }
 
 /// A ruleset with `grants` added (paths that do not exist are skipped), by raw syscalls
-/// (the `landlock` crate cost ~60 KB of the static binary); `None` when the kernel has no
+/// (the `landlock` crate cost ~10 KB of the binary); `None` when the kernel has no
 /// Landlock, so the caller refuses instead of running unconfined. Symlinks in a grant's
 /// path are followed (the policy resolved them already).
 pub fn ruleset(grants: &[(PathBuf, Grant)]) -> Result<Option<OwnedFd>, String> {
