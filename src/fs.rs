@@ -250,11 +250,11 @@ pub fn run_sandboxed(
     params: &str,
     p: SandboxOnly,
 ) -> Result<Box<serde_json::value::RawValue>, RpcError> {
-    let policy = crate::sandbox::parse(p.sandbox.as_ref())?;
-    let text = if policy.fs.is_none() {
-        run_unconfined(method, params)?
-    } else {
-        crate::sandbox::run_fs(&policy, method, params)?
+    let text = match p.sandbox {
+        Some(sandbox) if crate::sandbox::parse(Some(&sandbox))?.fs.is_some() => {
+            crate::sandbox::run_fs(&sandbox, method, params)?
+        }
+        _ => run_unconfined(method, params)?,
     };
     serde_json::value::RawValue::from_string(text).map_err(|e| RpcError::internal(e.to_string()))
 }

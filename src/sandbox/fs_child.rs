@@ -14,9 +14,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-use super::policy::{self, Effective, Policy};
+use super::policy::{self, Effective, Env};
 use super::Confinement;
 use crate::rpc::RpcError;
 
@@ -26,16 +26,10 @@ pub const HELPER_ARG: &str = "__sandboxed-fs";
 /// What an fs handler looks like to the helper: method and params JSON in, result JSON out.
 pub type Dispatch = fn(&str, &str) -> Result<String, RpcError>;
 
-#[derive(Serialize, Deserialize)]
-struct Header {
-    method: String,
-    policy: Policy,
-}
-
 /// Daemon side: runs `method` in a confined helper and returns its reply.
-pub fn run(policy: &Policy, method: &str, params: &str) -> Result<String, RpcError> {
-    let header = serde_json::to_string(&Header { method: method.into(), policy: policy.clone() })
-        .map_err(|e| RpcError::internal(e.to_string()))?;
+pub fn run(sandbox: &Value, method: &str, params: &str) -> Result<String, RpcError> {
+    let tmpdir = Env::current().tmpdir.map(|p| p.to_string_lossy().into_owned());
+    let header = json!({"method": method, "sandbox": sandbox, "tmpdir": tmpdir}).to_string();
     let failed = |e: io::Error| RpcError::internal(format!("sandboxed filesystem helper: {e}"));
     let (pid, mut stdin, mut stdout) = spawn_helper().map_err(failed)?;
     // The helper reads all of its input before it writes anything, so writing everything
@@ -150,21 +144,25 @@ fn serve(dispatch: Dispatch) -> Result<String, RpcError> {
     let mut input = Vec::new();
     io::stdin().lock().read_to_end(&mut input).map_err(|e| RpcError::internal(e.to_string()))?;
     let split = input.iter().position(|&b| b == b'\n').unwrap_or(input.len());
-    let header: Header = serde_json::from_slice(&input[..split])
+    let header: Value = serde_json::from_slice(&input[..split])
         .map_err(|e| RpcError::internal(format!("bad helper request: {e}")))?;
     let params = std::str::from_utf8(input.get(split + 1..).unwrap_or_default())
         .map_err(|e| RpcError::internal(e.to_string()))?;
-    let confinement = Confinement::prepare(&header.policy)?;
+    let method = header["method"].as_str().unwrap_or_default();
+    let tmpdir = header["tmpdir"].as_str().map(std::path::PathBuf::from);
+    let policy = policy::parse(Some(&header["sandbox"]), &Env { tmpdir })
+        .map_err(super::SandboxError::from)?;
+    let confinement = Confinement::prepare(&policy)?;
     let errno = confinement.apply();
     if errno != 0 {
         let e = io::Error::from_raw_os_error(errno);
         return Err(RpcError::internal(format!("cannot confine the filesystem call: {e}")));
     }
     drop(confinement);
-    if let Some(fs) = &header.policy.fs {
-        check_paths(fs, &header.method, params)?;
+    if let Some(fs) = &policy.fs {
+        check_paths(fs, method, params)?;
     }
-    dispatch(&header.method, params)
+    dispatch(method, params)
 }
 
 /// Landlock does not cover everything (a `stat` of an uncovered file succeeds), so each path

@@ -287,11 +287,11 @@ fn glob_matches(glob: &str, depth: usize) -> Vec<PathBuf> {
     found
 }
 
-/// Runs one filesystem call (`method` with its JSON `params`) under `policy` in the
-/// confined helper process; returns the result's JSON text or the call's error, mapped
-/// exactly as the unconfined call maps it.
-pub fn run_fs(policy: &Policy, method: &str, params: &str) -> Result<String, RpcError> {
-    fs_child::run(policy, method, params)
+/// Runs one filesystem call (`method` with its JSON `params`) under the request's
+/// `sandbox` in the confined helper process; returns the result's JSON text or the call's
+/// error, mapped exactly as the unconfined call maps it.
+pub fn run_fs(sandbox: &serde_json::Value, method: &str, params: &str) -> Result<String, RpcError> {
+    fs_child::run(sandbox, method, params)
 }
 
 /// Exit codes that say "not a sandbox problem" (upstream's quick rejects): misuse of a

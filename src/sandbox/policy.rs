@@ -7,7 +7,6 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Glob denies are expanded by scanning at most this deep below their literal prefix when no
@@ -39,8 +38,7 @@ pub const DEVICE_FILES: &[&str] =
 pub const PROTECTED_NAMES: &[&str] = &[".git", ".agents", ".codex"];
 
 /// One rule's access. The derived order is the rank at equal specificity: deny > write > read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
     Read,
     Write,
@@ -55,7 +53,7 @@ pub enum Effective {
     Write,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Absolute, lexically normalized, symlinks of its existing part resolved.
     pub path: PathBuf,
@@ -63,7 +61,7 @@ pub struct Rule {
 }
 
 /// A restricted file system: the rules, plus deny globs (absolute patterns).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FsRules {
     pub rules: Vec<Rule>,
     pub deny_globs: Vec<String>,
@@ -71,7 +69,7 @@ pub struct FsRules {
 }
 
 /// The resolved policy of one request. `fs: None` is full disk access.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub fs: Option<FsRules>,
     pub network_restricted: bool,
