@@ -474,6 +474,20 @@ fn start_latency() {
             times.push(started.elapsed());
         }
         times.sort();
-        println!("{label}: p50 {:?} p90 {:?}", times[100], times[180]);
+        println!("process/start {label}: p50 {:?} p90 {:?}", times[100], times[180]);
+    }
+    for (label, sandbox) in [
+        ("unsandboxed", Value::Null),
+        ("workspace-write", workspace_write(&tree.ws(), "restricted")),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..200 {
+            let started = std::time::Instant::now();
+            let response = write_file(&mut client, &tree.p("ws/f"), b"x", sandbox.clone());
+            assert_eq!(response["result"], json!({}), "{response}");
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!("fs/writeFile {label}: p50 {:?} p90 {:?}", times[100], times[180]);
     }
 }

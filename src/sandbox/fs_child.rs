@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::policy::{self, Effective, Env};
+use super::policy::{self, Effective, Env, Policy};
 use super::Confinement;
 use crate::rpc::RpcError;
 
@@ -29,7 +29,10 @@ pub type Dispatch = fn(&str, &str) -> Result<String, RpcError>;
 /// Daemon side: runs `method` in a confined helper and returns its reply.
 pub fn run(sandbox: &Value, method: &str, params: &str) -> Result<String, RpcError> {
     let tmpdir = Env::current().tmpdir.map(|p| p.to_string_lossy().into_owned());
-    let header = json!({"method": method, "sandbox": sandbox, "tmpdir": tmpdir}).to_string();
+    // The daemon's probe result travels along, so the helper does not probe again.
+    let mounts = super::support().mount_namespace;
+    let header = json!({"method": method, "sandbox": sandbox, "tmpdir": tmpdir, "mounts": mounts})
+        .to_string();
     let failed = |e: io::Error| RpcError::internal(format!("sandboxed filesystem helper: {e}"));
     let (pid, mut stdin, mut stdout) = spawn_helper().map_err(failed)?;
     // The helper reads all of its input before it writes anything, so writing everything
@@ -152,7 +155,13 @@ fn serve(dispatch: Dispatch) -> Result<String, RpcError> {
     let tmpdir = header["tmpdir"].as_str().map(std::path::PathBuf::from);
     let policy = policy::parse(Some(&header["sandbox"]), &Env { tmpdir })
         .map_err(super::SandboxError::from)?;
-    let confinement = Confinement::prepare(&policy)?;
+    let support = super::probe::Support {
+        landlock_abi: super::landlock::abi_version(),
+        seccomp: false, // fs calls never need the network filter
+        mount_namespace: header["mounts"].as_bool().unwrap_or(false),
+    };
+    let policy = Policy { network_restricted: false, ..policy };
+    let confinement = Confinement::prepare_for(&policy, &support)?;
     let errno = confinement.apply();
     if errno != 0 {
         let e = io::Error::from_raw_os_error(errno);

@@ -90,7 +90,15 @@ pub struct Confinement {
 impl Confinement {
     /// Prepares `policy` (which must not be unrestricted) for this host.
     pub fn prepare(policy: &Policy) -> Result<Confinement, SandboxError> {
-        let support = support();
+        Self::prepare_for(policy, support())
+    }
+
+    /// `prepare` for a host whose support is already known (the fs helper is told the
+    /// daemon's, instead of probing again).
+    pub fn prepare_for(
+        policy: &Policy,
+        support: &probe::Support,
+    ) -> Result<Confinement, SandboxError> {
         let mut confinement =
             Confinement { mounts: MountPlan::default(), landlock: None, seccomp: None };
         if let Some(fs) = &policy.fs {
