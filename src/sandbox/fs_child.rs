@@ -174,10 +174,16 @@ fn serve(dispatch: Dispatch) -> Result<String, RpcError> {
     dispatch(method, params)
 }
 
-/// Landlock does not cover everything (a `stat` of an uncovered file succeeds), so each path
-/// of the call is also checked against the rules, after confinement, with symlinks
-/// resolved. The kernel still decides every open; this only adds earlier, plainer refusals.
+/// Each path of the call is checked against the rules after confinement, with symlinks
+/// resolved, so a refusal reads as upstream 0.171's (a write outside the writable roots:
+/// -32603 `Read-only file system (os error 30)`; a read of an uncovered path: -32600
+/// `Permission denied (os error 13)`). The kernel still decides every open; this only makes
+/// the plain cases answer like upstream. `fs/getMetadata` is not checked: upstream answers
+/// it for uncovered paths too (measured), and Landlock does not govern `stat`.
 fn check_paths(fs: &policy::FsRules, method: &str, params: &str) -> Result<(), RpcError> {
+    if method == "fs/getMetadata" {
+        return Ok(());
+    }
     let Ok(value) = serde_json::from_str::<serde_json::Value>(params) else {
         return Ok(()); // The handler reports the decode error as the unconfined call would.
     };
@@ -192,8 +198,12 @@ fn check_paths(fs: &policy::FsRules, method: &str, params: &str) -> Result<(), R
             continue;
         };
         let resolved = resolve_for(&path, method == "fs/remove");
-        let need = if needs_write { Effective::Write } else { Effective::Read };
-        if fs.access_of(&resolved) < need {
+        let access = fs.access_of(&resolved);
+        if needs_write && access < Effective::Write {
+            let e = io::Error::from_raw_os_error(libc::EROFS);
+            return Err(RpcError::internal(e.to_string()));
+        }
+        if access < Effective::Read {
             let e = io::Error::from_raw_os_error(libc::EACCES);
             return Err(RpcError::invalid_request(e.to_string()));
         }
