@@ -18,6 +18,7 @@ mod environment;
 mod fs;
 mod http;
 mod process;
+mod sandbox;
 
 // The request layer: envelope, ordering, sessions and the one dispatch `match`.
 mod rpc;
@@ -43,6 +44,10 @@ static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 fn main() {
+    // The confined filesystem helper (sandbox/fs_child.rs) is this binary run again.
+    if std::env::args_os().nth(1).is_some_and(|a| a == sandbox::fs_child::HELPER_ARG) {
+        std::process::exit(sandbox::fs_child::main(fs::confined::run_unconfined));
+    }
     let args: Vec<String> = std::env::args().collect();
     let code = match run(&args) {
         Ok(()) => 0,
@@ -64,9 +69,13 @@ fn run(args: &[String]) -> Result<(), Exit> {
         .target(env_logger::Target::Stderr)
         .init();
     if let Mode::Version = mode {
+        // The version, then what this host can enforce of a client's sandbox.
         println!("exec-server {}", env!("CARGO_PKG_VERSION"));
+        println!("{}", sandbox::probe::support().summary());
         return Ok(());
     }
+    // Probes (once) and logs what this host can enforce of a client's sandbox.
+    sandbox::probe::support();
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     match mode {
         Mode::Version => Ok(()),

@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const ENOENT: &str = "No such file or directory (os error 2)";
-const SANDBOX_REFUSED: &str = "sandboxed filesystem operations are not supported by this executor";
 // v2 (0.171): a path that is neither a `file:` URI nor absolute.
 const RELATIVE_PATH: &str = "invalid URI: relative URL without a base";
 /// The wait for one response carrying tens or hundreds of MiB: debug builds on a busy
@@ -672,12 +671,19 @@ fn sandbox_table_row_by_row() {
     // permissions.type disabled / external
     let context = json!({"permissions":{"type":"disabled"},"cwd":"/home/user/project","windowsSandboxLevel":"disabled","windowsSandboxPrivateDesktop":false,"useLegacyLandlock":false});
     assert_eq!(read(&mut c, context), ok);
-    assert_eq!(read(&mut c, json!({"permissions":{"type":"external","network":"restricted"}})), ok);
+    let level = json!("disabled");
+    assert_eq!(
+        read(
+            &mut c,
+            json!({"permissions":{"type":"external","network":"restricted"},"windowsSandboxLevel":level})
+        ),
+        ok
+    );
     // managed with an unrestricted file system
     assert_eq!(
         read(
             &mut c,
-            json!({"permissions":{"type":"managed","file_system":{"type":"unrestricted"},"network":"enabled"}})
+            json!({"permissions":{"type":"managed","file_system":{"type":"unrestricted"},"network":"enabled"},"windowsSandboxLevel":level})
         ),
         ok
     );
@@ -698,41 +704,42 @@ fn sandbox_table_row_by_row() {
         {"path":{"type":"special","value":{"kind":"tmpdir"}},"access":"write"},
         {"path":{"type":"path","path":"/data/extra"},"access":"write"},
         {"path":{"type":"glob_pattern","pattern":"**/.env"},"access":"deny"}]},"network":"restricted"});
-    let refused = err(-32600, SANDBOX_REFUSED);
-    for sandbox in [
-        json!({"permissions": read_only, "cwd": "/p", "windowsSandboxLevel": "disabled"}),
-        json!({"permissions": workspace_write}),
-        read_only.clone(),
-        json!({"sandboxPolicy":{"type":"read-only"}}),
-        json!({"sandboxPolicy":{"type":"workspace-write","writable_roots":["/abs"]}}),
-        json!({"type":"read-only"}),
-        json!({"type":"disabled"}),
-        json!({}),
-        json!([]),
-        json!(5),
-        json!("danger-full-access"),
-    ] {
-        assert_eq!(read(&mut c, sandbox.clone()), refused, "{sandbox}");
+    // Issue 13: restricted sandboxes are enforced (tests/sandbox.rs), not refused; contexts
+    // that do not decode get upstream's -32602 decoder text.
+    let context = json!({"permissions": read_only, "cwd": "/p", "windowsSandboxLevel": "disabled"});
+    assert_eq!(read(&mut c, context.clone()), ok);
+    assert_eq!(read(&mut c, json!({"sandboxPolicy":{"type":"read-only"}})), ok);
+    assert_eq!(read(&mut c, json!({"type":"read-only"})), ok);
+    let no_level = err(-32602, "missing field `windowsSandboxLevel`");
+    assert_eq!(read(&mut c, json!({"permissions": workspace_write})), no_level);
+    let no_permissions = err(-32602, "missing field `permissions`");
+    for sandbox in [read_only.clone(), json!({"type":"disabled"}), json!({})] {
+        assert_eq!(read(&mut c, sandbox.clone()), no_permissions, "{sandbox}");
+    }
+    for sandbox in [json!([]), json!(5), json!("danger-full-access")] {
+        assert_eq!(read(&mut c, sandbox.clone()).unwrap_err().0, -32602, "{sandbox}");
     }
 
-    // Every method refuses, even for paths that do not exist.
-    let sandbox = json!({"permissions": read_only});
+    // Under read-only every method reads as before and writes nothing.
     let missing = dir.s("missing/x");
-    for (method, params) in [
-        ("fs/readFile", json!({"path": missing})),
-        ("fs/writeFile", json!({"path": missing, "dataBase64": "aGk="})),
-        ("fs/createDirectory", json!({"path": missing})),
-        ("fs/getMetadata", json!({"path": missing})),
-        ("fs/readDirectory", json!({"path": missing})),
-        ("fs/remove", json!({"path": dir.s("f")})),
+    // Refused writes answer as upstream 0.171 does (measured).
+    let denied = err(-32603, "Read-only file system (os error 30)");
+    for (method, params, expected) in [
+        ("fs/readFile", json!({"path": missing}), err(-32004, ENOENT)),
+        ("fs/writeFile", json!({"path": missing, "dataBase64": "aGk="}), denied.clone()),
+        ("fs/createDirectory", json!({"path": missing}), denied.clone()),
+        ("fs/getMetadata", json!({"path": missing}), err(-32004, ENOENT)),
+        ("fs/readDirectory", json!({"path": missing}), err(-32004, ENOENT)),
+        ("fs/remove", json!({"path": dir.s("f")}), denied.clone()),
         (
             "fs/copy",
             json!({"sourcePath": dir.s("f"), "destinationPath": dir.s("g"), "recursive": false}),
+            denied.clone(),
         ),
     ] {
         let mut params = params;
-        params["sandbox"] = sandbox.clone();
-        assert_eq!(c.call(method, params), refused, "{method}");
+        params["sandbox"] = context.clone();
+        assert_eq!(c.call(method, params), expected, "{method}");
     }
     assert!(dir.join("f").exists());
     assert!(!dir.join("g").exists());

@@ -131,31 +131,31 @@ fn metadata_is_checked_and_logged_with_the_process() {
 }
 
 #[test]
-fn a_restricted_sandbox_or_a_network_proxy_is_refused_and_nothing_runs() {
+fn a_restricted_sandbox_is_enforced_and_a_network_proxy_is_refused() {
     let daemon = daemon();
     let (mut client, _) = daemon.session();
     let marker = std::env::temp_dir().join(format!("exec-v2-{}", std::process::id()));
     let script = format!("touch {}", marker.display());
+    // Read-only everywhere: the process runs, confined, and its write is denied.
     let restricted = json!({
         "permissions": {"type": "managed", "file_system": {"type": "restricted", "entries": [
             {"path": {"type": "special", "value": {"kind": "root"}}, "access": "read"}]},
             "network": "restricted"},
         "cwd": "file:///", "windowsSandboxLevel": "disabled"});
     let r = client.call("process/start", sh("sbx", &script, json!({"sandbox": restricted})));
-    assert_eq!(
-        error(&r),
-        (-32600, "process sbx asks for a restricted sandbox, which this executor does not support yet; it was not started".into())
-    );
+    assert_eq!(r["result"], json!({"processId": "sbx", "sandboxType": "linuxSeccomp"}), "{r}");
+    let events = until_closed(&mut client, "sbx");
+    let exited = events.iter().find(|m| m["method"] == "process/exited").expect("exited");
+    assert_ne!(exited["params"]["exitCode"], 0, "{exited}");
+    assert_eq!(exited["params"]["sandboxDenied"], true, "{exited}");
     let r = client.call("process/start", sh("np", &script, json!({"networkProxy": {"proxy": {}}})));
     assert_eq!(
         error(&r),
         (-32600, "process np asks for a managed network proxy, which this executor does not support; it was not started".into())
     );
-    for id in ["sbx", "np"] {
-        let r = client.call("process/read", json!({"processId": id}));
-        assert_eq!(error(&r), (-32600, format!("unknown process id {id}")));
-    }
-    assert!(!marker.exists(), "a refused process ran");
+    let r = client.call("process/read", json!({"processId": "np"}));
+    assert_eq!(error(&r), (-32600, "unknown process id np".to_string()));
+    assert!(!marker.exists(), "a denied or refused process wrote");
     // A context must name its permissions and Windows level, as upstream requires.
     let r = client.call("process/start", sh("e", "true", json!({"sandbox": {}})));
     assert_eq!(error(&r), (-32602, "missing field `permissions`".into()));

@@ -62,6 +62,9 @@ fn help_and_version() {
     let (code, stdout, _) = run_to_exit(&["--version"]);
     assert_eq!(code, 0);
     assert!(stdout.starts_with("exec-server "));
+    // The second line says what this host can enforce of a client's sandbox.
+    let sandbox = stdout.lines().nth(1).expect("a sandbox line");
+    assert!(sandbox.starts_with("sandbox: "), "{stdout}");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! sockets, imports nothing of `rpc`, and never decides anything from an error's message text.
 
 pub mod canonicalize;
+pub mod confined;
 mod copy;
 pub mod handles;
 pub mod walk;
@@ -57,25 +58,11 @@ fn io_error(err: io::Error) -> RpcError {
     }
 }
 
-/// §6.9: sandboxes are not enforced, so only an absent or recognizably unrestricted one may
-/// run. The shape is never validated: whatever is not recognized as unrestricted is refused.
+/// §6.9 gate for calls that reach the handlers directly: an absent or unrestricted sandbox
+/// runs; a restricted one is confined by `confined::run` (routed there by rpc), so reaching
+/// here with one is refused. A malformed sandbox is the decoder's -32602.
 fn check_sandbox(sandbox: Option<&serde_json::Value>) -> Result<(), RpcError> {
-    let Some(sandbox) = sandbox.filter(|s| !s.is_null()) else {
-        return Ok(());
-    };
-    let permissions = sandbox.get("permissions");
-    let unrestricted =
-        match type_of(permissions) {
-            Some("disabled" | "external") => true,
-            Some("managed") => {
-                type_of(permissions.and_then(|p| p.get("file_system"))) == Some("unrestricted")
-            }
-            _ => false,
-        } || matches!(
-            type_of(sandbox.get("sandboxPolicy")),
-            Some("danger-full-access" | "external-sandbox")
-        ) || matches!(type_of(Some(sandbox)), Some("danger-full-access" | "external-sandbox"));
-    if unrestricted {
+    if crate::sandbox::parse(sandbox)?.fs.is_none() {
         Ok(())
     } else {
         Err(RpcError::invalid_request(SANDBOX_REFUSED))
@@ -145,11 +132,6 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-/// The string `type` member of `value`, if any.
-fn type_of(value: Option<&serde_json::Value>) -> Option<&str> {
-    value?.get("type")?.as_str()
 }
 
 /// Opens with `O_NONBLOCK`, which regular files ignore, so that a FIFO or terminal at

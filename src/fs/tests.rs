@@ -108,8 +108,8 @@ fn sandbox_table() {
     let runs = [
         json!(null),
         json!({"permissions":{"type":"disabled"},"cwd":"/p","windowsSandboxLevel":"disabled"}),
-        json!({"permissions":{"type":"external","network":"restricted"}}),
-        json!({"permissions":{"type":"managed","file_system":{"type":"unrestricted"},"network":"enabled"}}),
+        json!({"permissions":{"type":"external","network":"restricted"},"windowsSandboxLevel":"disabled"}),
+        json!({"permissions":{"type":"managed","file_system":{"type":"unrestricted"},"network":"enabled"},"windowsSandboxLevel":"disabled"}),
         json!({"sandboxPolicy":{"type":"danger-full-access"},"windowsSandboxLevel":"disabled"}),
         json!({"sandboxPolicy":{"type":"external-sandbox","network_access":"restricted"}}),
         json!({"type":"danger-full-access"}),
@@ -128,25 +128,19 @@ fn sandbox_table() {
         {"path":{"type":"special","value":{"kind":"tmpdir"}},"access":"write"},
         {"path":{"type":"path","path":"/data/extra"},"access":"write"},
         {"path":{"type":"glob_pattern","pattern":"**/.env"},"access":"deny"}]},"network":"restricted"});
+    // Restricted file systems never reach the handlers directly (rpc routes them to
+    // `run_sandboxed`); if they do, they are refused.
+    let level = |mut v: serde_json::Value| {
+        v["windowsSandboxLevel"] = json!("disabled");
+        v["cwd"] = json!("/p");
+        v
+    };
     let refused = [
-        json!({"permissions": read_only.clone()}),
-        json!({"permissions": workspace_write.clone()}),
-        read_only,
-        workspace_write,
-        json!({"permissions":{"type":"managed"}}),
-        json!({"permissions":{"type":"managed","file_system":{"type":"restricted","entries":[]}}}),
-        json!({"permissions":{"type":"DISABLED"}}),
-        json!({"permissions":"disabled"}),
+        level(json!({"permissions": read_only.clone()})),
+        level(json!({"permissions": workspace_write.clone()})),
         json!({"sandboxPolicy":{"type":"read-only"}}),
-        json!({"sandboxPolicy":{"type":"workspace-write","writable_roots":["/abs"]}}),
+        json!({"sandboxPolicy":{"type":"workspace-write","writable_roots":["/abs"]},"sandboxPolicyCwd":"/p"}),
         json!({"type":"read-only"}),
-        json!({"type":"workspace-write"}),
-        json!({"type":"disabled"}),
-        json!({}),
-        json!([]),
-        json!("danger-full-access"),
-        json!(5),
-        json!(true),
     ];
     for sandbox in &refused {
         assert_eq!(
@@ -154,6 +148,24 @@ fn sandbox_table() {
             Err(RpcError::invalid_request(SANDBOX_REFUSED)),
             "{sandbox}"
         );
+    }
+    // Malformed contexts are the decoder's -32602, as upstream answers them.
+    let malformed = [
+        read_only,
+        workspace_write,
+        json!({"permissions":{"type":"managed"},"windowsSandboxLevel":"disabled"}),
+        json!({"permissions":{"type":"DISABLED"},"windowsSandboxLevel":"disabled"}),
+        json!({"permissions":"disabled","windowsSandboxLevel":"disabled"}),
+        json!({"permissions":{"type":"disabled"}}),
+        json!({"type":"disabled"}),
+        json!({}),
+        json!([]),
+        json!("danger-full-access"),
+        json!(5),
+        json!(true),
+    ];
+    for sandbox in &malformed {
+        assert_eq!(check_sandbox(Some(sandbox)).unwrap_err().code, -32602, "{sandbox}");
     }
 }
 

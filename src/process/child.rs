@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use super::kill::kill_session;
 use super::table::{schedule_removal, Proc, State};
 use super::wait::{lock, wait_while};
 use super::wire::{encode, output_message, ClosedParams, ExitedParams, Stream};
+use crate::sandbox;
 
 /// Largest single read from a child's output (§4.1.2): one event per read.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -70,7 +72,7 @@ impl Proc {
                         process_id: &self.id,
                         seq,
                         exit_code: exit.code,
-                        sandbox_denied: false,
+                        sandbox_denied: self.sandbox_denied(&exit),
                         signal: exit.signal.as_deref(),
                     };
                     let message = encode("process/exited", params);
@@ -130,6 +132,13 @@ impl Proc {
         for message in to_send {
             self.sink.notify(message);
         }
+    }
+
+    /// `sandboxDenied` for an exit of this process: false unless it was confined.
+    pub(super) fn sandbox_denied(&self, exit: &Exit) -> bool {
+        let mentioned = self.denial_mentioned.load(Ordering::Relaxed);
+        let sigsys = exit.signal.as_deref() == Some("SIGSYS");
+        self.confined && sandbox::is_likely_denied(exit.code, sigsys, mentioned)
     }
 
     /// SIGKILLs the child's tree unless it is over. Under the state lock, so the waiter
@@ -216,6 +225,13 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
         match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                // A confined process's output is watched for denial messages.
+                if proc.confined
+                    && !proc.denial_mentioned.load(Ordering::Relaxed)
+                    && sandbox::mentions_denial(&buf[..n])
+                {
+                    proc.denial_mentioned.store(true, Ordering::Relaxed);
+                }
                 if n == buf.len() && !pipe_grown {
                     grow_pipe(&file);
                     pipe_grown = true;

@@ -29,7 +29,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ use base64::Engine as _;
 
 use crate::config::Config;
 use crate::error::RpcError;
+use crate::sandbox;
 use child::{read_loop, wait_loop};
 use kill::kill_session;
 use retention::Retention;
@@ -46,7 +47,7 @@ use spawn::{
 };
 use stdin::StdinQueue;
 use table::{Lookup, Proc, Slot, State, Table};
-use v2::{Signal, SignalParams, SignalResponse};
+use v2::{SandboxType, Signal, SignalParams, SignalResponse};
 use wait::{lock, wait_while};
 pub use wire::{
     ChunkOut, Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream,
@@ -93,8 +94,17 @@ impl Processes {
             ))
         })?;
         // v2: refuse what cannot be honoured, before anything is reserved.
+        v2::check_start(&p.process_id, p.network_proxy.as_ref())?;
+        // The sandbox is decoded and prepared (everything that allocates) before anything is
+        // reserved; the child only applies it. A host that cannot enforce it is an error.
+        let policy = sandbox::parse(p.sandbox.as_ref())?;
+        let confinement = if policy.is_unrestricted() {
+            None
+        } else {
+            Some(sandbox::Confinement::prepare(&policy)?)
+        };
         let sandbox_type =
-            v2::check_start(&p.process_id, p.sandbox.as_ref(), p.network_proxy.as_ref())?;
+            if confinement.is_some() { SandboxType::LinuxSeccomp } else { SandboxType::None };
         let id = p.process_id.clone();
         let token = {
             let mut table = lock(&self.table);
@@ -113,7 +123,7 @@ impl Processes {
             table.slots.insert(id.clone(), Slot::Starting(token));
             token
         };
-        let spawned = self.spawn(&p, cwd);
+        let spawned = self.spawn(&p, cwd, confinement);
         let mut table = lock(&self.table);
         let ours = matches!(table.slots.get(&id), Some(Slot::Starting(t)) if *t == token);
         match spawned {
@@ -128,9 +138,9 @@ impl Processes {
                     );
                 }
                 if p.enforce_managed_network || p.managed_network.is_some() {
-                    // As upstream: managed networking is enforced by a sandbox, and this
-                    // process has none (a restricted one was refused above).
-                    log::debug!("process {id}: managed network not enforced without a sandbox");
+                    // As upstream: a managed network proxy is not launched (not advertised);
+                    // a restricted network is enforced by the sandbox's seccomp filter.
+                    log::debug!("process {id}: managed network not launched");
                 }
                 if p.shell_snapshot.is_some() {
                     log::debug!("process {id}: shellSnapshot ignored (not advertised)");
@@ -154,7 +164,13 @@ impl Processes {
         }
     }
 
-    fn spawn(&self, p: &StartParams, cwd: &Path) -> io::Result<Arc<Proc>> {
+    fn spawn(
+        &self,
+        p: &StartParams,
+        cwd: &Path,
+        confinement: Option<sandbox::Confinement>,
+    ) -> io::Result<Arc<Proc>> {
+        let confined = confinement.is_some();
         let env = envpolicy::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
         let program = resolve_program(&p.argv[0], &env, cwd)?;
         let text = |s: &str| CString::new(s).map_err(|_| nul_error());
@@ -205,6 +221,7 @@ impl Processes {
             cwd,
             stdio: child_ends.each_ref().map(|fd| fd.as_raw_fd()),
             tty: p.tty,
+            confinement,
         };
         let pid = spawn_on_spawner(plan)?;
         // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
@@ -235,6 +252,8 @@ impl Processes {
             table: Arc::downgrade(&self.table),
             live: self.live.clone(),
             exited_retention: self.config.exited_retention,
+            confined,
+            denial_mentioned: AtomicBool::new(false),
         });
         // The child exists from here on: whatever fails, it must still be reaped.
         let waiter = proc.clone();
@@ -309,7 +328,7 @@ impl Processes {
             signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
             closed: state.closed_at.is_some(),
             failure: None,
-            sandbox_denied: false,
+            sandbox_denied: state.exit.as_ref().is_some_and(|e| proc.sandbox_denied(e)),
         })
     }
 

@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 
 use super::wait::lock;
+use crate::sandbox;
 
 /// Long-lived threads that fork children (see `spawn_on_spawner`).
 const SPAWNER_THREADS: usize = 8;
@@ -36,6 +37,8 @@ pub(super) struct SpawnPlan {
     pub(super) stdio: [RawFd; 3],
     /// Make stdin (a PTY slave) the controlling terminal.
     pub(super) tty: bool,
+    /// The sandbox, prepared by the parent; applied in the child right before chdir and exec.
+    pub(super) confinement: Option<sandbox::Confinement>,
 }
 
 type SpawnJob = (SpawnPlan, mpsc::SyncSender<io::Result<libc::pid_t>>);
@@ -187,6 +190,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::getppid() != args.parent {
             // The server died before the death signal was armed.
             libc::_exit(137);
+        }
+        // Mounts, no-new-privs, Landlock, seccomp: raw syscalls on prepared data.
+        if let Some(confinement) = &plan.confinement {
+            let errno = confinement.apply();
+            if errno != 0 {
+                *libc::__errno_location() = errno;
+                return fail(args);
+            }
         }
         if libc::chdir(plan.cwd.as_ptr()) < 0 {
             return fail(args);

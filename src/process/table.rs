@@ -4,7 +4,7 @@
 //! does lives in child.rs; it neither spawns nor signals.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -53,6 +53,9 @@ pub(super) struct Proc {
     pub(super) table: Weak<Mutex<Table>>,
     pub(super) live: Arc<AtomicUsize>,
     pub(super) exited_retention: Duration,
+    /// Runs under a sandbox confinement; its output is watched for denial messages.
+    pub(super) confined: bool,
+    pub(super) denial_mentioned: AtomicBool,
 }
 
 pub(super) enum Slot {

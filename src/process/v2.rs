@@ -1,19 +1,16 @@
 //! The protocol-v2 (upstream codex 0.171) additions to the `process/*` wire shapes, kept
-//! together: `process/start`'s
-//! `metadata`, `sandbox`, `enforceManagedNetwork`, `managedNetwork`, `networkProxy` and
-//! `shellSnapshot`, the `sandboxType` result, `process/write`'s `writeId` bookkeeping, and
-//! `process/signal`'s params. It owns no processes and spawns nothing; `mod.rs` calls it.
-//!
-//! Until sandboxing lands (issue 13), a start that asks for restrictions is refused, never
-//! run unsandboxed, and so is a start that asks for a managed network proxy (the
-//! `networkProxyLaunch` capability is not advertised).
+//! together: `process/start`'s `metadata`, `enforceManagedNetwork`, `managedNetwork`,
+//! `networkProxy` and `shellSnapshot`, the `sandboxType` result, `process/write`'s `writeId`
+//! bookkeeping, and `process/signal`'s params. It owns no processes and spawns nothing;
+//! `mod.rs` calls it. The `sandbox` context is decoded and enforced by `crate::sandbox`; a
+//! start that asks for a managed network proxy is refused (the `networkProxyLaunch`
+//! capability is not advertised).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::RpcError;
 
@@ -109,57 +106,25 @@ opaque_object!(
     "struct ShellSnapshotRequest"
 );
 
-/// A filesystem sandbox context (`sandbox` of `process/start`). Only what decides between
-/// "run unsandboxed" and "refuse" is read here; issue 13 decodes the rest.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxContext {
-    permissions: Value,
-    #[allow(dead_code)] // required on the wire (upstream: missing field), not used yet
-    windows_sandbox_level: Value,
-}
-
-impl SandboxContext {
-    /// True when the profile restricts nothing: sandboxing `disabled`, done `external`ly, or
-    /// `managed` with an unrestricted filesystem and enabled network. Anything else,
-    /// including shapes not known here, counts as restricted (fail closed).
-    fn unrestricted(&self) -> bool {
-        let p = &self.permissions;
-        match p["type"].as_str() {
-            Some("disabled" | "external") => true,
-            Some("managed") => {
-                p["file_system"]["type"] == "unrestricted" && p["network"] == "enabled"
-            }
-            _ => false,
-        }
-    }
-}
-
 /// `sandboxType` of the `process/start` result.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum SandboxType {
     /// The process runs without a platform sandbox.
     None,
+    /// Confined by Landlock, seccomp and (where needed) a mount namespace; upstream's name
+    /// for its bubblewrap + seccomp sandbox, so clients that branch on it stay correct.
+    LinuxSeccomp,
 }
 
 /// The v2 checks of `process/start`, before anything is spawned.
-pub fn check_start(
-    process_id: &str,
-    sandbox: Option<&SandboxContext>,
-    network_proxy: Option<&NetworkProxy>,
-) -> Result<SandboxType, RpcError> {
-    if sandbox.is_some_and(|s| !s.unrestricted()) {
-        return Err(RpcError::invalid_request(format!(
-            "process {process_id} asks for a restricted sandbox, which this executor does not support yet; it was not started"
-        )));
-    }
+pub fn check_start(process_id: &str, network_proxy: Option<&NetworkProxy>) -> Result<(), RpcError> {
     if network_proxy.is_some() {
         return Err(RpcError::invalid_request(format!(
             "process {process_id} asks for a managed network proxy, which this executor does not support; it was not started"
         )));
     }
-    Ok(SandboxType::None)
+    Ok(())
 }
 
 /// `process/write`'s `writeId` before the process is looked up: upstream refuses an empty
@@ -234,8 +199,6 @@ mod tests {
         #[serde(default)]
         metadata: Option<ExecMetadata>,
         #[serde(default)]
-        sandbox: Option<SandboxContext>,
-        #[serde(default)]
         managed_network: Option<ManagedNetwork>,
     }
 
@@ -279,12 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn sandbox_contexts_need_upstream_members() {
-        assert_eq!(decode(r#"{"sandbox":{}}"#).unwrap_err(), "missing field `permissions`");
-        assert_eq!(
-            decode(r#"{"sandbox":{"permissions":{"type":"disabled"}}}"#).unwrap_err(),
-            "missing field `windowsSandboxLevel`"
-        );
+    fn managed_network_is_an_object() {
         assert_eq!(
             decode(r#"{"managedNetwork":5}"#).unwrap_err(),
             "invalid type: integer `5`, expected struct ManagedNetworkSandboxContext"
@@ -293,32 +251,9 @@ mod tests {
     }
 
     #[test]
-    fn only_unrestricted_profiles_run() {
-        let context = |permissions: &str| {
-            decode(&format!(
-                r#"{{"sandbox":{{"permissions":{permissions},"windowsSandboxLevel":"disabled"}}}}"#
-            ))
-            .unwrap()
-            .sandbox
-            .unwrap()
-        };
-        for open in [
-            r#"{"type":"disabled"}"#,
-            r#"{"type":"external","network":"enabled"}"#,
-            r#"{"type":"managed","file_system":{"type":"unrestricted"},"network":"enabled"}"#,
-        ] {
-            assert_eq!(check_start("p", Some(&context(open)), None), Ok(SandboxType::None));
-        }
-        for closed in [
-            r#"{"type":"managed","file_system":{"type":"restricted","entries":[]},"network":"restricted"}"#,
-            r#"{"type":"managed","file_system":{"type":"unrestricted"},"network":"restricted"}"#,
-            r#"{"type":"something-new"}"#,
-        ] {
-            let err = check_start("p", Some(&context(closed)), None).unwrap_err();
-            assert_eq!(err.code, -32600, "{closed}");
-        }
-        assert_eq!(check_start("p", None, Some(&NetworkProxy)).unwrap_err().code, -32600);
-        assert_eq!(check_start("p", None, None), Ok(SandboxType::None));
+    fn a_network_proxy_is_refused() {
+        assert_eq!(check_start("p", Some(&NetworkProxy)).unwrap_err().code, -32600);
+        assert_eq!(check_start("p", None), Ok(()));
     }
 
     #[test]

@@ -11,9 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::envpolicy::EnvPolicy;
-use super::v2::{
-    ExecMetadata, ManagedNetwork, NetworkProxy, SandboxContext, SandboxType, ShellSnapshot,
-};
+use super::v2::{ExecMetadata, ManagedNetwork, NetworkProxy, SandboxType, ShellSnapshot};
 use crate::b64;
 use crate::recycle;
 use crate::uri::AbsolutePath;
@@ -57,8 +55,9 @@ pub struct StartParams {
     // v2 (upstream 0.171): see v2.rs.
     #[serde(default)]
     pub metadata: Option<ExecMetadata>,
+    /// The filesystem sandbox context (UPSTREAM-0.171.md §5), decoded by `crate::sandbox`.
     #[serde(default)]
-    pub sandbox: Option<SandboxContext>,
+    pub sandbox: Option<serde_json::Value>,
     /// Only enforced inside a sandbox; without one upstream runs the process as asked.
     #[serde(default)]
     pub enforce_managed_network: bool,

@@ -65,6 +65,15 @@ impl Connection {
             }
             // Gated methods go through `self.gated(Family::…, params, |p, session| …)`.
             "process/signal" => self.gated(Family::Exec, id, params, |p, s| s.processes.signal(p)),
+            // fs calls carrying a sandbox object may need confinement (fs/confined.rs).
+            method @ ("fs/readFile" | "fs/writeFile" | "fs/createDirectory" | "fs/getMetadata"
+            | "fs/readDirectory" | "fs/remove" | "fs/copy")
+                if fs::confined::carries_sandbox(params) =>
+            {
+                self.gated(Family::Filesystem, id, params, |p, _| {
+                    fs::confined::run(method, params, p)
+                })
+            }
             "fs/readFile" => self
                 .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
             "fs/writeFile" => self.gated(Family::Filesystem, id, params, |p, _| fs::write_file(p)),
