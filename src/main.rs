@@ -63,6 +63,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
         return Ok(());
     }
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
+    process::prepare_spool(&config);
     match mode {
         Mode::Version => Ok(()),
         Mode::Listen { addr, token } => {

@@ -60,7 +60,10 @@ impl Proc {
                     let seq = take_seq(&mut state);
                     let (numbered, message) = output.expect("output events are encoded above");
                     debug_assert_eq!(seq, numbered, "only emit numbers events");
-                    spare = state.retention.push(seq, stream, bytes);
+                    let State { retention, spool, .. } = &mut *state;
+                    spare = retention.push(seq, stream, bytes, |old| {
+                        spool.spill(old.seq, old.stream, &old.bytes)
+                    });
                     queue(&mut state, message);
                 }
                 Event::StreamEnd => state.open_streams -= 1,

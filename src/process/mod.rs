@@ -12,9 +12,11 @@ mod child;
 mod envpolicy;
 mod exit;
 mod kill;
+mod page;
 mod pty;
 mod retention;
 mod spawn;
+mod spool;
 mod stdin;
 mod table;
 mod wait;
@@ -31,9 +33,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-
 use crate::config::Config;
 use crate::error::RpcError;
 use child::{read_loop, wait_loop};
@@ -42,12 +41,14 @@ use retention::Retention;
 use spawn::{
     above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,
 };
+pub use spool::prepare as prepare_spool;
+use spool::Spool;
 use stdin::StdinQueue;
 use table::{Lookup, Proc, Slot, State, Table};
 use wait::{lock, wait_while};
 pub use wire::{
-    ChunkOut, Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream,
-    TerminateParams, TerminateResponse, WriteParams, WriteResponse, WriteStatus,
+    Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream, TerminateParams,
+    TerminateResponse, WriteParams, WriteResponse, WriteStatus,
 };
 
 /// How long `process/terminate` waits for the killed child to be reaped.
@@ -189,6 +190,7 @@ impl Processes {
         let state = State {
             next_seq: 1,
             retention: Retention::new(self.config.retained_output_bytes),
+            spool: Spool::new(&self.config, pid),
             open_streams: outputs.len(),
             reaped: false,
             exit: None,
@@ -266,15 +268,9 @@ impl Processes {
         let after_seq = p.after_seq.unwrap_or(0);
         let wait = Duration::from_millis(p.wait_ms.unwrap_or(0)).min(self.config.max_wait);
         let deadline = Instant::now() + wait;
-        let (state, _) = wait_while(&proc.changed, lock(&proc.state), deadline, |s| {
-            !s.retention.has_after(after_seq) && s.exit.is_none()
-        });
-        let page = state.retention.page(after_seq, p.max_bytes);
-        let next_seq = page.last().map_or(state.next_seq, |c| c.seq + 1);
-        let chunks = page
-            .into_iter()
-            .map(|c| ChunkOut { seq: c.seq, stream: c.stream, chunk: BASE64.encode(&c.bytes) })
-            .collect();
+        let (state, chunks, dropped_before_seq) =
+            page::read(&proc, after_seq, p.max_bytes, deadline);
+        let next_seq = chunks.last().map_or(state.next_seq, |c| c.seq + 1);
         Ok(ReadResponse {
             chunks,
             next_seq,
@@ -283,6 +279,7 @@ impl Processes {
             signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
             closed: state.closed_at.is_some(),
             failure: None,
+            dropped_before_seq,
         })
     }
 

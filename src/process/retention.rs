@@ -24,12 +24,20 @@ impl Retention {
         Retention { chunks: VecDeque::new(), bytes: 0, limit }
     }
 
-    /// Retains `bytes`, evicting the oldest chunks as needed; returns one evicted buffer for
-    /// the caller to read into again, so steady streaming allocates nothing per chunk.
-    pub(super) fn push(&mut self, seq: u64, stream: Stream, bytes: Vec<u8>) -> Option<Vec<u8>> {
+    /// Retains `bytes`, evicting the oldest chunks as needed (each is shown to `evicted`
+    /// first, which spills it); returns one evicted buffer for the caller to read into again,
+    /// so steady streaming allocates nothing per chunk.
+    pub(super) fn push(
+        &mut self,
+        seq: u64,
+        stream: Stream,
+        bytes: Vec<u8>,
+        mut evicted: impl FnMut(&Retained),
+    ) -> Option<Vec<u8>> {
         let mut spare: Option<Vec<u8>> = None;
         while !self.chunks.is_empty() && self.bytes + bytes.len() > self.limit {
             if let Some(old) = self.chunks.pop_front() {
+                evicted(&old);
                 self.bytes -= old.bytes.len();
                 if spare.as_ref().is_none_or(|s| s.capacity() < old.bytes.capacity()) {
                     spare = Some(old.bytes);

@@ -10,6 +10,8 @@ use super::retention::*;
 use super::wire::*;
 use super::*;
 use crate::b64;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 /// Every wait in these tests ends by this deadline.
@@ -137,12 +139,12 @@ fn signal_names_and_exit_codes() {
 #[test]
 fn retention_evicts_oldest_until_the_new_chunk_fits() {
     let mut r = Retention::new(10);
-    r.push(1, Stream::Stdout, vec![1; 4]);
-    r.push(2, Stream::Stderr, vec![2; 4]);
-    r.push(3, Stream::Stdout, vec![3; 4]);
+    r.push(1, Stream::Stdout, vec![1; 4], |_| {});
+    r.push(2, Stream::Stderr, vec![2; 4], |_| {});
+    r.push(3, Stream::Stdout, vec![3; 4], |_| {});
     assert_eq!(r.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(r.bytes, 8);
-    r.push(5, Stream::Stdout, vec![5; 20]);
+    r.push(5, Stream::Stdout, vec![5; 20], |_| {});
     assert_eq!(r.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), [5]);
     assert_eq!(r.bytes, 20);
 }
@@ -150,10 +152,10 @@ fn retention_evicts_oldest_until_the_new_chunk_fits() {
 #[test]
 fn read_paging_follows_max_bytes() {
     let mut r = Retention::new(1 << 20);
-    r.push(1, Stream::Stdout, vec![0; 3]);
-    r.push(2, Stream::Stdout, vec![0; 3]);
+    r.push(1, Stream::Stdout, vec![0; 3], |_| {});
+    r.push(2, Stream::Stdout, vec![0; 3], |_| {});
     // seq 3 was an exit event, not output.
-    r.push(4, Stream::Stdout, vec![0; 3]);
+    r.push(4, Stream::Stdout, vec![0; 3], |_| {});
     let seqs = |page: Vec<&Retained>| page.iter().map(|c| c.seq).collect::<Vec<_>>();
     assert_eq!(seqs(r.page(0, None)), [1, 2, 4]);
     assert_eq!(seqs(r.page(0, Some(1))), [1]);
