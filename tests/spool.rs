@@ -76,15 +76,30 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Starts `params` on a new session, drops the connection at once (the session detaches
-/// with the process running and nobody reading), resumes the session on a new connection
-/// once the daemon has noticed, and waits there for the process to exit.
+/// Children of `pid` (from /proc), zombies included until reaped.
+fn children(pid: u32) -> usize {
+    let ppid_of = |stat: String| -> Option<u32> {
+        // The fields after the parenthesized command name: state, ppid, …
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| ppid_of(stat.clone()) == Some(pid))
+        .count()
+}
+
+/// Starts `params` on a new session and drops the connection at once: the session
+/// detaches with the process running and nobody reading. Once the process is gone (reaped
+/// by the daemon), resumes the session on a new connection and waits there for the exit.
 fn run_detached(daemon: &Daemon, params: Value) -> Client {
     let id = params["processId"].clone();
     let (mut client, session) = daemon.session();
     let response = client.call("process/start", params);
     assert_eq!(response["result"], json!({"processId": id}), "{response}");
     drop(client);
+    eventually("the process to end while detached", || children(daemon.pid()) == 0);
     let mut resumed = daemon.connect();
     let mut response = Value::Null;
     eventually("the session to be detached", || {
@@ -94,16 +109,17 @@ fn run_detached(daemon: &Daemon, params: Value) -> Client {
     });
     assert_eq!(response["result"], json!({"sessionId": session}));
     resumed.send(&json!({"method": "initialized", "params": {}}));
-    // With `afterSeq` beyond any output, the long poll answers only at the exit.
+    // With `afterSeq` beyond any output, the long poll answers only at the exit; output
+    // read after the exit may still follow until closed.
     let deadline = Instant::now() + DEADLINE;
     loop {
         let r =
             read(&mut resumed, json!({"processId": id, "afterSeq": 1u64 << 60, "waitMs": 1000}));
-        if r["exited"] == true {
+        if r["closed"] == true {
             assert_eq!(r["exitCode"], 0, "{r}");
             break;
         }
-        assert!(Instant::now() < deadline, "process did not exit in time");
+        assert!(Instant::now() < deadline, "process did not close in time");
     }
     resumed
 }
@@ -147,6 +163,13 @@ fn read_back(client: &mut Client, id: &str, max_bytes: Option<u64>) -> ReadBack 
         }
         assert_eq!(r["nextSeq"], after + 1);
     }
+}
+
+/// Seqs ascend with no gap but the one of the exit event, which output read after the
+/// exit may follow (PROTOCOL.md §4.2).
+fn assert_contiguous(back: &ReadBack) {
+    let skipped: u64 = back.chunks.windows(2).map(|w| w[1].0 - w[0].0 - 1).sum();
+    assert!(skipped <= 1, "{skipped} seqs missing between the kept chunks");
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -197,8 +220,8 @@ fn fifty_mib_while_detached_come_back_whole_and_in_order() {
     assert_eq!(fds_into(daemon.pid(), &tmp.join("spool")).len(), 1, "one spool file");
     let back = read_back(&mut client, "big", None);
     assert!(back.marks.is_empty(), "nothing was dropped: {:?}", back.marks);
-    let seqs: Vec<u64> = back.chunks.iter().map(|c| c.0).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "contiguous from 1");
+    assert_eq!(back.chunks[0].0, 1);
+    assert_contiguous(&back);
     let bytes = back.bytes();
     assert_eq!(bytes.len(), data.len());
     assert_eq!(sha256(&bytes), sha256(&data));
@@ -228,8 +251,7 @@ fn a_small_or_absent_spool_drops_the_oldest_and_says_where() {
         let first = back.chunks[0].0;
         assert!(first > 1);
         assert_eq!(back.marks, [(0, first)], "limit {limit}");
-        let seqs: Vec<u64> = back.chunks.iter().map(|c| c.0).collect();
-        assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>());
+        assert_contiguous(&back);
         // What was kept is exactly the end of the output.
         let kept = back.bytes();
         assert!((least..=most).contains(&kept.len()), "limit {limit}: kept {}", kept.len());
@@ -245,6 +267,36 @@ fn a_small_or_absent_spool_drops_the_oldest_and_says_where() {
         assert_eq!(r["chunks"][0]["seq"], first);
         assert_eq!(spool_warnings(&daemon), 0);
     }
+}
+
+#[test]
+fn output_a_reader_keeps_up_with_is_not_spooled_and_its_gap_is_marked() {
+    let tmp = TempDir::new("live");
+    let data = data_file(&tmp.join("data"), 20 * MIB);
+    let spool = tmp.arg("spool");
+    let daemon = Daemon::start(&["--spool-dir", &spool]);
+    let (mut client, _) = daemon.session();
+    let response = client.call("process/start", cat("live", &tmp.join("data")));
+    assert_eq!(response["result"], json!({"processId": "live"}), "{response}");
+    let mut live = Vec::new();
+    loop {
+        let m = client.recv();
+        match m["method"].as_str() {
+            Some("process/output") => live
+                .extend(BASE64.decode(m["params"]["chunk"].as_str().expect("chunk")).expect("b64")),
+            Some("process/closed") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(sha256(&live), sha256(&data));
+    // Everything went out as notifications: nothing was written to disk.
+    assert!(fds_into(daemon.pid(), &tmp.join("spool")).is_empty());
+    let back = read_back(&mut client, "live", None);
+    let first = back.chunks[0].0;
+    assert_eq!(back.marks, [(0, first)]);
+    let kept = back.bytes();
+    assert!(kept.len() <= MIB, "only the retained window: {}", kept.len());
+    assert_eq!(sha256(&kept), sha256(&data[data.len() - kept.len()..]));
 }
 
 #[test]

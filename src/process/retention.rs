@@ -9,6 +9,8 @@ pub(super) struct Retained {
     pub(super) seq: u64,
     pub(super) stream: Stream,
     pub(super) bytes: Vec<u8>,
+    /// Its notification went to an attached connection (so eviction need not spool it).
+    pub(super) delivered: bool,
 }
 
 /// The retained output chunks of one process, oldest first, at most `limit` payload bytes
@@ -17,11 +19,14 @@ pub(super) struct Retention {
     pub(super) chunks: VecDeque<Retained>,
     pub(super) bytes: usize,
     pub(super) limit: usize,
+    /// Chunks up to this seq count as undelivered whatever their flag says (set when a
+    /// send failed, in O(1) however many chunks are retained).
+    undelivered_through: u64,
 }
 
 impl Retention {
     pub(super) fn new(limit: usize) -> Self {
-        Retention { chunks: VecDeque::new(), bytes: 0, limit }
+        Retention { chunks: VecDeque::new(), bytes: 0, limit, undelivered_through: 0 }
     }
 
     /// Retains `bytes`, evicting the oldest chunks as needed (each is shown to `evicted`
@@ -36,7 +41,8 @@ impl Retention {
     ) -> Option<Vec<u8>> {
         let mut spare: Option<Vec<u8>> = None;
         while !self.chunks.is_empty() && self.bytes + bytes.len() > self.limit {
-            if let Some(old) = self.chunks.pop_front() {
+            if let Some(mut old) = self.chunks.pop_front() {
+                old.delivered &= old.seq > self.undelivered_through;
                 evicted(&old);
                 self.bytes -= old.bytes.len();
                 if spare.as_ref().is_none_or(|s| s.capacity() < old.bytes.capacity()) {
@@ -45,8 +51,22 @@ impl Retention {
             }
         }
         self.bytes += bytes.len();
-        self.chunks.push_back(Retained { seq, stream, bytes });
+        self.chunks.push_back(Retained { seq, stream, bytes, delivered: false });
         spare
+    }
+
+    /// Records whether the notifications of the chunks with `seqs` reached an attached
+    /// connection. When one did not, the connection is gone, and what it took last may
+    /// never have arrived: every retained chunk counts as undelivered again, so that the
+    /// whole window is spooled once evicted.
+    pub(super) fn set_delivered(&mut self, seqs: std::ops::RangeInclusive<u64>, delivered: bool) {
+        if delivered {
+            for chunk in self.chunks.iter_mut().rev().take_while(|c| c.seq >= *seqs.start()) {
+                chunk.delivered |= seqs.contains(&chunk.seq);
+            }
+        } else if let Some(newest) = self.chunks.back() {
+            self.undelivered_through = newest.seq;
+        }
     }
 
     pub(super) fn has_after(&self, after_seq: u64) -> bool {

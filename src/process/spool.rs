@@ -34,6 +34,10 @@ const BLOCK_BYTES: u64 = 64 << 10;
 /// Most payload one `process/read` page carries from the spool, whatever `maxBytes` asks:
 /// it bounds what a read holds in memory (the bytes, their base64, the response text).
 pub(super) const PAGE_BYTES: u64 = 4 << 20;
+/// Most entries one spool indexes (about 160 KiB): normally one per 64 KiB block, but a
+/// session that keeps detaching and resuming splits them with gaps; beyond this, the
+/// oldest are dropped.
+const MAX_ENTRIES: usize = 4096;
 /// What the first read of a page fetches beyond the page itself: the records of the first
 /// block that precede `afterSeq`, and the record that may end the page.
 const READ_SLACK_BYTES: u64 = 4 * BLOCK_BYTES;
@@ -160,17 +164,18 @@ fn stream_of(code: u8) -> Option<Stream> {
     }
 }
 
-/// Consecutive records: logical offsets `start..end` (a logical offset `x` lives at
-/// `x % capacity` in the file), and the seqs of its first and last record.
-struct Block {
-    first_seq: u64,
+/// A stretch of output chunks, in seq order: either records kept in the file at logical
+/// offsets `start..end` (a logical offset `x` lives at `x % capacity`), or a gap of chunks
+/// that were not kept (`start == end`): delivered live while attached, or lost.
+struct Entry {
     last_seq: u64,
     start: u64,
     end: u64,
+    kept: bool,
 }
 
 /// The spool of one process. Logical offsets only grow: `head` is where the next record
-/// goes, the oldest kept block starts at the tail, and `head - tail <= capacity`.
+/// goes, the oldest kept entry starts at the tail, and `head - tail <= capacity`.
 pub(super) struct Spool {
     dir: PathBuf,
     /// Ring size (`--spool-bytes-per-process`); 0 = no spool.
@@ -179,14 +184,15 @@ pub(super) struct Spool {
     total: u64,
     /// The child's pid, for the one warning.
     pid: libc::pid_t,
-    /// Created at the first spill: most processes never need one.
+    /// Created at the first spill: a process whose reader keeps up never needs one.
     file: Option<Arc<File>>,
     /// Creating or writing the file failed: memory-only from then on.
     broken: bool,
-    blocks: VecDeque<Block>,
+    /// Oldest first; the first is always kept and no two gaps touch (a gap that becomes
+    /// the oldest moves into `dropped_through`), so gaps never outnumber kept entries.
+    entries: VecDeque<Entry>,
     head: u64,
-    /// The highest seq of an output chunk that was not kept (0 = none). Every output chunk
-    /// up to it is gone; every kept chunk is above it.
+    /// Every output chunk up to this seq is gone (0 = none); every entry is above it.
     dropped_through: u64,
 }
 
@@ -199,29 +205,31 @@ impl Spool {
             pid,
             file: None,
             broken: false,
-            blocks: VecDeque::new(),
+            entries: VecDeque::new(),
             head: 0,
             dropped_through: 0,
         }
     }
 
     fn tail(&self) -> u64 {
-        self.blocks.front().map_or(self.head, |b| b.start)
+        self.entries.front().map_or(self.head, |e| e.start)
     }
 
-    /// Keeps a chunk evicted from memory, or records its loss. Never blocks on anything but
-    /// the write itself, and never fails: a spool that cannot be written is given up.
-    pub(super) fn spill(&mut self, seq: u64, stream: Stream, bytes: &[u8]) {
+    /// Takes a chunk evicted from memory: a chunk its reader already got as a notification
+    /// is only noted as a gap; any other is written, or noted as lost. Never blocks on
+    /// anything but the write itself, and never fails: a spool that cannot be written is
+    /// given up.
+    pub(super) fn spill(&mut self, seq: u64, stream: Stream, bytes: &[u8], delivered: bool) {
         let len = (HEADER_BYTES + bytes.len()) as u64;
-        if self.broken || len > self.capacity {
-            self.lose(seq);
+        if delivered || self.broken || len > self.capacity {
+            self.skip(seq);
             return;
         }
         while self.head + len - self.tail() > self.capacity {
             self.drop_oldest();
         }
         if !self.reserve(len) {
-            self.lose(seq);
+            self.skip(seq);
             return;
         }
         let file = match &self.file {
@@ -231,7 +239,7 @@ impl Spool {
                 Err(e) => {
                     release(len);
                     self.fail(&e);
-                    self.lose(seq);
+                    self.skip(seq);
                     return;
                 }
             },
@@ -243,25 +251,42 @@ impl Spool {
         if let Err(e) = write_at(&file, self.capacity, self.head, &[&header, bytes]) {
             release(len);
             self.fail(&e);
-            self.lose(seq);
+            self.skip(seq);
             return;
         }
-        match self.blocks.back_mut() {
-            Some(block) if block.end - block.start < BLOCK_BYTES => {
-                block.end += len;
-                block.last_seq = seq;
+        match self.entries.back_mut() {
+            Some(e) if e.kept && e.end - e.start < BLOCK_BYTES => {
+                e.end += len;
+                e.last_seq = seq;
             }
-            _ => self.blocks.push_back(Block {
-                first_seq: seq,
+            _ => self.entries.push_back(Entry {
                 last_seq: seq,
                 start: self.head,
                 end: self.head + len,
+                kept: true,
             }),
         }
         self.head += len;
+        if self.entries.len() > MAX_ENTRIES {
+            self.drop_oldest();
+        }
     }
 
-    /// Takes `len` bytes of the daemon-wide budget, dropping this spool's oldest blocks
+    /// Chunk `seq` is not kept.
+    fn skip(&mut self, seq: u64) {
+        match self.entries.back_mut() {
+            None => self.dropped_through = self.dropped_through.max(seq),
+            Some(e) if !e.kept => e.last_seq = seq,
+            Some(_) => self.entries.push_back(Entry {
+                last_seq: seq,
+                start: self.head,
+                end: self.head,
+                kept: false,
+            }),
+        }
+    }
+
+    /// Takes `len` bytes of the daemon-wide budget, dropping this spool's oldest entries
     /// while the budget is spent; false when even an empty spool does not fit.
     fn reserve(&mut self, len: u64) -> bool {
         loop {
@@ -271,30 +296,22 @@ impl Spool {
             if taken.is_ok() {
                 return true;
             }
-            if self.blocks.is_empty() {
+            if self.entries.is_empty() {
                 return false;
             }
             self.drop_oldest();
         }
     }
 
+    /// Drops the oldest kept entry, and the gap after it.
     fn drop_oldest(&mut self) {
-        if let Some(block) = self.blocks.pop_front() {
-            release(block.end - block.start);
-            self.dropped_through = self.dropped_through.max(block.last_seq);
+        if let Some(e) = self.entries.pop_front() {
+            release(e.end - e.start);
+            self.dropped_through = self.dropped_through.max(e.last_seq);
         }
-    }
-
-    /// Chunk `seq` is not kept; neither is anything older still spooled, so that kept
-    /// chunks stay the newest ones.
-    fn lose(&mut self, seq: u64) {
-        self.drop_all();
-        self.dropped_through = self.dropped_through.max(seq);
-    }
-
-    fn drop_all(&mut self) {
-        while !self.blocks.is_empty() {
-            self.drop_oldest();
+        while let Some(gap) = self.entries.front().filter(|e| !e.kept) {
+            self.dropped_through = self.dropped_through.max(gap.last_seq);
+            self.entries.pop_front();
         }
     }
 
@@ -311,26 +328,42 @@ impl Spool {
         }
         self.broken = true;
         self.file = None;
-        self.drop_all();
+        while !self.entries.is_empty() {
+            self.drop_oldest();
+        }
+    }
+
+    /// The first entry with chunks after `after_seq`, and the end of the gap in front of
+    /// it (or of a trailing gap) when output after `after_seq` is gone there.
+    fn locate(&self, after_seq: u64) -> (usize, Option<u64>) {
+        let mut gap_through = (after_seq < self.dropped_through).then_some(self.dropped_through);
+        let mut i = self.entries.partition_point(|e| e.last_seq <= after_seq);
+        if let Some(gap) = self.entries.get(i).filter(|e| !e.kept) {
+            gap_through = Some(gap.last_seq);
+            i += 1;
+        }
+        (i, gap_through)
     }
 
     /// `droppedBeforeSeq` for a read after `after_seq`: present when output in the asked
-    /// range is gone. Every output chunk with `after_seq < seq < N` was lost.
+    /// range is gone; every output chunk with `after_seq < seq < N` was not kept. The
+    /// spool's gaps end where memory or the next kept entry begins, so a page that reports
+    /// one starts right after it.
     pub(super) fn dropped_before(&self, after_seq: u64) -> Option<u64> {
-        (after_seq < self.dropped_through).then_some(self.dropped_through + 1)
+        self.locate(after_seq).1.map(|through| through + 1)
     }
 
-    /// What to read for a page after `after_seq`, if the spool holds chunks beyond it.
+    /// What to read for a page after `after_seq`, if the spool keeps chunks beyond it: the
+    /// kept entries from there up to the next gap.
     pub(super) fn plan(&self, after_seq: u64, max_bytes: Option<u64>) -> Option<Plan> {
-        let file = self.file.clone()?;
-        let first = self.blocks.partition_point(|b| b.last_seq <= after_seq);
-        let block = self.blocks.get(first)?;
-        debug_assert!(block.first_seq <= block.last_seq);
+        let (i, _) = self.locate(after_seq);
+        let first = self.entries.get(i)?;
+        let end = self.entries.range(i..).find(|e| !e.kept).map_or(self.head, |gap| gap.start);
         Some(Plan {
-            file,
+            file: self.file.clone()?,
             capacity: self.capacity,
-            start: block.start,
-            end: self.head,
+            start: first.start,
+            end,
             after_seq,
             budget: max_bytes.unwrap_or(PAGE_BYTES).min(PAGE_BYTES),
         })
@@ -546,6 +579,7 @@ mod tests {
                 seq,
                 if seq % 3 == 0 { Stream::Stderr } else { Stream::Stdout },
                 &payload(seq, 84 + (seq as usize % 5)),
+                false,
             );
         }
         let kept = read_all(&s, 0, None);
@@ -571,11 +605,11 @@ mod tests {
         let dir = temp_dir("small");
         let mut s = spool(&dir, 8 << 20, u64::MAX / 2);
         for seq in 1..=50_000u64 {
-            s.spill(seq, Stream::Pty, &payload(seq, 1 + seq as usize % 40));
+            s.spill(seq, Stream::Pty, &payload(seq, 1 + seq as usize % 40), false);
         }
         assert_eq!(s.dropped_before(0), None);
         // One index entry per 64 KiB block, not per chunk.
-        assert!(s.blocks.len() < 30, "{} blocks", s.blocks.len());
+        assert!(s.entries.len() < 30, "{} entries", s.entries.len());
         let kept = read_all(&s, 0, Some(100_000));
         assert_eq!(kept.len(), 50_000);
         for (i, (seq, bytes)) in kept.iter().enumerate() {
@@ -586,17 +620,43 @@ mod tests {
     }
 
     #[test]
+    fn delivered_chunks_are_gaps_that_pages_stop_at() {
+        let dir = temp_dir("gaps");
+        let mut s = spool(&dir, 1 << 20, u64::MAX / 2);
+        // 1-3 kept, 4-6 went out as notifications, 7-8 kept, 9 delivered, memory from 10.
+        for seq in 1..=9 {
+            s.spill(seq, Stream::Stdout, &payload(seq, 10), matches!(seq, 4..=6 | 9));
+        }
+        assert_eq!(s.entries.len(), 4);
+        let page = |s: &Spool, after| {
+            let plan = s.plan(after, None)?;
+            Some(plan.read().expect("reads").chunks.iter().map(|c| c.0).collect::<Vec<_>>())
+        };
+        assert_eq!((page(&s, 0), s.dropped_before(0)), (Some(vec![1, 2, 3]), None));
+        assert_eq!((page(&s, 3), s.dropped_before(3)), (Some(vec![7, 8]), Some(7)));
+        assert_eq!((page(&s, 5), s.dropped_before(5)), (Some(vec![7, 8]), Some(7)));
+        assert_eq!((page(&s, 6), s.dropped_before(6)), (Some(vec![7, 8]), None));
+        assert_eq!((page(&s, 8), s.dropped_before(8)), (None, Some(10)));
+        assert_eq!((page(&s, 9), s.dropped_before(9)), (None, None));
+        // Dropping the oldest entry takes the gap behind it into the floor.
+        s.drop_oldest();
+        assert_eq!(s.dropped_through, 6);
+        assert_eq!((page(&s, 0), s.dropped_before(0)), (Some(vec![7, 8]), Some(7)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn off_or_over_budget_loses_and_says_so() {
         let dir = temp_dir("off");
         let mut off = spool(&dir, 0, u64::MAX / 2);
-        off.spill(3, Stream::Stdout, b"abc");
-        off.spill(4, Stream::Stdout, b"def");
+        off.spill(3, Stream::Stdout, b"abc", false);
+        off.spill(4, Stream::Stdout, b"def", false);
         assert!(off.plan(0, None).is_none());
         assert_eq!(off.dropped_before(0), Some(5));
         assert_eq!(off.dropped_before(4), None);
         // A total budget below one record: nothing fits, every chunk is lost.
         let mut tight = spool(&dir, 1 << 20, 10);
-        tight.spill(1, Stream::Stdout, b"abc");
+        tight.spill(1, Stream::Stdout, b"abc", false);
         assert_eq!(tight.dropped_before(0), Some(2));
         assert!(!dir.exists(), "no file was needed");
     }
@@ -608,9 +668,9 @@ mod tests {
         let file = base.join("file");
         std::fs::write(&file, b"x").expect("write");
         let mut s = spool(&file.join("spool"), 1 << 20, u64::MAX / 2);
-        s.spill(1, Stream::Stdout, b"abc");
+        s.spill(1, Stream::Stdout, b"abc", false);
         assert!(s.broken);
-        s.spill(2, Stream::Stdout, b"def");
+        s.spill(2, Stream::Stdout, b"def", false);
         assert_eq!(s.dropped_before(0), Some(3));
         assert!(s.plan(0, None).is_none());
         let _ = std::fs::remove_dir_all(&base);

@@ -24,11 +24,12 @@ struct Collect {
 }
 
 impl Notify for Collect {
-    fn notify(&self, message: String) {
+    fn notify(&self, message: String) -> bool {
         assert!(!message.contains("jsonrpc"));
         let value = serde_json::from_str(&message).expect("a notification is JSON");
         lock(&self.messages).push(value);
         self.changed.notify_all();
+        true
     }
 }
 

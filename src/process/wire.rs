@@ -20,8 +20,9 @@ pub trait Notify: Send + Sync {
     /// `{"method":"process/output","params":{…}}` (never a "jsonrpc" member) — to the
     /// connection the session is attached to. It blocks while that connection's socket is full
     /// (the §5 backpressure that slows the child); it returns at once, dropping the message,
-    /// while the session is detached.
-    fn notify(&self, message: String);
+    /// while the session is detached. True when the message was handed to an attached
+    /// connection's writer (output delivered that way is not spooled, issue 15).
+    fn notify(&self, message: String) -> bool;
 }
 
 fn null_as_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {

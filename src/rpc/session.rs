@@ -27,13 +27,12 @@ struct LinkState {
 
 impl Link {
     /// Sends one notification to the attached connection. Blocks while that connection's
-    /// socket is full (the backpressure of §5); drops the message while detached.
-    pub fn notify(&self, message: String) {
+    /// socket is full (the backpressure of §5); drops the message while detached. True
+    /// when the attached connection's writer took it.
+    pub fn notify(&self, message: String) -> bool {
         let out = self.lock().conn.as_ref().map(|(_, out)| Arc::clone(out));
-        if let Some(out) = out {
-            // A connection that fails here is closing; its reader detaches the session.
-            let _ = out.send(message);
-        }
+        // A connection that fails here is closing; its reader detaches the session.
+        out.is_some_and(|out| out.send(message).is_ok())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
@@ -42,8 +41,8 @@ impl Link {
 }
 
 impl Notify for Link {
-    fn notify(&self, message: String) {
-        Link::notify(self, message);
+    fn notify(&self, message: String) -> bool {
+        Link::notify(self, message)
     }
 }
 
