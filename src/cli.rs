@@ -347,7 +347,7 @@ mod tests {
         assert_eq!((c.spool_bytes_per_process, c.spool_bytes_total), (0, 4096));
         let c = config_of(&["--spool-bytes-total", "1", "--spool-dir", "/d"], &env).expect("flags");
         assert_eq!((c.spool_bytes_total, c.spool_dir.as_path()), (1, std::path::Path::new("/d")));
-        let e = config_of(&[], &[("EXEC_SERVER_SPOOL_BYTES_TOTAL", "1G")]).err().expect("bad");
+        let e = config_of(&[], &[("EXEC_SERVER_SPOOL_BYTES_TOTAL", "1G")]).expect_err("bad");
         assert_eq!(
             (e.code, e.message.as_str()),
             (2, "EXEC_SERVER_SPOOL_BYTES_TOTAL must be a non-negative integer, got `1G`")

@@ -3,6 +3,7 @@
 //! `kill_all` — and assembles a child from the parts beside it: wire.rs (params, results,
 //! notification encoding), spawn.rs (clone/exec, pipes), pty.rs, envpolicy.rs (the child's
 //! environment), child.rs (events, notifications, the drain and wait threads), retention.rs,
+//! spool.rs (output beyond the window on disk), page.rs (one `process/read` page),
 //! stdin.rs, table.rs (entries and their removal), kill.rs (tree kill), exit.rs (status and
 //! signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
 //! imports nothing of `rpc`: notifications leave through `Notify`, and the caller decides when

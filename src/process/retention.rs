@@ -1,5 +1,7 @@
 //! Output retention (PROTOCOL.md §4.3, §4.4): the retained chunks of one process under a byte
-//! limit, and the `maxBytes` paging of `process/read`. Pure data: no locks, threads or I/O.
+//! limit, whether each reached a connection, and the `maxBytes` paging of `process/read`.
+//! Evicted chunks are handed to the caller, which spools them (spool.rs). Pure data: no
+//! locks, threads or I/O.
 
 use std::collections::VecDeque;
 

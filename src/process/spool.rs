@@ -38,6 +38,9 @@ pub(super) const PAGE_BYTES: u64 = 4 << 20;
 /// session that keeps detaching and resuming splits them with gaps; beyond this, the
 /// oldest are dropped.
 const MAX_ENTRIES: usize = 4096;
+/// Most chunks in one page from the spool: with tiny chunks, what bounds a page's memory is
+/// their number, not their bytes.
+const PAGE_CHUNKS: usize = 4096;
 /// What the first read of a page fetches beyond the page itself: the records of the first
 /// block that precede `afterSeq`, and the record that may end the page.
 const READ_SLACK_BYTES: u64 = 4 * BLOCK_BYTES;
@@ -500,8 +503,11 @@ impl Plan {
             if seq <= self.after_seq {
                 continue;
             }
-            if !page.chunks.is_empty() && (total >= self.budget || total + len as u64 > self.budget)
-            {
+            let full = total >= self.budget
+                || total + len as u64 > self.budget
+                || page.chunks.len() == PAGE_CHUNKS
+                || payload.end as u64 > self.budget + READ_SLACK_BYTES;
+            if full && !page.chunks.is_empty() {
                 break;
             }
             self.fill(&mut page.bytes, payload.end)?;
