@@ -1132,7 +1132,7 @@ struct ReadChunk<'a> {
 
 /// Issue 15: `head -c 256MiB /dev/zero` runs while its session is detached (the client
 /// drops its connection right after the start response), a new connection resumes the
-/// session once the burst is over and reads it all back with `process/read` (default
+/// session once the burst is over (no child left) and reads it all back with `process/read` (default
 /// `maxBytes`, pages of up to 4 MiB from the spool). MiB/s of decoded output over the
 /// read-back alone, on a server of its own started with `SPOOL_BENCH_ARGS`.
 fn spool_read_back(target: &Target) -> BenchResult<f64> {
@@ -1153,6 +1153,14 @@ fn spool_read_back(target: &Target) -> BenchResult<f64> {
     let start_id = client.start_process("burst", &[&head, "-c", &count, "/dev/zero"])?;
     client.await_response(start_id, "process/start")?;
     drop(client);
+    // Output a connection takes live is not spooled: resume only once the burst is over
+    // (the server has reaped `head`), so all of it went to the spool.
+    while has_children(server.pid) {
+        if Instant::now() >= deadline {
+            return Err("the burst did not end before the deadline".into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     let mut reader = Client::connect(server.addr)?;
     let resume = json!({"clientName": "exec-server-perf", "resumeSessionId": session});
     // The resume succeeds once the server has noticed the first connection is gone.
@@ -1163,13 +1171,14 @@ fn spool_read_back(target: &Target) -> BenchResult<f64> {
         thread::sleep(Duration::from_millis(10));
     }
     reader.send(json!({"method": "initialized", "params": {}}).to_string())?;
-    // With `afterSeq` beyond any output, the long poll answers at the exit.
+    // With `afterSeq` beyond any output, the long poll answers at the exit; output read
+    // after the exit may follow until closed.
     loop {
         let r = reader.call(
             "process/read",
             json!({"processId": "burst", "afterSeq": 1u64 << 60, "waitMs": 5000}),
         )?;
-        if r["exited"] == true {
+        if r["closed"] == true {
             break;
         }
         if Instant::now() >= deadline {
@@ -1182,23 +1191,28 @@ fn spool_read_back(target: &Target) -> BenchResult<f64> {
         let id = reader.next_id();
         let params = json!({"processId": "burst", "afterSeq": after});
         reader.send(json!({"id": id, "method": "process/read", "params": params}).to_string())?;
-        let (count, exited) = reader.recv(|msg| {
-            if msg.id != Some(id) {
-                return Err("unexpected message during the read-back".into());
-            }
-            let result = msg.result.ok_or("process/read: no result")?;
-            let page: ReadPage =
-                serde_json::from_str(result.get()).map_err(|e| format!("process/read: {e}"))?;
-            if let Some(seq) = page.dropped_before_seq {
-                return Err(format!("the spool dropped output before seq {seq}"));
-            }
-            for chunk in &page.chunks {
-                bytes += decoded_len(Some(chunk.chunk), &mut scratch)?;
-                after = chunk.seq;
-            }
-            Ok((page.chunks.len(), page.exited))
-        })?;
-        if count == 0 && exited {
+        // The page's size and `exited`, once its response has come.
+        let mut page = None;
+        while page.is_none() {
+            page = reader.recv(|msg| {
+                // Notifications of the burst's end may still arrive on the resumed session.
+                if msg.method.is_some() || msg.id != Some(id) {
+                    return Ok(None);
+                }
+                let result = msg.result.ok_or("process/read: no result")?;
+                let page: ReadPage =
+                    serde_json::from_str(result.get()).map_err(|e| format!("process/read: {e}"))?;
+                if let Some(seq) = page.dropped_before_seq {
+                    return Err(format!("the spool dropped output before seq {seq}"));
+                }
+                for chunk in &page.chunks {
+                    bytes += decoded_len(Some(chunk.chunk), &mut scratch)?;
+                    after = chunk.seq;
+                }
+                Ok(Some((page.chunks.len(), page.exited)))
+            })?;
+        }
+        if page == Some((0, true)) {
             break;
         }
         if Instant::now() >= deadline {
@@ -1210,6 +1224,17 @@ fn spool_read_back(target: &Target) -> BenchResult<f64> {
         return Err(format!("read back {bytes} of {STREAM_BYTES} bytes"));
     }
     Ok(bytes as f64 / 1048576.0 / elapsed.as_secs_f64())
+}
+
+/// True while some process has `pid` as its parent (from /proc).
+fn has_children(pid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The fields after the parenthesized command name: state, ppid, …
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        ppid == Some(pid.to_string().as_str())
+    })
 }
 
 fn streaming_floor() -> BenchResult<f64> {

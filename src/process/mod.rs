@@ -249,39 +249,39 @@ impl Processes {
         }
     }
 
-    /// `process/read` (§4.3), long-polling up to the capped `waitMs`.
+    /// `process/read` (§4.3), long-polling up to the capped `waitMs`, as a typed result
+    /// (the unit tests' form; the request layer uses `read_into`).
+    #[cfg(test)]
     pub fn read(&self, p: ReadParams) -> Result<ReadResponse, RpcError> {
-        let proc = match self.lookup(&p.process_id) {
+        let proc = self.readable(&p.process_id)?;
+        let found = self.find(&proc, &p);
+        Ok(ReadResponse { chunks: found.chunks_out(), ..result(&found) })
+    }
+
+    /// `process/read` (§4.3), long-polling up to the capped `waitMs`, written straight into
+    /// the response text after `"result":` (see `page::Found::write_result`).
+    pub fn read_into(&self, p: ReadParams, out: &mut String) -> Result<(), RpcError> {
+        let proc = self.readable(&p.process_id)?;
+        let found = self.find(&proc, &p);
+        found.write_result(&result(&found), out);
+        Ok(())
+    }
+
+    fn readable(&self, process_id: &str) -> Result<Arc<Proc>, RpcError> {
+        match self.lookup(process_id) {
             Lookup::Unknown => {
-                return Err(RpcError::invalid_request(format!(
-                    "unknown process id {}",
-                    p.process_id
-                )))
+                Err(RpcError::invalid_request(format!("unknown process id {process_id}")))
             }
             Lookup::Starting => {
-                return Err(RpcError::invalid_request(format!(
-                    "process id {} is starting",
-                    p.process_id
-                )))
+                Err(RpcError::invalid_request(format!("process id {process_id} is starting")))
             }
-            Lookup::Running(proc) => proc,
-        };
-        let after_seq = p.after_seq.unwrap_or(0);
+            Lookup::Running(proc) => Ok(proc),
+        }
+    }
+
+    fn find<'a>(&self, proc: &'a Proc, p: &ReadParams) -> page::Found<'a> {
         let wait = Duration::from_millis(p.wait_ms.unwrap_or(0)).min(self.config.max_wait);
-        let deadline = Instant::now() + wait;
-        let (state, chunks, dropped_before_seq) =
-            page::read(&proc, after_seq, p.max_bytes, deadline);
-        let next_seq = chunks.last().map_or(state.next_seq, |c| c.seq + 1);
-        Ok(ReadResponse {
-            chunks,
-            next_seq,
-            exited: state.exit.is_some(),
-            exit_code: state.exit.as_ref().map(|e| e.code),
-            signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
-            closed: state.closed_at.is_some(),
-            failure: None,
-            dropped_before_seq,
-        })
+        page::read(proc, p.after_seq.unwrap_or(0), p.max_bytes, Instant::now() + wait)
     }
 
     /// `process/write` (§4.5).
@@ -349,6 +349,21 @@ impl Processes {
                 log::warn!("process {} not reaped {KILL_ALL_WAIT:?} after SIGKILL", proc.pid);
             }
         }
+    }
+}
+
+/// A read result without its chunks.
+fn result(found: &page::Found<'_>) -> ReadResponse {
+    let state = &found.state;
+    ReadResponse {
+        chunks: Vec::new(),
+        next_seq: found.next_seq(),
+        exited: state.exit.is_some(),
+        exit_code: state.exit.as_ref().map(|e| e.code),
+        signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
+        closed: state.closed_at.is_some(),
+        failure: None,
+        dropped_before_seq: found.dropped_before_seq,
     }
 }
 

@@ -459,3 +459,23 @@ fn finished_entries_are_removed_after_retention() {
     assert_eq!(w.status, WriteStatus::UnknownProcess);
     run(&processes, params("gone", &["true"]));
 }
+
+#[test]
+fn the_hand_written_read_result_matches_serde() {
+    let (processes, sink, _) = setup(Config::default());
+    run(&processes, params("r", &["sh", "-c", "printf 'a\\x00\\xff'; printf e >&2; exit 3"]));
+    sink.until_closed("r");
+    for (after, max) in [(0, None), (0, Some(1)), (1, None), (9, None)] {
+        let typed = serde_json::to_value(read(&processes, "r", after, max, 0)).expect("encodes");
+        let p = ReadParams {
+            process_id: "r".into(),
+            after_seq: Some(after),
+            max_bytes: max,
+            wait_ms: None,
+        };
+        let mut text = String::new();
+        processes.read_into(p, &mut text).expect("read succeeds");
+        let written: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(written, typed, "after {after}, max {max:?}");
+    }
+}
