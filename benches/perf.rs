@@ -806,6 +806,10 @@ fn run_all(target: &Target, echo: &Target) -> Table {
             .find(|r| r.metric.starts_with("stream head"))
             .and_then(|r| r.value.split_whitespace().next()?.parse::<f64>().ok());
         let back = spool_read_back(target);
+        if let Ok((_, peak_kib)) = &back {
+            table.notes.push(format!("spool read-back: server RSS peak {}", fmt_kib(*peak_kib)));
+        }
+        let back = back.map(|(rate, _)| rate);
         let ok = back.as_ref().ok().zip(live).map(|(&b, l)| b >= 0.8 * l);
         let r = live.and_then(|l| back.as_ref().ok().map(|b| b / l));
         let floor = live.map(fmt_rate).ok_or_else(|| "no stream row".to_string());
@@ -1125,17 +1129,28 @@ struct ReadPage<'a> {
 
 #[derive(Deserialize)]
 struct ReadChunk<'a> {
-    seq: u64,
     #[serde(borrow)]
     chunk: &'a str,
+}
+
+/// A message during the read-back: a `process/read` response, or a notification.
+#[derive(Deserialize)]
+struct ReadMessage<'a> {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default, borrow)]
+    method: Option<&'a str>,
+    #[serde(default, borrow)]
+    result: Option<ReadPage<'a>>,
 }
 
 /// Issue 15: `head -c 256MiB /dev/zero` runs while its session is detached (the client
 /// drops its connection right after the start response), a new connection resumes the
 /// session once the burst is over (no child left) and reads it all back with `process/read` (default
 /// `maxBytes`, pages of up to 4 MiB from the spool). MiB/s of decoded output over the
-/// read-back alone, on a server of its own started with `SPOOL_BENCH_ARGS`.
-fn spool_read_back(target: &Target) -> BenchResult<f64> {
+/// read-back alone, on a server of its own started with `SPOOL_BENCH_ARGS`, and the
+/// server's peak RSS during the read-back.
+fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
     let spooling = Target {
         name: target.name.clone(),
         kind: target.kind,
@@ -1185,45 +1200,66 @@ fn spool_read_back(target: &Target) -> BenchResult<f64> {
             return Err("the burst did not end before the deadline".into());
         }
     }
+    let sampler = RssSampler::start(server.pid);
+    let exact_peak = server.reset_peak();
+    // Pipelined like a client that keeps up: as soon as a page arrives, the request for
+    // the next one goes out (its `afterSeq` is the page's `nextSeq` - 1, found at the end of
+    // the text), and only then is the page decoded, so the server reads and encodes the
+    // next page while this one is decoded.
     let start = Instant::now();
-    let (mut after, mut bytes, mut scratch) = (0u64, 0u64, Vec::new());
-    loop {
+    let (mut bytes, mut scratch) = (0u64, Vec::new());
+    let request = |reader: &mut Client, after: u64| -> BenchResult<i64> {
         let id = reader.next_id();
         let params = json!({"processId": "burst", "afterSeq": after});
         reader.send(json!({"id": id, "method": "process/read", "params": params}).to_string())?;
-        // The page's size and `exited`, once its response has come.
-        let mut page = None;
-        while page.is_none() {
-            page = reader.recv(|msg| {
-                // Notifications of the burst's end may still arrive on the resumed session.
-                if msg.method.is_some() || msg.id != Some(id) {
-                    return Ok(None);
-                }
-                let result = msg.result.ok_or("process/read: no result")?;
-                let page: ReadPage =
-                    serde_json::from_str(result.get()).map_err(|e| format!("process/read: {e}"))?;
-                if let Some(seq) = page.dropped_before_seq {
-                    return Err(format!("the spool dropped output before seq {seq}"));
-                }
-                for chunk in &page.chunks {
-                    bytes += decoded_len(Some(chunk.chunk), &mut scratch)?;
-                    after = chunk.seq;
-                }
-                Ok(Some((page.chunks.len(), page.exited)))
-            })?;
+        Ok(id)
+    };
+    let mut id = request(&mut reader, 0)?;
+    loop {
+        let text = match reader.ws.read().map_err(|e| format!("read: {e}"))? {
+            Message::Text(t) => tungstenite::Bytes::from(t),
+            Message::Binary(b) => b,
+            Message::Close(c) => return Err(format!("server closed the connection: {c:?}")),
+            _ => continue,
+        };
+        let next = next_seq_of(&text);
+        let msg: ReadMessage =
+            serde_json::from_slice(&text).map_err(|e| format!("bad message from server: {e}"))?;
+        // Notifications of the burst's end may still arrive on the resumed session.
+        if msg.method.is_some() || msg.id != Some(id) {
+            continue;
         }
-        if page == Some((0, true)) {
+        let page = msg.result.ok_or("process/read: no result")?;
+        if page.chunks.is_empty() && page.exited {
             break;
+        }
+        id = request(&mut reader, next.ok_or("process/read: no nextSeq")? - 1)?;
+        if let Some(seq) = page.dropped_before_seq {
+            return Err(format!("the spool dropped output before seq {seq}"));
+        }
+        for chunk in &page.chunks {
+            bytes += decoded_len(Some(chunk.chunk), &mut scratch)?;
         }
         if Instant::now() >= deadline {
             return Err("read-back not finished before the deadline".into());
         }
     }
     let elapsed = start.elapsed();
+    let sampled = sampler.stop();
     if bytes != STREAM_BYTES {
         return Err(format!("read back {bytes} of {STREAM_BYTES} bytes"));
     }
-    Ok(bytes as f64 / 1048576.0 / elapsed.as_secs_f64())
+    let peak_kib = if exact_peak { server.peak_kib()?.max(sampled) } else { sampled };
+    Ok((bytes as f64 / 1048576.0 / elapsed.as_secs_f64(), peak_kib))
+}
+
+/// The `nextSeq` of a `process/read` response, read from the end of its text (the chunks
+/// come first and hold no such member).
+fn next_seq_of(text: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"nextSeq\":";
+    let at = text.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
 }
 
 /// True while some process has `pid` as its parent (from /proc).
