@@ -88,8 +88,9 @@ pub struct ReadResponse {
     pub closed: bool,
     /// Always null in v1.
     pub failure: Option<String>,
-    /// Extension (issue 15): present when output after `afterSeq` is gone (spool off, full
-    /// or broken): every output chunk with `afterSeq < seq < droppedBeforeSeq` was dropped.
+    /// Extension (issue 15): present when output after `afterSeq` is gone (taken live as
+    /// notifications while attached, or the spool is off, full or broken): every output chunk
+    /// with `afterSeq < seq < droppedBeforeSeq` is gone; the returned chunks follow.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped_before_seq: Option<u64>,
 }
