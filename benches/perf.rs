@@ -51,6 +51,9 @@ const RTT_SAMPLES: usize = 5000;
 const ONESHOT_WARMUP: usize = 10;
 const ONESHOT_SAMPLES: usize = 300;
 const STREAM_BYTES: u64 = 256 << 20;
+/// The spool read-back server keeps the whole 256 MiB burst and its record headers (the
+/// default spool is 64 MiB per process).
+const SPOOL_BENCH_ARGS: [&str; 2] = ["--spool-bytes-per-process", "300000000"];
 const FILE_BYTES: usize = 64 << 20;
 /// Tried when a server refuses `FILE_BYTES` (the reference's 64 MiB message limit is below
 /// the 85 MiB of base64 a 64 MiB file takes), so its table still has a file figure.
@@ -688,7 +691,8 @@ pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = th
 pipe read here; files = std::fs here; 200 connections = 200 echo connections, one round trip each";
 
 /// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from.
-const SCENARIOS: [&str; 7] = ["startup", "rtt", "oneshot", "stream", "files", "crowd", "slow"];
+const SCENARIOS: [&str; 8] =
+    ["startup", "rtt", "oneshot", "stream", "spool", "files", "crowd", "slow"];
 
 fn wanted(scenario: &str) -> bool {
     match std::env::var("BENCH_ONLY") {
@@ -792,6 +796,25 @@ fn run_all(target: &Target, echo: &Target) -> Table {
                 fmt_dur(s.elapsed)
             ));
         }
+    }
+
+    if wanted("spool") && target.kind == Kind::Ours {
+        // Against the same server's live stream when that row ran (the issue's bar: 80 %).
+        let live = table
+            .rows
+            .iter()
+            .find(|r| r.metric.starts_with("stream head"))
+            .and_then(|r| r.value.split_whitespace().next()?.parse::<f64>().ok());
+        let back = spool_read_back(target);
+        if let Ok((_, peak_kib)) = &back {
+            table.notes.push(format!("spool read-back: server RSS peak {}", fmt_kib(*peak_kib)));
+        }
+        let back = back.map(|(rate, _)| rate);
+        let ok = back.as_ref().ok().zip(live).map(|(&b, l)| b >= 0.8 * l);
+        let r = live.and_then(|l| back.as_ref().ok().map(|b| b / l));
+        let floor = live.map(fmt_rate).ok_or_else(|| "no stream row".to_string());
+        table.row("spool: 256 MiB burst read back, MiB/s", back.map(fmt_rate), floor, r);
+        table.bar(">= 0.8x live stream", ok);
     }
 
     if wanted("files") {
@@ -1090,6 +1113,163 @@ fn streaming(server: &Server) -> BenchResult<Streamed> {
         peak_kib,
         client_cpu,
         elapsed,
+    })
+}
+
+/// A page of `process/read`, borrowing the chunks from the message.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadPage<'a> {
+    #[serde(borrow)]
+    chunks: Vec<ReadChunk<'a>>,
+    exited: bool,
+    #[serde(default)]
+    dropped_before_seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReadChunk<'a> {
+    #[serde(borrow)]
+    chunk: &'a str,
+}
+
+/// A message during the read-back: a `process/read` response, or a notification.
+#[derive(Deserialize)]
+struct ReadMessage<'a> {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default, borrow)]
+    method: Option<&'a str>,
+    #[serde(default, borrow)]
+    result: Option<ReadPage<'a>>,
+}
+
+/// Issue 15: `head -c 256MiB /dev/zero` runs while its session is detached (the client
+/// drops its connection right after the start response), a new connection resumes the
+/// session once the burst is over (no child left) and reads it all back with `process/read` (default
+/// `maxBytes`, pages of up to 4 MiB from the spool). MiB/s of decoded output over the
+/// read-back alone, on a server of its own started with `SPOOL_BENCH_ARGS`, and the
+/// server's peak RSS during the read-back.
+fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
+    let spooling = Target {
+        name: target.name.clone(),
+        kind: target.kind,
+        bin: target.bin.clone(),
+        args: target.args.iter().cloned().chain(SPOOL_BENCH_ARGS.map(OsString::from)).collect(),
+    };
+    let (server, _) = launch(&spooling, None)?;
+    let head = find_program("head")?;
+    let count = STREAM_BYTES.to_string();
+    let deadline = Instant::now() + SCENARIO_DEADLINE;
+    let mut client = Client::connect(server.addr)?;
+    let init = client.call("initialize", json!({"clientName": "exec-server-perf"}))?;
+    let session = init["sessionId"].as_str().ok_or("initialize: no sessionId")?.to_owned();
+    client.send(json!({"method": "initialized", "params": {}}).to_string())?;
+    let start_id = client.start_process("burst", &[&head, "-c", &count, "/dev/zero"])?;
+    client.await_response(start_id, "process/start")?;
+    drop(client);
+    // Output a connection takes live is not spooled: resume only once the burst is over
+    // (the server has reaped `head`), so all of it went to the spool.
+    while has_children(server.pid) {
+        if Instant::now() >= deadline {
+            return Err("the burst did not end before the deadline".into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut reader = Client::connect(server.addr)?;
+    let resume = json!({"clientName": "exec-server-perf", "resumeSessionId": session});
+    // The resume succeeds once the server has noticed the first connection is gone.
+    while let Err(e) = reader.call("initialize", resume.clone()) {
+        if Instant::now() >= deadline {
+            return Err(format!("resume: {e}"));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    reader.send(json!({"method": "initialized", "params": {}}).to_string())?;
+    // With `afterSeq` beyond any output, the long poll answers at the exit; output read
+    // after the exit may follow until closed.
+    loop {
+        let r = reader.call(
+            "process/read",
+            json!({"processId": "burst", "afterSeq": 1u64 << 60, "waitMs": 5000}),
+        )?;
+        if r["closed"] == true {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err("the burst did not end before the deadline".into());
+        }
+    }
+    let sampler = RssSampler::start(server.pid);
+    let exact_peak = server.reset_peak();
+    // Pipelined like a client that keeps up: as soon as a page arrives, the request for
+    // the next one goes out (its `afterSeq` is the page's `nextSeq` - 1, found at the end of
+    // the text), and only then is the page decoded, so the server reads and encodes the
+    // next page while this one is decoded.
+    let start = Instant::now();
+    let (mut bytes, mut scratch) = (0u64, Vec::new());
+    let request = |reader: &mut Client, after: u64| -> BenchResult<i64> {
+        let id = reader.next_id();
+        let params = json!({"processId": "burst", "afterSeq": after});
+        reader.send(json!({"id": id, "method": "process/read", "params": params}).to_string())?;
+        Ok(id)
+    };
+    let mut id = request(&mut reader, 0)?;
+    loop {
+        let text = match reader.ws.read().map_err(|e| format!("read: {e}"))? {
+            Message::Text(t) => tungstenite::Bytes::from(t),
+            Message::Binary(b) => b,
+            Message::Close(c) => return Err(format!("server closed the connection: {c:?}")),
+            _ => continue,
+        };
+        let next = next_seq_of(&text);
+        let msg: ReadMessage =
+            serde_json::from_slice(&text).map_err(|e| format!("bad message from server: {e}"))?;
+        // Notifications of the burst's end may still arrive on the resumed session.
+        if msg.method.is_some() || msg.id != Some(id) {
+            continue;
+        }
+        let page = msg.result.ok_or("process/read: no result")?;
+        if page.chunks.is_empty() && page.exited {
+            break;
+        }
+        id = request(&mut reader, next.ok_or("process/read: no nextSeq")? - 1)?;
+        if let Some(seq) = page.dropped_before_seq {
+            return Err(format!("the spool dropped output before seq {seq}"));
+        }
+        for chunk in &page.chunks {
+            bytes += decoded_len(Some(chunk.chunk), &mut scratch)?;
+        }
+        if Instant::now() >= deadline {
+            return Err("read-back not finished before the deadline".into());
+        }
+    }
+    let elapsed = start.elapsed();
+    let sampled = sampler.stop();
+    if bytes != STREAM_BYTES {
+        return Err(format!("read back {bytes} of {STREAM_BYTES} bytes"));
+    }
+    let peak_kib = if exact_peak { server.peak_kib()?.max(sampled) } else { sampled };
+    Ok((bytes as f64 / 1048576.0 / elapsed.as_secs_f64(), peak_kib))
+}
+
+/// The `nextSeq` of a `process/read` response, read from the end of its text (the chunks
+/// come first and hold no such member).
+fn next_seq_of(text: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"nextSeq\":";
+    let at = text.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
+}
+
+/// True while some process has `pid` as its parent (from /proc).
+fn has_children(pid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The fields after the parenthesized command name: state, ppid, …
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        ppid == Some(pid.to_string().as_str())
     })
 }
 

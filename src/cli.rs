@@ -39,7 +39,11 @@ pub struct Flags {
     /// seconds a TCP connection has to finish its upgrade (default 10)
     #[argh(option)]
     handshake_timeout_secs: Option<u64>,
-    /// seconds a detached session lives (default 30; 0 = ends at once)
+    /// seconds a detached session lives (default 600; 0 = ends at once; env
+    /// EXEC_SERVER_SESSION_TTL_SECS)
+    #[argh(option)]
+    session_ttl_secs: Option<u64>,
+    /// same as --session-ttl-secs
     #[argh(option)]
     detach_ttl_secs: Option<u64>,
     /// seconds a peer may accept no byte before it is dropped (default 60)
@@ -57,6 +61,18 @@ pub struct Flags {
     /// cap on process/read waitMs in milliseconds (default 30000)
     #[argh(option)]
     max_wait_ms: Option<u64>,
+    /// directory for output spool files (default $TMPDIR/exec-server-spool-<uid>; env
+    /// EXEC_SERVER_SPOOL_DIR)
+    #[argh(option)]
+    spool_dir: Option<String>,
+    /// spooled output bytes per process, 0 = no spool (default 67108864; env
+    /// EXEC_SERVER_SPOOL_BYTES_PER_PROCESS)
+    #[argh(option)]
+    spool_bytes_per_process: Option<u64>,
+    /// spooled output bytes over all processes (default 1073741824; env
+    /// EXEC_SERVER_SPOOL_BYTES_TOTAL)
+    #[argh(option)]
+    spool_bytes_total: Option<u64>,
     /// cloud mode: register with an executor registry and serve its rendezvous
     #[argh(switch)]
     cloud: bool,
@@ -133,7 +149,8 @@ pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
         Ok(()) => Exit { code: 0, message: early.output },
         Err(()) => Exit::usage(early.output.trim_end()),
     })?;
-    let config = config(&flags);
+    let mut config = config(&flags);
+    session_and_spool(&flags, &|key| std::env::var(key).ok(), &mut config)?;
     if flags.version {
         return Ok((Mode::Version, config));
     }
@@ -216,7 +233,8 @@ fn config(flags: &Flags) -> Config {
             .unwrap_or(defaults.concurrent_requests)
             .max(1),
         handshake_timeout: secs(flags.handshake_timeout_secs, defaults.handshake_timeout),
-        detach_ttl: secs(flags.detach_ttl_secs, defaults.detach_ttl),
+        // Set with the spool flags (session_and_spool), which read the environment too.
+        detach_ttl: defaults.detach_ttl,
         write_stall: secs(flags.write_stall_secs, defaults.write_stall),
         max_processes: flags.max_processes.unwrap_or(defaults.max_processes),
         retained_output_bytes: flags
@@ -224,7 +242,51 @@ fn config(flags: &Flags) -> Config {
             .unwrap_or(defaults.retained_output_bytes),
         exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
         max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
+        ..defaults
     }
+}
+
+/// The session TTL and the spool settings: a flag wins over its environment variable, which
+/// wins over the default. `--detach-ttl-secs` is the older name of `--session-ttl-secs`.
+fn session_and_spool(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+    config: &mut Config,
+) -> Result<(), Exit> {
+    let number = |flag: Option<u64>, key: &str| -> Result<Option<u64>, Exit> {
+        match (flag, env(key)) {
+            (Some(value), _) => Ok(Some(value)),
+            (None, Some(text)) => text.trim().parse().map(Some).map_err(|_| {
+                Exit::usage(format!("{key} must be a non-negative integer, got `{text}`"))
+            }),
+            (None, None) => Ok(None),
+        }
+    };
+    let ttl = match (flags.session_ttl_secs, flags.detach_ttl_secs) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Exit::usage(
+                "--session-ttl-secs and --detach-ttl-secs (its older name) disagree",
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    if let Some(secs) = number(ttl, "EXEC_SERVER_SESSION_TTL_SECS")? {
+        config.detach_ttl = Duration::from_secs(secs);
+    }
+    if let Some(bytes) =
+        number(flags.spool_bytes_per_process, "EXEC_SERVER_SPOOL_BYTES_PER_PROCESS")?
+    {
+        config.spool_bytes_per_process = bytes;
+    }
+    if let Some(bytes) = number(flags.spool_bytes_total, "EXEC_SERVER_SPOOL_BYTES_TOTAL")? {
+        config.spool_bytes_total = bytes;
+    }
+    match flags.spool_dir.clone().or_else(|| env("EXEC_SERVER_SPOOL_DIR")) {
+        Some(dir) if dir.is_empty() => return Err(Exit::usage("the spool directory is empty")),
+        Some(dir) => config.spool_dir = dir.into(),
+        None => {}
+    }
+    Ok(())
 }
 
 fn cloud_args(flags: &Flags) -> CloudArgs {
@@ -302,6 +364,46 @@ mod tests {
             e.message,
             "unsupported --listen URL `http://x`; expected `ws://IP:PORT` or `stdio`"
         );
+    }
+
+    fn config_of(args: &[&str], env: &[(&str, &str)]) -> Result<Config, Exit> {
+        let flags = Flags::from_args(&["exec-server"], args).map_err(|e| Exit::usage(e.output))?;
+        let mut config = config(&flags);
+        let lookup = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string());
+        session_and_spool(&flags, &lookup, &mut config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn session_ttl_and_spool_settings() {
+        let c = config_of(&[], &[]).expect("defaults");
+        assert_eq!(c.detach_ttl, Duration::from_secs(600));
+        assert_eq!((c.spool_bytes_per_process, c.spool_bytes_total), (64 << 20, 1 << 30));
+        assert!(c.spool_dir.ends_with(format!("exec-server-spool-{}", unsafe { libc::geteuid() })));
+        let c = config_of(&["--detach-ttl-secs", "5"], &[]).expect("old name");
+        assert_eq!(c.detach_ttl, Duration::from_secs(5));
+        let c = config_of(&["--session-ttl-secs", "7"], &[("EXEC_SERVER_SESSION_TTL_SECS", "9")])
+            .expect("flag wins");
+        assert_eq!(c.detach_ttl, Duration::from_secs(7));
+        let env = [
+            ("EXEC_SERVER_SESSION_TTL_SECS", "9"),
+            ("EXEC_SERVER_SPOOL_DIR", "/var/spool/x"),
+            ("EXEC_SERVER_SPOOL_BYTES_PER_PROCESS", "0"),
+            ("EXEC_SERVER_SPOOL_BYTES_TOTAL", "4096"),
+        ];
+        let c = config_of(&[], &env).expect("environment");
+        assert_eq!(c.detach_ttl, Duration::from_secs(9));
+        assert_eq!(c.spool_dir, std::path::Path::new("/var/spool/x"));
+        assert_eq!((c.spool_bytes_per_process, c.spool_bytes_total), (0, 4096));
+        let c = config_of(&["--spool-bytes-total", "1", "--spool-dir", "/d"], &env).expect("flags");
+        assert_eq!((c.spool_bytes_total, c.spool_dir.as_path()), (1, std::path::Path::new("/d")));
+        let e = config_of(&[], &[("EXEC_SERVER_SPOOL_BYTES_TOTAL", "1G")]).expect_err("bad");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (2, "EXEC_SERVER_SPOOL_BYTES_TOTAL must be a non-negative integer, got `1G`")
+        );
+        let e = config_of(&["--session-ttl-secs", "1", "--detach-ttl-secs", "2"], &[]).err();
+        assert_eq!(e.map(|e| e.code), Some(2));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The daemon's tunables: every bound of PROTOCOL.md §10 that a flag can change, in one
 //! `Config` that the command line builds and every module reads. It owns no behaviour.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Limits and timings shared by all connections and sessions (PROTOCOL.md §10).
@@ -28,6 +29,20 @@ pub struct Config {
     pub exited_retention: Duration,
     /// Cap on `process/read`'s `waitMs`.
     pub max_wait: Duration,
+    /// Where output beyond the retained window spills (one unlinked file per process).
+    pub spool_dir: PathBuf,
+    /// Spool capacity of one process; 0 turns spilling off (memory-only retention).
+    pub spool_bytes_per_process: u64,
+    /// Spool bytes over all processes of the daemon.
+    pub spool_bytes_total: u64,
+}
+
+/// The default spool directory: `$TMPDIR` (or `/tmp`) / `exec-server-spool-<euid>`, so
+/// users on one host never share one.
+pub fn default_spool_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("exec-server-spool-{uid}"))
 }
 
 impl Default for Config {
@@ -38,12 +53,15 @@ impl Default for Config {
             workers: 64,
             concurrent_requests: 16,
             handshake_timeout: Duration::from_secs(10),
-            detach_ttl: Duration::from_secs(30),
+            detach_ttl: Duration::from_secs(600),
             write_stall: Duration::from_secs(60),
             max_processes: 1024,
             retained_output_bytes: 1 << 20,
             exited_retention: Duration::from_secs(30),
             max_wait: Duration::from_millis(30_000),
+            spool_dir: default_spool_dir(),
+            spool_bytes_per_process: 64 << 20,
+            spool_bytes_total: 1 << 30,
         }
     }
 }

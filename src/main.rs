@@ -77,6 +77,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
     // Probes (once) and logs what this host can enforce of a client's sandbox.
     sandbox::probe::support();
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
+    process::prepare_spool(&config);
     match mode {
         Mode::Version => Ok(()),
         Mode::Listen { addr, token } => {

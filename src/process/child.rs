@@ -62,7 +62,10 @@ impl Proc {
                     let seq = take_seq(&mut state);
                     let (numbered, message) = output.expect("output events are encoded above");
                     debug_assert_eq!(seq, numbered, "only emit numbers events");
-                    spare = state.retention.push(seq, stream, bytes);
+                    let State { retention, spool, .. } = &mut *state;
+                    spare = retention.push(seq, stream, bytes, |old| {
+                        spool.spill(old.seq, old.stream, &old.bytes, old.delivered)
+                    });
                     queue(&mut state, message);
                 }
                 Event::StreamEnd => state.open_streams -= 1,
@@ -100,16 +103,30 @@ impl Proc {
                 !s.announced && s.pending_bytes > limit
             });
             if state.announced {
-                state.pending_bytes = 0;
-                std::mem::take(&mut state.pending)
+                take_pending(&mut state)
             } else {
-                VecDeque::new()
+                (VecDeque::new(), 0)
             }
         };
-        for message in to_send {
-            self.sink.notify(message);
-        }
+        self.send(to_send);
         spare
+    }
+
+    /// Sends numbered notifications in order and records in retention whether they reached
+    /// an attached connection.
+    fn send(&self, (messages, through): (VecDeque<String>, u64)) {
+        if messages.is_empty() {
+            return;
+        }
+        // Every numbered event has exactly one message, so these are the last `len` seqs.
+        let seqs = through + 1 - messages.len() as u64..=through;
+        let mut delivered = true;
+        for message in messages {
+            // Every message is offered, even after a failure: a resumed session's new
+            // connection must not see a gap.
+            delivered &= self.sink.notify(message);
+        }
+        lock(&self.state).retention.set_delivered(seqs, delivered);
     }
 
     pub(super) fn announce(self: &Arc<Self>) {
@@ -124,14 +141,8 @@ impl Proc {
         }
         // A reader may be sending right now; taking the emit lock keeps our flush in order.
         let _emitting = lock(&self.emitting);
-        let to_send = {
-            let mut state = lock(&self.state);
-            state.pending_bytes = 0;
-            std::mem::take(&mut state.pending)
-        };
-        for message in to_send {
-            self.sink.notify(message);
-        }
+        let to_send = take_pending(&mut lock(&self.state));
+        self.send(to_send);
     }
 
     /// `sandboxDenied` for an exit of this process: false unless it was confined.
@@ -157,6 +168,12 @@ impl Proc {
             stdin.close();
         }
     }
+}
+
+/// The numbered notifications not yet sent, and the seq of the last of them.
+fn take_pending(state: &mut State) -> (VecDeque<String>, u64) {
+    state.pending_bytes = 0;
+    (std::mem::take(&mut state.pending), state.next_seq - 1)
 }
 
 fn take_seq(state: &mut State) -> u64 {

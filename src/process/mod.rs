@@ -3,6 +3,7 @@
 //! `kill_all` — and assembles a child from the parts beside it: wire.rs (params, results,
 //! notification encoding), spawn.rs (clone/exec, pipes), pty.rs, envpolicy.rs (the child's
 //! environment), child.rs (events, notifications, the drain and wait threads), retention.rs,
+//! spool.rs (output beyond the window on disk), page.rs (one `process/read` page),
 //! stdin.rs, table.rs (entries and their removal), v2.rs (codex 0.171's additions: sandbox
 //! context, metadata, `writeId`s, `process/signal`), kill.rs (tree kill), exit.rs (status and
 //! signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
@@ -13,9 +14,11 @@ mod child;
 mod envpolicy;
 mod exit;
 mod kill;
+mod page;
 mod pty;
 mod retention;
 mod spawn;
+mod spool;
 mod stdin;
 mod table;
 mod v2;
@@ -33,9 +36,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-
 use crate::config::Config;
 use crate::error::RpcError;
 use crate::sandbox;
@@ -45,13 +45,15 @@ use retention::Retention;
 use spawn::{
     above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,
 };
+pub use spool::prepare as prepare_spool;
+use spool::Spool;
 use stdin::StdinQueue;
 use table::{Lookup, Proc, Slot, State, Table};
 use v2::{SandboxType, Signal, SignalParams, SignalResponse};
 use wait::{lock, wait_while};
 pub use wire::{
-    ChunkOut, Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream,
-    TerminateParams, TerminateResponse, WriteParams, WriteResponse, WriteStatus,
+    Notify, ReadParams, ReadResponse, StartParams, StartResponse, Stream, TerminateParams,
+    TerminateResponse, WriteParams, WriteResponse, WriteStatus,
 };
 
 /// How long `process/terminate` waits for the killed child to be reaped.
@@ -231,6 +233,7 @@ impl Processes {
         let state = State {
             next_seq: 1,
             retention: Retention::new(self.config.retained_output_bytes),
+            spool: Spool::new(&self.config, pid),
             open_streams: outputs.len(),
             reaped: false,
             exit: None,
@@ -291,45 +294,39 @@ impl Processes {
         }
     }
 
-    /// `process/read` (§4.3), long-polling up to the capped `waitMs`.
+    /// `process/read` (§4.3), long-polling up to the capped `waitMs`, as a typed result
+    /// (the unit tests' form; the request layer uses `read_into`).
+    #[cfg(test)]
     pub fn read(&self, p: ReadParams) -> Result<ReadResponse, RpcError> {
-        let proc = match self.lookup(&p.process_id) {
+        let proc = self.readable(&p.process_id)?;
+        let found = self.find(&proc, &p);
+        Ok(ReadResponse { chunks: found.chunks_out(), ..result(&proc, &found) })
+    }
+
+    /// `process/read` (§4.3), long-polling up to the capped `waitMs`, written straight into
+    /// the response text after `"result":` (see `page::Found::write_result`).
+    pub fn read_into(&self, p: ReadParams, out: &mut String) -> Result<(), RpcError> {
+        let proc = self.readable(&p.process_id)?;
+        let found = self.find(&proc, &p);
+        found.write_result(&result(&proc, &found), out);
+        Ok(())
+    }
+
+    fn readable(&self, process_id: &str) -> Result<Arc<Proc>, RpcError> {
+        match self.lookup(process_id) {
             Lookup::Unknown => {
-                return Err(RpcError::invalid_request(format!(
-                    "unknown process id {}",
-                    p.process_id
-                )))
+                Err(RpcError::invalid_request(format!("unknown process id {process_id}")))
             }
             Lookup::Starting => {
-                return Err(RpcError::invalid_request(format!(
-                    "process id {} is starting",
-                    p.process_id
-                )))
+                Err(RpcError::invalid_request(format!("process id {process_id} is starting")))
             }
-            Lookup::Running(proc) => proc,
-        };
-        let after_seq = p.after_seq.unwrap_or(0);
+            Lookup::Running(proc) => Ok(proc),
+        }
+    }
+
+    fn find<'a>(&self, proc: &'a Proc, p: &ReadParams) -> page::Found<'a> {
         let wait = Duration::from_millis(p.wait_ms.unwrap_or(0)).min(self.config.max_wait);
-        let deadline = Instant::now() + wait;
-        let (state, _) = wait_while(&proc.changed, lock(&proc.state), deadline, |s| {
-            !s.retention.has_after(after_seq) && s.exit.is_none()
-        });
-        let page = state.retention.page(after_seq, p.max_bytes);
-        let next_seq = page.last().map_or(state.next_seq, |c| c.seq + 1);
-        let chunks = page
-            .into_iter()
-            .map(|c| ChunkOut { seq: c.seq, stream: c.stream, chunk: BASE64.encode(&c.bytes) })
-            .collect();
-        Ok(ReadResponse {
-            chunks,
-            next_seq,
-            exited: state.exit.is_some(),
-            exit_code: state.exit.as_ref().map(|e| e.code),
-            signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
-            closed: state.closed_at.is_some(),
-            failure: None,
-            sandbox_denied: state.exit.as_ref().is_some_and(|e| proc.sandbox_denied(e)),
-        })
+        page::read(proc, p.after_seq.unwrap_or(0), p.max_bytes, Instant::now() + wait)
     }
 
     /// `process/write` (§4.5).
@@ -428,6 +425,22 @@ impl Processes {
                 log::warn!("process {} not reaped {KILL_ALL_WAIT:?} after SIGKILL", proc.pid);
             }
         }
+    }
+}
+
+/// A read result without its chunks.
+fn result(proc: &Proc, found: &page::Found<'_>) -> ReadResponse {
+    let state = &found.state;
+    ReadResponse {
+        chunks: Vec::new(),
+        next_seq: found.next_seq(),
+        exited: state.exit.is_some(),
+        exit_code: state.exit.as_ref().map(|e| e.code),
+        signal: state.exit.as_ref().and_then(|e| e.signal.clone()),
+        closed: state.closed_at.is_some(),
+        failure: None,
+        sandbox_denied: state.exit.as_ref().is_some_and(|e| proc.sandbox_denied(e)),
+        dropped_before_seq: found.dropped_before_seq,
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::exit::Exit;
 use super::retention::Retention;
+use super::spool::Spool;
 use super::stdin::StdinQueue;
 use super::v2::WriteIds;
 use super::wait::lock;
@@ -19,6 +20,8 @@ use super::wire::Notify;
 pub(super) struct State {
     pub(super) next_seq: u64,
     pub(super) retention: Retention,
+    /// Output evicted from `retention`, on disk, and the account of what was lost.
+    pub(super) spool: Spool,
     /// Output streams not yet at EOF.
     pub(super) open_streams: usize,
     /// The child has been reaped (its pid is free from then on).

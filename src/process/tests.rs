@@ -11,6 +11,8 @@ use super::wire::*;
 use super::*;
 use crate::b64;
 use crate::uri::AbsolutePath;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 /// Every wait in these tests ends by this deadline.
@@ -23,11 +25,12 @@ struct Collect {
 }
 
 impl Notify for Collect {
-    fn notify(&self, message: String) {
+    fn notify(&self, message: String) -> bool {
         assert!(!message.contains("jsonrpc"));
         let value = serde_json::from_str(&message).expect("a notification is JSON");
         lock(&self.messages).push(value);
         self.changed.notify_all();
+        true
     }
 }
 
@@ -144,12 +147,12 @@ fn signal_names_and_exit_codes() {
 #[test]
 fn retention_evicts_oldest_until_the_new_chunk_fits() {
     let mut r = Retention::new(10);
-    r.push(1, Stream::Stdout, vec![1; 4]);
-    r.push(2, Stream::Stderr, vec![2; 4]);
-    r.push(3, Stream::Stdout, vec![3; 4]);
+    r.push(1, Stream::Stdout, vec![1; 4], |_| {});
+    r.push(2, Stream::Stderr, vec![2; 4], |_| {});
+    r.push(3, Stream::Stdout, vec![3; 4], |_| {});
     assert_eq!(r.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(r.bytes, 8);
-    r.push(5, Stream::Stdout, vec![5; 20]);
+    r.push(5, Stream::Stdout, vec![5; 20], |_| {});
     assert_eq!(r.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), [5]);
     assert_eq!(r.bytes, 20);
 }
@@ -157,10 +160,10 @@ fn retention_evicts_oldest_until_the_new_chunk_fits() {
 #[test]
 fn read_paging_follows_max_bytes() {
     let mut r = Retention::new(1 << 20);
-    r.push(1, Stream::Stdout, vec![0; 3]);
-    r.push(2, Stream::Stdout, vec![0; 3]);
+    r.push(1, Stream::Stdout, vec![0; 3], |_| {});
+    r.push(2, Stream::Stdout, vec![0; 3], |_| {});
     // seq 3 was an exit event, not output.
-    r.push(4, Stream::Stdout, vec![0; 3]);
+    r.push(4, Stream::Stdout, vec![0; 3], |_| {});
     let seqs = |page: Vec<&Retained>| page.iter().map(|c| c.seq).collect::<Vec<_>>();
     assert_eq!(seqs(r.page(0, None)), [1, 2, 4]);
     assert_eq!(seqs(r.page(0, Some(1))), [1]);
@@ -475,4 +478,24 @@ fn finished_entries_are_removed_after_retention() {
         .expect("write");
     assert_eq!(w.status, WriteStatus::UnknownProcess);
     run(&processes, params("gone", &["true"]));
+}
+
+#[test]
+fn the_hand_written_read_result_matches_serde() {
+    let (processes, sink, _) = setup(Config::default());
+    run(&processes, params("r", &["sh", "-c", "printf 'a\\x00\\xff'; printf e >&2; exit 3"]));
+    sink.until_closed("r");
+    for (after, max) in [(0, None), (0, Some(1)), (1, None), (9, None)] {
+        let typed = serde_json::to_value(read(&processes, "r", after, max, 0)).expect("encodes");
+        let p = ReadParams {
+            process_id: "r".into(),
+            after_seq: Some(after),
+            max_bytes: max,
+            wait_ms: None,
+        };
+        let mut text = String::new();
+        processes.read_into(p, &mut text).expect("read succeeds");
+        let written: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(written, typed, "after {after}, max {max:?}");
+    }
 }

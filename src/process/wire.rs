@@ -22,8 +22,9 @@ pub trait Notify: Send + Sync {
     /// `{"method":"process/output","params":{…}}` (never a "jsonrpc" member) — to the
     /// connection the session is attached to. It blocks while that connection's socket is full
     /// (the §5 backpressure that slows the child); it returns at once, dropping the message,
-    /// while the session is detached.
-    fn notify(&self, message: String);
+    /// while the session is detached. True when the message was handed to an attached
+    /// connection's writer (output delivered that way is not spooled, issue 15).
+    fn notify(&self, message: String) -> bool;
 }
 
 fn null_as_false<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -109,6 +110,11 @@ pub struct ReadResponse {
     pub failure: Option<String>,
     /// v2: whether the process hit a sandbox denial the daemon could observe.
     pub sandbox_denied: bool,
+    /// Extension (issue 15): present when output after `afterSeq` is gone (taken live as
+    /// notifications while attached, or the spool is off, full or broken): every output chunk
+    /// with `afterSeq < seq < droppedBeforeSeq` is gone; the returned chunks follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_before_seq: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -58,7 +58,9 @@ impl Connection {
                 after = Some(Box::new(move || session.processes.announce(&id)));
                 Ok(started)
             }),
-            "process/read" => self.gated(Family::Exec, id, params, |p, s| s.processes.read(p)),
+            "process/read" => {
+                self.gated_into(Family::Exec, id, params, |p, s, out| s.processes.read_into(p, out))
+            }
             "process/write" => self.gated(Family::Exec, id, params, |p, s| s.processes.write(p)),
             "process/terminate" => {
                 self.gated(Family::Exec, id, params, |p, s| s.processes.terminate(p))

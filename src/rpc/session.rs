@@ -32,13 +32,12 @@ struct LinkState {
 
 impl Link {
     /// Sends one notification to the attached connection. Blocks while that connection's
-    /// socket is full (the backpressure of §5); drops the message while detached.
-    pub fn notify(&self, message: String) {
+    /// socket is full (the backpressure of §5); drops the message while detached. True
+    /// when the attached connection's writer took it.
+    pub fn notify(&self, message: String) -> bool {
         let out = self.lock().conn.as_ref().map(|(_, out)| Arc::clone(out));
-        if let Some(out) = out {
-            // A connection that fails here is closing; its reader detaches the session.
-            let _ = out.send(message);
-        }
+        // A connection that fails here is closing; its reader detaches the session.
+        out.is_some_and(|out| out.send(message).is_ok())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
@@ -47,8 +46,8 @@ impl Link {
 }
 
 impl Notify for Link {
-    fn notify(&self, message: String) {
-        Link::notify(self, message);
+    fn notify(&self, message: String) -> bool {
+        Link::notify(self, message)
     }
 }
 
@@ -120,7 +119,9 @@ impl Sessions {
             Arc::clone(&link) as Arc<dyn Notify>,
         );
         let notify_link = Arc::clone(&link);
-        let watches = Watches::new(Arc::new(move |message| notify_link.notify(message)));
+        let watches = Watches::new(Arc::new(move |message| {
+            notify_link.notify(message);
+        }));
         let handles = Handles::new();
         let session = Arc::new(Session { id: id.clone(), link, processes, handles, watches });
         self.lock().insert(id, Arc::clone(&session));
