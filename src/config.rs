@@ -28,6 +28,8 @@ pub struct Config {
     pub exited_retention: Duration,
     /// Cap on `process/read`'s `waitMs`.
     pub max_wait: Duration,
+    /// Whether `fs/writeFile` fsyncs the new file (and its directory) before the rename.
+    pub fsync_writes: bool,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             retained_output_bytes: 1 << 20,
             exited_retention: Duration::from_secs(30),
             max_wait: Duration::from_millis(30_000),
+            fsync_writes: true,
         }
     }
 }

@@ -62,6 +62,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
         println!("exec-server {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    fs::set_fsync_writes(config.fsync_writes);
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     match mode {
         Mode::Version => Ok(()),
