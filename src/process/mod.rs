@@ -3,8 +3,8 @@
 //! `kill_all` — and assembles a child from the parts beside it: wire.rs (params, results,
 //! notification encoding), spawn.rs (clone/exec, pipes), pty.rs, envpolicy.rs (the child's
 //! environment), child.rs (events, notifications, the drain and wait threads), retention.rs,
-//! stdin.rs, table.rs (entries and their removal), kill.rs (tree kill), exit.rs (status and
-//! signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
+//! stdin.rs, table.rs (entries and their removal), kill.rs (tree kill), reaper.rs (escapees:
+//! subreaper, attribution, reaping), exit.rs (status and signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
 //! imports nothing of `rpc`: notifications leave through `Notify`, and the caller decides when
 //! a start response has been written.
 
@@ -13,6 +13,7 @@ mod envpolicy;
 mod exit;
 mod kill;
 mod pty;
+mod reaper;
 mod retention;
 mod spawn;
 mod stdin;
@@ -61,13 +62,15 @@ pub struct Processes {
     live: Arc<AtomicUsize>,
     sink: Arc<dyn Notify>,
     table: Arc<Mutex<Table>>,
+    /// The session's id for the escapees of its trees (reaper.rs).
+    group: u64,
 }
 
 impl Processes {
     /// `live` is the daemon-wide count of registered processes (all sessions), checked against
     /// `config.max_processes` at start and decremented when an entry is removed.
     pub fn new(config: Arc<Config>, live: Arc<AtomicUsize>, sink: Arc<dyn Notify>) -> Processes {
-        Processes { config, live, sink, table: Arc::default() }
+        Processes { config, live, sink, table: Arc::default(), group: reaper::next_id() }
     }
 
     fn lookup(&self, id: &str) -> Lookup {
@@ -209,6 +212,7 @@ impl Processes {
             table: Arc::downgrade(&self.table),
             live: self.live.clone(),
             exited_retention: self.config.exited_retention,
+            owner: reaper::Owner { tree: reaper::next_id(), group: self.group },
         });
         // The child exists from here on: whatever fails, it must still be reaped.
         let waiter = proc.clone();
@@ -217,6 +221,7 @@ impl Processes {
             let mut status = 0;
             // SAFETY: reaping our own child, which was just killed.
             unsafe { libc::waitpid(pid, &mut status, 0) };
+            reaper::untrack(pid);
             return Err(e);
         }
         let started = (|| -> io::Result<()> {
@@ -316,6 +321,13 @@ impl Processes {
                 log::warn!("process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL", proc.pid);
             }
         }
+        // Escapees are killed even when the leader is over, and again once it is reaped: any
+        // it left while dying are adopted by then. The reaper reaps them.
+        reaper::kill_tree(None, proc.owner.tree);
+        let deadline = Instant::now() + TERMINATE_REAP_WAIT;
+        if !reaper::wait_reaped(self.group, Some(proc.owner.tree), deadline) {
+            log::warn!("escapees of process {} not reaped after SIGKILL", proc.pid);
+        }
         Ok(TerminateResponse { running })
     }
 
@@ -340,6 +352,8 @@ impl Processes {
             proc.close_stdin();
             proc.kill_tree();
         }
+        // Escapees of trees whose entries were already removed.
+        reaper::kill_group(self.group);
         let deadline = Instant::now() + KILL_ALL_WAIT;
         for proc in &procs {
             // Only the reaping is waited for: the output threads may be blocked sending to a
@@ -351,15 +365,20 @@ impl Processes {
                 log::warn!("process {} not reaped {KILL_ALL_WAIT:?} after SIGKILL", proc.pid);
             }
         }
+        // Killing a leader makes its killed descendants escapees: kill those too, and wait
+        // until the reaper has reaped every one.
+        reaper::kill_group(self.group);
+        if !reaper::wait_reaped(self.group, None, deadline) {
+            log::warn!("escapees of a session not reaped {KILL_ALL_WAIT:?} after SIGKILL");
+        }
     }
 }
 
 impl Drop for Processes {
     fn drop(&mut self) {
         // A session dropped without kill_all must not leak its children.
-        if !lock(&self.table).slots.is_empty() {
-            self.kill_all();
-        }
+        // Nor its escapees, which outlive their entries.
+        self.kill_all();
     }
 }
 

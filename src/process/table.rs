@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::exit::Exit;
+use super::reaper::Owner;
 use super::retention::Retention;
 use super::stdin::StdinQueue;
 use super::wait::lock;
@@ -50,6 +51,8 @@ pub(super) struct Proc {
     pub(super) table: Weak<Mutex<Table>>,
     pub(super) live: Arc<AtomicUsize>,
     pub(super) exited_retention: Duration,
+    /// The tree and session its escapees are attributed to (reaper.rs).
+    pub(super) owner: Owner,
 }
 
 pub(super) enum Slot {
