@@ -46,3 +46,11 @@ bench:
 e2e:
 	$(if $(EXEC_SERVER_BIN),,$(CARGO) build --release)
 	./scripts/e2e/run.sh
+
+# Property tests of the decoders, base64 and seq paging with many cases (src/rpc/proptests.rs,
+# src/process/proptests.rs); `make test` runs the same properties with 1,024 cases each.
+# FUZZ_CASES=n changes the count; minutes at the default.
+FUZZ_CASES ?= 200000
+.PHONY: fuzz
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --bin exec-server proptests -- --test-threads=2

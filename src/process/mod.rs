@@ -383,4 +383,6 @@ impl Drop for Processes {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
