@@ -54,3 +54,11 @@ FUZZ_CASES ?= 200000
 .PHONY: fuzz
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --bin exec-server proptests -- --test-threads=2
+
+# Leak soak (tests/soak.rs) at full size: 10,000 sequential starts mixed with PTYs, reads,
+# writes, terminates and session drops, then fds/threads/children back to idle and RSS
+# within 8 MiB; and 1,000 processes alive at once, every byte checked. `make test` runs
+# the same tests small (200 and 100).
+.PHONY: soak
+soak:
+	SOAK_SEQUENTIAL=10000 SOAK_CONCURRENT=1000 $(CARGO) test --test soak -- --test-threads=1 --nocapture

@@ -90,7 +90,7 @@ fn start() {
             log::warn!("cannot become a child subreaper ({err}); escapees go to init");
         }
         let spawned = thread::Builder::new()
-            .name("reaper".into())
+            .name("orphan-reaper".into())
             .stack_size(REAPER_STACK_BYTES)
             .spawn(reap_loop);
         if let Err(err) = spawned {
