@@ -50,13 +50,17 @@ fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Live (non-zombie) processes whose command line holds `needle`.
-fn with_cmdline(needle: &str) -> Vec<u32> {
+/// Live (non-zombie) processes running `sleep <duration>` with a duration starting with
+/// `prefix` (the shells whose scripts mention it do not count).
+fn with_cmdline(prefix: &str) -> Vec<u32> {
     all_pids()
         .into_iter()
         .filter(|&pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(needle)
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            let mut args = cmdline.split('\0');
+            args.next() == Some("sleep")
+                && args.next().is_some_and(|d| d.starts_with(prefix))
                 && stat(pid).is_some_and(|f| f[0] != "Z")
         })
         .collect()
