@@ -134,6 +134,7 @@ fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exi
 fn stop(server: &Server) {
     log::info!("shutting down");
     server.shutdown();
+    process::kill_strays();
     server.wait_closed(SHUTDOWN_GRACE);
 }
 

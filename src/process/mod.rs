@@ -374,6 +374,11 @@ impl Processes {
     }
 }
 
+/// Daemon shutdown, after every session was ended: kills any escapee no session claimed.
+pub fn kill_strays() {
+    reaper::kill_strays();
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
         // A session dropped without kill_all must not leak its children.

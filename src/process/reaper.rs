@@ -195,6 +195,15 @@ pub(super) fn kill_group(group: u64) {
     });
 }
 
+/// Daemon shutdown, after every session ended: SIGKILLs whatever child of the daemon is
+/// left that no waiter owns (an orphan whose attribution lost a race), with its descendants.
+pub(super) fn kill_strays() {
+    kill_from(|| {
+        let children = daemon_children();
+        with(|r| children.into_iter().filter(|pid| !r.tracked.contains(pid)).collect())
+    });
+}
+
 /// Waits until no escapee of `group` (or of `tree`, if given) is left unreaped; true if none is.
 pub(super) fn wait_reaped(group: u64, tree: Option<u64>, deadline: Instant) -> bool {
     let pending = |r: &mut Option<Registry>| {
