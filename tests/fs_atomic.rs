@@ -226,6 +226,39 @@ fn unwritable_directory_falls_back_to_in_place() {
     assert_eq!(dir.names(), ["shared"]);
 }
 
+#[test]
+fn a_read_only_file_in_a_writable_directory_stays_refused() {
+    let Some((mut child, url)) = daemon_as_nobody() else {
+        return;
+    };
+    let dir = TempDir::new();
+    chown(&dir.0, NOBODY, NOBODY);
+    let f = dir.join("ro");
+    fs::write(&f, b"keep").unwrap();
+    chown(&f, NOBODY, NOBODY);
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
+    let mut c = common::Client::connect(&url);
+    c.initialize();
+    // A rename could replace it, but the write was refused before and still is.
+    let result = write(&mut c, &dir.s("ro"), b"changed");
+    // A file the daemon's user may write is replaced atomically, keeping mode and owner.
+    fs::write(dir.join("rw"), b"old").unwrap();
+    chown(&dir.join("rw"), NOBODY, NOBODY);
+    fs::set_permissions(dir.join("rw"), fs::Permissions::from_mode(0o640)).unwrap();
+    let inode = fs::metadata(dir.join("rw")).unwrap().ino();
+    let replaced = write(&mut c, &dir.s("rw"), b"new");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(result, Err((-32600, "Permission denied (os error 13)".to_owned())));
+    assert_eq!(fs::read(&f).unwrap(), b"keep");
+    assert_eq!(replaced, Ok(json!({})));
+    let meta = fs::metadata(dir.join("rw")).unwrap();
+    assert_ne!(meta.ino(), inode);
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o640, NOBODY, NOBODY));
+    assert_eq!(fs::read(dir.join("rw")).unwrap(), b"new");
+    assert_eq!(dir.names(), ["ro", "rw"]);
+}
+
 /// A small tmpfs mounted for one test and unmounted when dropped.
 struct Tmpfs(TempDir);
 
@@ -282,4 +315,28 @@ fn disk_full_keeps_the_old_file_and_leaves_no_temporary() {
     assert_eq!(write(&mut c, &disk.0.s("f"), b"fits"), Ok(json!({})));
     assert_eq!(fs::read(&f).unwrap(), b"fits");
     assert_eq!(disk.0.names(), ["f"]);
+}
+
+#[test]
+fn another_users_file_in_a_sticky_directory_is_written_in_place() {
+    let Some((mut child, url)) = daemon_as_nobody() else {
+        return;
+    };
+    let dir = TempDir::new();
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777)).unwrap();
+    let f = dir.join("shared");
+    fs::write(&f, b"old").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
+    let inode = fs::metadata(&f).unwrap().ino();
+    let mut c = common::Client::connect(&url);
+    c.initialize();
+    // nobody may write root's file, but the sticky bit forbids replacing it by a rename.
+    let result = write(&mut c, &dir.s("shared"), b"in place");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(result, Ok(json!({})));
+    let meta = fs::metadata(&f).unwrap();
+    assert_eq!((meta.ino(), meta.uid()), (inode, 0));
+    assert_eq!(fs::read(&f).unwrap(), b"in place");
+    assert_eq!(dir.names(), ["shared"]);
 }

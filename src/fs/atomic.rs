@@ -48,6 +48,9 @@ pub(super) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
     let reason = match &existing {
         Some(meta) if !meta.file_type().is_file() => Some("not a regular file"),
         Some(meta) if meta.nlink() > 1 => Some("the file has hard links"),
+        // A rename would replace a file we may not write (as `sed -i` does); the open in
+        // place fails with the same error as before instead.
+        Some(_) if !writable(&target) => Some("the file is not writable"),
         _ => None,
     };
     let (Some(dir), Some(name), None) = (target.parent(), target.file_name(), reason) else {
@@ -65,21 +68,36 @@ pub(super) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
         }
         Err(err) => return Err(err),
     };
-    let result = fill_and_rename(&mut file, &temp, &target, existing.as_ref(), data);
-    if result.is_err() {
+    let fsync = FSYNC.load(Ordering::Relaxed);
+    let filled = fill(&mut file, &target, existing.as_ref(), data, fsync);
+    drop(file);
+    if let Err(err) = filled.and_then(|()| fs::rename(&temp, &target)) {
         // Nothing else may be left behind; the old file was never touched.
         let _ = fs::remove_file(&temp);
+        // A sticky directory lets only the owner replace a file that others may write.
+        if existing.is_some() && is_denied(&err) {
+            log::debug!("fs/writeFile {}: written in place ({err})", target.display());
+            return write_in_place(&target, data);
+        }
+        return Err(err);
     }
-    result
+    if fsync {
+        // The rename itself is durable only once the directory is; a failure here leaves
+        // the new content in place, so it is not an error of the write.
+        if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
+            log::debug!("fs/writeFile {}: directory not synced: {err}", target.display());
+        }
+    }
+    Ok(())
 }
 
-/// Writes, sets mode and owner, flushes, and renames `temp` over `target`.
-fn fill_and_rename(
+/// Writes the temporary file, gives it its final mode and owner, and flushes it.
+fn fill(
     file: &mut File,
-    temp: &Path,
     target: &Path,
     existing: Option<&Metadata>,
     data: &[u8],
+    fsync: bool,
 ) -> io::Result<()> {
     file.write_all(data)?;
     let mode = match existing {
@@ -98,19 +116,8 @@ fn fill_and_rename(
         None => NEW_FILE_MODE & !umask(),
     };
     file.set_permissions(fs::Permissions::from_mode(mode))?;
-    let fsync = FSYNC.load(Ordering::Relaxed);
     if fsync {
         file.sync_all()?;
-    }
-    fs::rename(temp, target)?;
-    if fsync {
-        // The rename itself is durable only once the directory is; a failure here leaves
-        // the new content in place, so it is not an error of the write.
-        if let Some(dir) = target.parent() {
-            if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
-                log::debug!("fs/writeFile {}: directory not synced: {err}", target.display());
-            }
-        }
     }
     Ok(())
 }
@@ -146,6 +153,15 @@ fn create_temp(dir: &Path, name: &[u8]) -> io::Result<(File, PathBuf)> {
 /// Errors for which writing in place may still succeed where creating a file did not.
 fn is_denied(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS))
+}
+
+/// Whether the daemon may write `path` (with its effective ids, as `open` would decide).
+fn writable(path: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
 }
 
 /// The file `path`'s symlinks lead to, which need not exist (a dangling link is written
