@@ -52,3 +52,19 @@ e2e:
 .PHONY: e2e-cloud
 e2e-cloud:
 	$(CARGO) test --test e2e_cloud -- --ignored --test-threads=1
+
+# Property tests of the decoders, base64 and seq paging with many cases (src/rpc/proptests.rs,
+# src/process/proptests.rs); `make test` runs the same properties with 1,024 cases each.
+# FUZZ_CASES=n changes the count; minutes at the default.
+FUZZ_CASES ?= 200000
+.PHONY: fuzz
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --bin exec-server proptests -- --test-threads=2
+
+# Leak soak (tests/soak.rs) at full size: 10,000 sequential starts mixed with PTYs, reads,
+# writes, terminates and session drops, then fds/threads/children back to idle and RSS
+# within 8 MiB; and 1,000 processes alive at once, every byte checked. `make test` runs
+# the same tests small (200 and 100).
+.PHONY: soak
+soak:
+	SOAK_SEQUENTIAL=10000 SOAK_CONCURRENT=1000 $(CARGO) test --test soak -- --test-threads=1 --nocapture

@@ -73,6 +73,10 @@ pub struct Flags {
     /// EXEC_SERVER_SPOOL_BYTES_TOTAL)
     #[argh(option)]
     spool_bytes_total: Option<u64>,
+    /// fs/writeFile flushes each file to disk before renaming it over the old one: true
+    /// or false (default true)
+    #[argh(option)]
+    fsync_writes: Option<bool>,
     /// cloud mode: register with an executor registry and serve its rendezvous
     #[argh(switch)]
     cloud: bool,
@@ -242,6 +246,7 @@ fn config(flags: &Flags) -> Config {
             .unwrap_or(defaults.retained_output_bytes),
         exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
         max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
+        fsync_writes: flags.fsync_writes.unwrap_or(defaults.fsync_writes),
         ..defaults
     }
 }

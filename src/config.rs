@@ -35,6 +35,8 @@ pub struct Config {
     pub spool_bytes_per_process: u64,
     /// Spool bytes over all processes of the daemon.
     pub spool_bytes_total: u64,
+    /// Whether `fs/writeFile` fsyncs the new file (and its directory) before the rename.
+    pub fsync_writes: bool,
 }
 
 /// The default spool directory: `$TMPDIR` (or `/tmp`) / `exec-server-spool-<euid>`, so
@@ -62,6 +64,7 @@ impl Default for Config {
             spool_dir: default_spool_dir(),
             spool_bytes_per_process: 64 << 20,
             spool_bytes_total: 1 << 30,
+            fsync_writes: true,
         }
     }
 }

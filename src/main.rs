@@ -76,6 +76,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
     }
     // Probes (once) and logs what this host can enforce of a client's sandbox.
     sandbox::probe::support();
+    fs::set_fsync_writes(config.fsync_writes);
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     process::prepare_spool(&config);
     match mode {
@@ -193,6 +194,7 @@ fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(
 fn stop(server: &Server) {
     log::info!("shutting down");
     server.shutdown();
+    process::kill_strays();
     server.wait_closed(SHUTDOWN_GRACE);
 }
 

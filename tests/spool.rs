@@ -277,7 +277,11 @@ fn output_a_reader_keeps_up_with_is_not_spooled_and_its_gap_is_marked() {
     let daemon = Daemon::start(&["--spool-dir", &spool]);
     let (mut client, _) = daemon.session();
     let response = client.call("process/start", cat("live", &tmp.join("data")));
-    assert_eq!(response["result"], json!({"processId": "live", "sandboxType": "none"}), "{response}");
+    assert_eq!(
+        response["result"],
+        json!({"processId": "live", "sandboxType": "none"}),
+        "{response}"
+    );
     let mut live = Vec::new();
     loop {
         let m = client.recv();

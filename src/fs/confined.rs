@@ -32,6 +32,30 @@ pub fn carries_sandbox(params: &str) -> bool {
     false
 }
 
+/// Decodes `params` as `method`'s full params and discards them: the §2.2 order checks
+/// params before the handshake gate, and `run` itself only decodes the sandbox.
+pub fn validate(method: &str, params: &str) -> Result<(), RpcError> {
+    match method {
+        "fs/readFile" => decode::<ReadFileParams>(params).map(drop),
+        "fs/writeFile" => decode::<WriteFileParams<'_>>(params).map(drop),
+        "fs/createDirectory" => decode::<CreateDirectoryParams>(params).map(drop),
+        "fs/getMetadata" => decode::<GetMetadataParams>(params).map(drop),
+        "fs/readDirectory" => decode::<ReadDirectoryParams>(params).map(drop),
+        "fs/remove" => decode::<RemoveParams>(params).map(drop),
+        "fs/copy" => decode::<CopyParams>(params).map(drop),
+        other => Err(RpcError::method_not_found(other)),
+    }
+}
+
+/// Decodes params as the request layer does: serde's text without its position suffix.
+fn decode<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError> {
+    serde_json::from_str(params).map_err(|e| {
+        let text = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        RpcError::invalid_params(text.strip_suffix(&position).unwrap_or(&text))
+    })
+}
+
 /// An fs call whose params carry a sandbox object: confined in the helper process when the
 /// policy restricts the file system, else run here as usual.
 pub fn run(
@@ -51,13 +75,6 @@ pub fn run(
 /// Runs one fs method on its JSON params without any sandbox check (the caller has confined
 /// this process or found the sandbox unrestricted) and returns the result's JSON text.
 pub fn run_unconfined(method: &str, params: &str) -> Result<String, RpcError> {
-    fn decode<'a, P: Deserialize<'a>>(params: &'a str) -> Result<P, RpcError> {
-        serde_json::from_str(params).map_err(|e| {
-            let text = e.to_string();
-            let position = format!(" at line {} column {}", e.line(), e.column());
-            RpcError::invalid_params(text.strip_suffix(&position).unwrap_or(&text))
-        })
-    }
     fn json<R: Serialize>(r: Result<R, RpcError>) -> Result<String, RpcError> {
         serde_json::to_string(&r?).map_err(|e| RpcError::internal(e.to_string()))
     }

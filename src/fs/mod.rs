@@ -1,11 +1,13 @@
 //! The filesystem methods of PROTOCOL.md §6: the seven `fs/*` handlers, the §6.1 error
-//! mapping and the §6.9 sandbox gate; their wire types are in wire.rs (paths decode through `crate::uri`, `file:`
-//! URIs or native absolute paths), `fs/copy`'s file work in copy.rs; the v2 methods each
-//! have a file: canonicalize.rs, walk.rs, handles.rs (`fs/open` family), watch.rs
-//! (`fs/watchMissing`). Each handler is a plain
+//! mapping and the §6.9 sandbox gate; their wire types are in wire.rs (paths decode through
+//! `crate::uri`, `file:` URIs or native absolute paths), `fs/copy`'s file work in copy.rs,
+//! `fs/writeFile`'s atomic replacement in atomic.rs; the v2 methods each have a file:
+//! canonicalize.rs, walk.rs, handles.rs (`fs/open` family), watch.rs (`fs/watchMissing`),
+//! and confined.rs routes calls that carry a sandbox. Each handler is a plain
 //! blocking function run on a pool worker; this module owns no threads, no sessions and no
 //! sockets, imports nothing of `rpc`, and never decides anything from an error's message text.
 
+mod atomic;
 pub mod canonicalize;
 pub mod confined;
 mod copy;
@@ -15,13 +17,14 @@ pub mod watch;
 mod wire;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::b64;
 use crate::error::RpcError;
+pub use atomic::set_fsync_writes;
 use copy::{canonicalize_nearest, copy_file, copy_symlink, copy_tree};
 #[cfg(test)]
 pub use wire::ReadFileResponse;
@@ -155,12 +158,7 @@ pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     })?;
     // The base64 text is no longer needed; release it before the write if it was copied.
     drop(p.data_base64);
-    let mut file = open_nonblocking(
-        p.path.as_path()?,
-        File::options().write(true).create(true).truncate(true),
-    )
-    .map_err(io_error)?;
-    file.write_all(&data).map_err(io_error)?;
+    atomic::write_file(p.path.as_path()?, &data).map_err(io_error)?;
     Ok(Empty {})
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::exit::{exit_from_status, Exit};
 use super::kill::kill_session;
+use super::reaper;
 use super::table::{schedule_removal, Proc, State};
 use super::wait::{lock, wait_while};
 use super::wire::{encode, output_message, ClosedParams, ExitedParams, Stream};
@@ -157,6 +158,9 @@ impl Proc {
     pub(super) fn kill_tree(&self) -> bool {
         let state = lock(&self.state);
         let running = !state.reaped;
+        // Descendants by parent id first (orphans stay below the leader, a subreaper), while
+        // the leader lives to be their parent, and escapees the daemon adopted.
+        reaper::kill_tree(running.then_some(self.pid), self.owner.tree);
         if state.closed_at.is_none() {
             kill_session(self.pid);
         }
@@ -205,6 +209,8 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
             break;
         }
     }
+    // The leader's orphans were reparented to the daemon as it died: they stay its tree's.
+    reaper::claim_orphans(proc.owner);
     let exit = {
         let mut state = lock(&proc.state);
         let mut status: libc::c_int = 0;
@@ -216,6 +222,7 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
             }
         };
         state.reaped = true;
+        reaper::untrack(proc.pid);
         if reaped {
             exit_from_status(status)
         } else {

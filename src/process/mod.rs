@@ -5,8 +5,9 @@
 //! environment), child.rs (events, notifications, the drain and wait threads), retention.rs,
 //! spool.rs (output beyond the window on disk), page.rs (one `process/read` page),
 //! stdin.rs, table.rs (entries and their removal), v2.rs (codex 0.171's additions: sandbox
-//! context, metadata, `writeId`s, `process/signal`), kill.rs (tree kill), exit.rs (status and
-//! signal names), wait.rs (lock and deadline waits). It never touches sockets or sessions and
+//! context, metadata, `writeId`s, `process/signal`), kill.rs (tree kill), reaper.rs
+//! (escapees: subreaper, attribution, reaping), exit.rs (status and signal names), wait.rs
+//! (lock and deadline waits). It never touches sockets or sessions and
 //! imports nothing of `rpc`: notifications leave through `Notify`, and the caller decides when
 //! a start response has been written.
 
@@ -16,6 +17,7 @@ mod exit;
 mod kill;
 mod page;
 mod pty;
+mod reaper;
 mod retention;
 mod spawn;
 mod spool;
@@ -67,13 +69,15 @@ pub struct Processes {
     live: Arc<AtomicUsize>,
     sink: Arc<dyn Notify>,
     table: Arc<Mutex<Table>>,
+    /// The session's id for the escapees of its trees (reaper.rs).
+    group: u64,
 }
 
 impl Processes {
     /// `live` is the daemon-wide count of registered processes (all sessions), checked against
     /// `config.max_processes` at start and decremented when an entry is removed.
     pub fn new(config: Arc<Config>, live: Arc<AtomicUsize>, sink: Arc<dyn Notify>) -> Processes {
-        Processes { config, live, sink, table: Arc::default() }
+        Processes { config, live, sink, table: Arc::default(), group: reaper::next_id() }
     }
 
     fn lookup(&self, id: &str) -> Lookup {
@@ -257,6 +261,7 @@ impl Processes {
             exited_retention: self.config.exited_retention,
             confined,
             denial_mentioned: AtomicBool::new(false),
+            owner: reaper::Owner { tree: reaper::next_id(), group: self.group },
         });
         // The child exists from here on: whatever fails, it must still be reaped.
         let waiter = proc.clone();
@@ -265,6 +270,7 @@ impl Processes {
             let mut status = 0;
             // SAFETY: reaping our own child, which was just killed.
             unsafe { libc::waitpid(pid, &mut status, 0) };
+            reaper::untrack(pid);
             return Err(e);
         }
         let started = (|| -> io::Result<()> {
@@ -390,6 +396,13 @@ impl Processes {
                 log::warn!("process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL", proc.pid);
             }
         }
+        // Escapees are killed even when the leader is over, and again once it is reaped: any
+        // it left while dying are adopted by then. The reaper reaps them.
+        reaper::kill_tree(None, proc.owner.tree);
+        let deadline = Instant::now() + TERMINATE_REAP_WAIT;
+        if !reaper::wait_reaped(self.group, Some(proc.owner.tree), deadline) {
+            log::warn!("escapees of process {} not reaped after SIGKILL", proc.pid);
+        }
         Ok(TerminateResponse { running })
     }
 
@@ -414,6 +427,8 @@ impl Processes {
             proc.close_stdin();
             proc.kill_tree();
         }
+        // Escapees of trees whose entries were already removed.
+        reaper::kill_group(self.group);
         let deadline = Instant::now() + KILL_ALL_WAIT;
         for proc in &procs {
             // Only the reaping is waited for: the output threads may be blocked sending to a
@@ -424,6 +439,12 @@ impl Processes {
             if !reaped {
                 log::warn!("process {} not reaped {KILL_ALL_WAIT:?} after SIGKILL", proc.pid);
             }
+        }
+        // Killing a leader makes its killed descendants escapees: kill those too, and wait
+        // until the reaper has reaped every one.
+        reaper::kill_group(self.group);
+        if !reaper::wait_reaped(self.group, None, deadline) {
+            log::warn!("escapees of a session not reaped {KILL_ALL_WAIT:?} after SIGKILL");
         }
     }
 }
@@ -444,14 +465,20 @@ fn result(proc: &Proc, found: &page::Found<'_>) -> ReadResponse {
     }
 }
 
+/// Daemon shutdown, after every session was ended: kills any escapee no session claimed.
+pub fn kill_strays() {
+    reaper::kill_strays();
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
         // A session dropped without kill_all must not leak its children.
-        if !lock(&self.table).slots.is_empty() {
-            self.kill_all();
-        }
+        // Nor its escapees, which outlive their entries.
+        self.kill_all();
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

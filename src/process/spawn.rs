@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 
+use super::reaper;
 use super::wait::lock;
 use crate::sandbox;
 
@@ -109,6 +110,8 @@ fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
         error: 0,
     };
     let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    // From clone until the pid is tracked, the reaper must not take the child for an orphan.
+    let _spawning = reaper::spawning();
     // SAFETY: the stack grows down from its (16-byte aligned) top; `stack` and `args` outlive
     // the child's use of them, since CLONE_VFORK suspends us until it execs or exits. All
     // signals are blocked around clone so that no handler of ours runs in the child before it
@@ -140,6 +143,7 @@ fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         return Err(io::Error::from_raw_os_error(error));
     }
+    reaper::track(pid);
     Ok(pid)
 }
 
@@ -185,6 +189,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             return fail(args);
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+            return fail(args);
+        }
+        // Orphans of the tree stay in it, below this leader, instead of going to the server
+        // unattributed (reaper.rs). The flag survives exec.
+        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) < 0 {
             return fail(args);
         }
         if libc::getppid() != args.parent {

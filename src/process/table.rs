@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::exit::Exit;
+use super::reaper::Owner;
 use super::retention::Retention;
 use super::spool::Spool;
 use super::stdin::StdinQueue;
@@ -59,6 +60,8 @@ pub(super) struct Proc {
     /// Runs under a sandbox confinement; its output is watched for denial messages.
     pub(super) confined: bool,
     pub(super) denial_mentioned: AtomicBool,
+    /// The tree and session its escapees are attributed to (reaper.rs).
+    pub(super) owner: Owner,
 }
 
 pub(super) enum Slot {

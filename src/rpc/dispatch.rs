@@ -72,8 +72,10 @@ impl Connection {
             | "fs/readDirectory" | "fs/remove" | "fs/copy")
                 if fs::confined::carries_sandbox(params) =>
             {
-                self.gated(Family::Filesystem, id, params, |p, _| {
-                    fs::confined::run(method, params, p)
+                fs::confined::validate(method, params).and_then(|()| {
+                    self.gated(Family::Filesystem, id, params, |p, _| {
+                        fs::confined::run(method, params, p)
+                    })
                 })
             }
             "fs/readFile" => self

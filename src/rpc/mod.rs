@@ -8,6 +8,8 @@ mod connection;
 mod dispatch;
 mod envelope;
 mod pool;
+#[cfg(test)]
+mod proptests;
 mod session;
 
 use std::collections::HashMap;
