@@ -342,6 +342,8 @@ impl Drop for TempDir {
 struct Client {
     ws: WebSocket<TcpStream>,
     next_id: i64,
+    /// A `sandbox` context sent with every `process/start` (the sandboxed one-shot row).
+    sandbox: Option<Value>,
 }
 
 /// The parts of any incoming message the scenarios look at, borrowed from the frame (base64
@@ -388,7 +390,7 @@ impl Client {
         let (ws, _) =
             tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
                 .map_err(|e| format!("websocket handshake: {e}"))?;
-        Ok(Client { ws, next_id: 1 })
+        Ok(Client { ws, next_id: 1, sandbox: None })
     }
 
     fn send(&mut self, text: String) -> BenchResult<()> {
@@ -456,8 +458,11 @@ impl Client {
 
     fn start_process(&mut self, process_id: &str, argv: &[&str]) -> BenchResult<i64> {
         let id = self.next_id();
-        let params =
+        let mut params =
             json!({"processId": process_id, "argv": argv, "cwd": "/", "env": {}, "tty": false});
+        if let Some(sandbox) = &self.sandbox {
+            params["sandbox"] = sandbox.clone();
+        }
         self.send(json!({"id": id, "method": "process/start", "params": params}).to_string())?;
         Ok(id)
     }
@@ -691,8 +696,17 @@ pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = th
 pipe read here; files = std::fs here; 200 connections = 200 echo connections, one round trip each";
 
 /// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from.
-const SCENARIOS: [&str; 8] =
-    ["startup", "rtt", "oneshot", "stream", "spool", "files", "crowd", "slow"];
+const SCENARIOS: [&str; 9] = [
+    "startup",
+    "rtt",
+    "oneshot",
+    "oneshot-sandboxed",
+    "stream",
+    "spool",
+    "files",
+    "crowd",
+    "slow",
+];
 
 fn wanted(scenario: &str) -> bool {
     match std::env::var("BENCH_ONLY") {
@@ -755,7 +769,7 @@ fn run_all(target: &Target, echo: &Target) -> Table {
 
     if wanted("oneshot") {
         // Against fork/exec/wait of /bin/true in this process.
-        let ours = one_shot(&server);
+        let ours = one_shot(&server, None);
         let floor = one_shot_floor();
         for (q, name) in [(50, "p50"), (99, "p99")] {
             let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
@@ -770,6 +784,31 @@ fn run_all(target: &Target, echo: &Target) -> Table {
             );
             if q == 50 {
                 table.bar("<= 2 ms", ok);
+            }
+        }
+    }
+
+    if wanted("oneshot-sandboxed") {
+        // The same under the client's workspace-write sandbox (Landlock, seccomp, a mount
+        // namespace for the read-only .git), against the same floor.
+        let workspace = std::env::temp_dir().join(format!("perf-ws-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(workspace.join(".git"));
+        let ours = one_shot(&server, Some(workspace_write(&workspace)));
+        let floor = one_shot_floor();
+        let _ = std::fs::remove_dir_all(&workspace);
+        for (q, name) in [(50, "p50"), (99, "p99")] {
+            let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+            let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
+            let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(3));
+            let r = ratio(&o, &f);
+            table.row(
+                &format!("/bin/true under workspace-write -> closed, {name} of 300"),
+                o.map(fmt_dur),
+                f.map(fmt_dur),
+                r,
+            );
+            if q == 50 {
+                table.bar("<= 3 ms", ok);
             }
         }
     }
@@ -1025,8 +1064,24 @@ fn round_trips(target: &Target, server_cpu: &'static [usize]) -> BenchResult<Vec
     result
 }
 
-fn one_shot(server: &Server) -> BenchResult<Vec<Duration>> {
+/// The workspace-write profile the codex client sends with every tool command
+/// (UPSTREAM-0.171.md §5), for a workspace at `root`.
+fn workspace_write(root: &std::path::Path) -> Value {
+    let uri = format!("file://{}", root.display());
+    let special = |kind: &str| json!({"type": "special", "value": {"kind": kind}});
+    json!({"permissions": {"type": "managed", "file_system": {"type": "restricted", "entries": [
+            {"path": special("root"), "access": "read"},
+            {"path": special("project_roots"), "access": "write"},
+            {"path": special("slash_tmp"), "access": "write"},
+            {"path": {"type": "special", "value": {"kind": "project_roots", "subpath": ".git"}},
+             "access": "read", "missing_path_behavior": "skip"}]},
+          "network": "restricted"},
+        "cwd": uri, "workspaceRoots": [uri], "windowsSandboxLevel": "disabled"})
+}
+
+fn one_shot(server: &Server, sandbox: Option<Value>) -> BenchResult<Vec<Duration>> {
     let mut client = Client::connect(server.addr)?;
+    client.sandbox = sandbox;
     client.initialize()?;
     let mut times = Vec::with_capacity(ONESHOT_SAMPLES);
     let deadline = Instant::now() + SCENARIO_DEADLINE;
