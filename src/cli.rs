@@ -9,6 +9,7 @@ use argh::FromArgs;
 use crate::cloud::noise::V2Args;
 use crate::cloud::CloudArgs;
 use crate::config::Config;
+use crate::limits::Limits;
 
 /// exec-server: run processes and use files on this host for a remote orchestrator, over
 /// JSON-RPC on a websocket, stdio, or an outbound cloud rendezvous.
@@ -101,6 +102,29 @@ pub struct Flags {
     /// exit when standard input is closed (env CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE)
     #[argh(switch)]
     exit_on_stdin_close: bool,
+    // Operator limits on every child (issue 18; src/limits.rs), each with an
+    // EXEC_SERVER_<NAME> environment fallback.
+    /// wall-clock seconds after which a process tree is killed (default off)
+    #[argh(option)]
+    process_timeout_secs: Option<String>,
+    /// CPU seconds per process (RLIMIT_CPU)
+    #[argh(option)]
+    cpu_limit_secs: Option<String>,
+    /// address space bytes per process (RLIMIT_AS)
+    #[argh(option)]
+    memory_limit_bytes: Option<String>,
+    /// processes of the daemon's user, host-wide (RLIMIT_NPROC; root ignores it)
+    #[argh(option)]
+    max_child_processes: Option<String>,
+    /// output bytes per process, after which its tree is killed
+    #[argh(option)]
+    max_output_bytes: Option<String>,
+    /// largest file a process may write (RLIMIT_FSIZE)
+    #[argh(option)]
+    max_file_size_bytes: Option<String>,
+    /// open descriptors per process (RLIMIT_NOFILE)
+    #[argh(option)]
+    max_open_files: Option<String>,
 }
 
 /// What to run.
@@ -133,7 +157,8 @@ pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
         Ok(()) => Exit { code: 0, message: early.output },
         Err(()) => Exit::usage(early.output.trim_end()),
     })?;
-    let config = config(&flags);
+    let mut config = config(&flags);
+    config.limits = limits(&flags, &|key| std::env::var(key).ok())?;
     if flags.version {
         return Ok((Mode::Version, config));
     }
@@ -224,7 +249,22 @@ fn config(flags: &Flags) -> Config {
             .unwrap_or(defaults.retained_output_bytes),
         exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
         max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
+        limits: Limits::default(),
     }
+}
+
+fn limits(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Limits, Exit> {
+    let values = [
+        &flags.process_timeout_secs,
+        &flags.cpu_limit_secs,
+        &flags.memory_limit_bytes,
+        &flags.max_child_processes,
+        &flags.max_output_bytes,
+        &flags.max_file_size_bytes,
+        &flags.max_open_files,
+    ]
+    .map(Option::as_deref);
+    Limits::parse(values, env).map_err(Exit::usage)
 }
 
 fn cloud_args(flags: &Flags) -> CloudArgs {
@@ -311,5 +351,8 @@ mod tests {
         assert_eq!(parse_args(&["--help"]).err().map(|e| e.code), Some(0));
         let e = parse_args(&["--cloud", "--listen", "stdio"]).err().expect("rejected");
         assert_eq!(e.code, 2);
+        let e = parse_args(&["--cpu-limit-secs", "-1"]).err().expect("rejected");
+        assert_eq!(e.code, 2);
+        assert_eq!(e.message, "invalid --cpu-limit-secs `-1`: expected a positive integer");
     }
 }

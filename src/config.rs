@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::limits::Limits;
+
 /// Limits and timings shared by all connections and sessions (PROTOCOL.md §10).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -28,6 +30,8 @@ pub struct Config {
     pub exited_retention: Duration,
     /// Cap on `process/read`'s `waitMs`.
     pub max_wait: Duration,
+    /// Operator limits applied to every child (issue 18).
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -44,6 +48,7 @@ impl Default for Config {
             retained_output_bytes: 1 << 20,
             exited_retention: Duration::from_secs(30),
             max_wait: Duration::from_millis(30_000),
+            limits: Limits::default(),
         }
     }
 }

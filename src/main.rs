@@ -6,6 +6,7 @@ mod alloc;
 mod b64;
 mod config;
 mod error;
+mod limits;
 mod outbound;
 mod recycle;
 mod shutdown;
@@ -76,6 +77,9 @@ fn run(args: &[String]) -> Result<(), Exit> {
     }
     // Probes (once) and logs what this host can enforce of a client's sandbox.
     sandbox::probe::support();
+    if config.limits != limits::Limits::default() {
+        log::info!("operator limits on every process: {}", config.limits.to_json());
+    }
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     match mode {
         Mode::Version => Ok(()),

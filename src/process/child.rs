@@ -8,12 +8,13 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::exit::{exit_from_status, Exit};
 use super::kill::kill_session;
+use super::limits::{self, EndCause, ExitReport, Usage};
 use super::table::{schedule_removal, Proc, State};
 use super::wait::{lock, wait_while};
 use super::wire::{encode, output_message, ClosedParams, ExitedParams, Stream};
@@ -36,7 +37,8 @@ const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
 enum Event {
     Output(Stream, Vec<u8>),
     StreamEnd,
-    Exit(Exit),
+    /// The exit, what the child used, and when it was reaped.
+    Exit(Exit, Usage, Instant),
 }
 
 impl Proc {
@@ -66,17 +68,20 @@ impl Proc {
                     queue(&mut state, message);
                 }
                 Event::StreamEnd => state.open_streams -= 1,
-                Event::Exit(exit) => {
+                Event::Exit(exit, usage, reaped_at) => {
                     let seq = take_seq(&mut state);
+                    let report = self.report(&exit, state.cause, &usage, reaped_at);
                     let params = ExitedParams {
                         process_id: &self.id,
                         seq,
                         exit_code: exit.code,
                         sandbox_denied: self.sandbox_denied(&exit),
                         signal: exit.signal.as_deref(),
+                        report: &report,
                     };
                     let message = encode("process/exited", params);
                     state.exit = Some(exit);
+                    state.report = Some(report);
                     queue(&mut state, message);
                 }
             }
@@ -141,6 +146,71 @@ impl Proc {
         self.confined && sandbox::is_likely_denied(exit.code, sigsys, mentioned)
     }
 
+    /// The exit report of `exit` (issue 18).
+    fn report(
+        &self,
+        exit: &Exit,
+        cause: Option<EndCause>,
+        usage: &Usage,
+        reaped_at: Instant,
+    ) -> ExitReport {
+        let count = |i: usize| self.output_bytes[i].load(Ordering::Relaxed);
+        let tty = self.output_bytes[2].load(Ordering::Relaxed) > 0 || self.tty;
+        ExitReport {
+            reason: limits::reason(exit, cause, usage, &self.limits),
+            wall_time_ms: reaped_at.saturating_duration_since(self.started).as_millis() as u64,
+            user_cpu_ms: usage.user_cpu_ms,
+            system_cpu_ms: usage.system_cpu_ms,
+            max_rss_kb: usage.max_rss_kb,
+            stdout_bytes: (!tty).then(|| count(0)),
+            stderr_bytes: (!tty).then(|| count(1)),
+            pty_bytes: tty.then(|| count(2)),
+        }
+    }
+
+    /// How many of `n` bytes just read from `stream` may be delivered under the output
+    /// limit. Reaching it kills the tree (cause `outputLimit`); later reads deliver nothing
+    /// and are only drained until EOF.
+    fn admit(&self, stream: Stream, n: usize) -> usize {
+        let n = n as u64;
+        let granted = match self.limits.max_output_bytes {
+            None => {
+                self.output_total.fetch_add(n, Ordering::Relaxed);
+                n
+            }
+            Some(max) => {
+                let before = self
+                    .output_total
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                        Some(t.saturating_add(n).min(max))
+                    })
+                    .unwrap_or(max);
+                let granted = n.min(max.saturating_sub(before));
+                if granted < n {
+                    self.end_with(EndCause::OutputLimit);
+                }
+                granted
+            }
+        };
+        let counter: &AtomicU64 = &self.output_bytes[stream as usize];
+        counter.fetch_add(granted, Ordering::Relaxed);
+        granted as usize
+    }
+
+    /// Records `cause` (unless the child was already reaped or another cause came first)
+    /// and SIGKILLs the tree, as `kill_tree`. Returns whether the child was still running.
+    pub(super) fn end_with(&self, cause: EndCause) -> bool {
+        let mut state = lock(&self.state);
+        let running = !state.reaped;
+        if running && state.cause.is_none() {
+            state.cause = Some(cause);
+        }
+        if state.closed_at.is_none() {
+            kill_session(self.pid);
+        }
+        running
+    }
+
     /// SIGKILLs the child's tree unless it is over. Under the state lock, so the waiter
     /// cannot reap the leader (freeing its pid for reuse) in between.
     pub(super) fn kill_tree(&self) -> bool {
@@ -188,23 +258,26 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
             break;
         }
     }
-    let exit = {
+    let (exit, usage, reaped_at) = {
         let mut state = lock(&proc.state);
         let mut status: libc::c_int = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
         let reaped = loop {
+            // wait4 on this pid (not any child), for the resources it used (issue 18).
             // SAFETY: reaping our own child, which has exited.
-            let ret = unsafe { libc::waitpid(proc.pid, &mut status, 0) };
+            let ret = unsafe { libc::wait4(proc.pid, &mut status, 0, &mut rusage) };
             if ret >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 break ret == proc.pid;
             }
         };
         state.reaped = true;
         if reaped {
-            exit_from_status(status)
+            (exit_from_status(status), Usage::from_rusage(&rusage), Instant::now())
         } else {
             // Only if someone else reaped our child (SIGCHLD ignored): the status is lost.
             log::error!("child {} was reaped elsewhere; exit status unknown", proc.pid);
-            Exit { code: -1, signal: None }
+            (Exit { code: -1, signal: None }, Usage::default(), Instant::now())
         }
     };
     proc.changed.notify_all();
@@ -214,7 +287,7 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
     // (a background process holding the pipe) only delays the exit event by the grace.
     let deadline = Instant::now() + EXIT_DRAIN_GRACE;
     drop(wait_while(&proc.changed, lock(&proc.state), deadline, |s| s.open_streams > 0));
-    proc.emit(Event::Exit(exit));
+    proc.emit(Event::Exit(exit, usage, reaped_at));
 }
 
 /// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).
@@ -235,6 +308,11 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
                 if n == buf.len() && !pipe_grown {
                     grow_pipe(&file);
                     pipe_grown = true;
+                }
+                // Over the output limit nothing more is delivered (the tree is being killed).
+                let n = proc.admit(stream, n);
+                if n == 0 {
+                    continue;
                 }
                 if n < HANDOFF_MIN_BYTES {
                     // Copied, so that what retention holds stays close to what it counts.

@@ -13,6 +13,7 @@ mod child;
 mod envpolicy;
 mod exit;
 mod kill;
+mod limits;
 mod pty;
 mod retention;
 mod spawn;
@@ -29,7 +30,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use crate::error::RpcError;
 use crate::sandbox;
 use child::{read_loop, wait_loop};
 use kill::kill_session;
+pub use limits::EndCause;
 use retention::Retention;
 use spawn::{
     above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,
@@ -222,6 +224,7 @@ impl Processes {
             stdio: child_ends.each_ref().map(|fd| fd.as_raw_fd()),
             tty: p.tty,
             confinement,
+            rlimits: limits::rlimits(&self.config.limits),
         };
         let pid = spawn_on_spawner(plan)?;
         // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
@@ -238,6 +241,8 @@ impl Processes {
             announced: false,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            cause: None,
+            report: None,
         };
         let proc = Arc::new(Proc {
             id: p.process_id.clone(),
@@ -254,6 +259,11 @@ impl Processes {
             exited_retention: self.config.exited_retention,
             confined,
             denial_mentioned: AtomicBool::new(false),
+            tty: p.tty,
+            started: Instant::now(),
+            limits: self.config.limits.clone(),
+            output_total: AtomicU64::new(0),
+            output_bytes: Default::default(),
         });
         // The child exists from here on: whatever fails, it must still be reaped.
         let waiter = proc.clone();
@@ -279,6 +289,9 @@ impl Processes {
             proc.close_stdin();
             proc.kill_tree();
             return Err(e);
+        }
+        if let Some(timeout) = self.config.limits.process_timeout {
+            limits::arm_timeout(&proc, timeout);
         }
         Ok(proc)
     }
@@ -329,6 +342,7 @@ impl Processes {
             closed: state.closed_at.is_some(),
             failure: None,
             sandbox_denied: state.exit.as_ref().is_some_and(|e| proc.sandbox_denied(e)),
+            report: state.report.clone(),
         })
     }
 
@@ -383,7 +397,7 @@ impl Processes {
             return Ok(TerminateResponse { running: false });
         };
         proc.close_stdin();
-        let running = proc.kill_tree();
+        let running = proc.end_with(EndCause::Terminated);
         if running {
             let deadline = Instant::now() + TERMINATE_REAP_WAIT;
             let (state, reaped) =
@@ -398,8 +412,8 @@ impl Processes {
 
     /// TTL expiry and shutdown: SIGKILL every process tree of the session (including trees
     /// whose leader exited but whose output is still open), reap, and remove all entries.
-    /// Returns within a bounded time.
-    pub fn kill_all(&self) {
+    /// Returns within a bounded time. `cause` is the exit reports' `reason`.
+    pub fn kill_all(&self, cause: EndCause) {
         let slots: Vec<Slot> = {
             let mut table = lock(&self.table);
             table.killed = true;
@@ -415,7 +429,7 @@ impl Processes {
             .collect();
         for proc in &procs {
             proc.close_stdin();
-            proc.kill_tree();
+            proc.end_with(cause);
         }
         let deadline = Instant::now() + KILL_ALL_WAIT;
         for proc in &procs {
@@ -435,7 +449,7 @@ impl Drop for Processes {
     fn drop(&mut self) {
         // A session dropped without kill_all must not leak its children.
         if !lock(&self.table).slots.is_empty() {
-            self.kill_all();
+            self.kill_all(EndCause::DaemonShutdown);
         }
     }
 }

@@ -4,17 +4,19 @@
 //! does lives in child.rs; it neither spawns nor signals.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::exit::Exit;
+use super::limits::{EndCause, ExitReport};
 use super::retention::Retention;
 use super::stdin::StdinQueue;
 use super::v2::WriteIds;
 use super::wait::lock;
 use super::wire::Notify;
+use crate::limits::Limits;
 
 pub(super) struct State {
     pub(super) next_seq: u64,
@@ -31,6 +33,10 @@ pub(super) struct State {
     /// Numbered notifications not yet handed to the sink, in `seq` order.
     pub(super) pending: VecDeque<String>,
     pub(super) pending_bytes: usize,
+    /// Why the daemon or a client killed the tree, if it did (the first cause wins).
+    pub(super) cause: Option<EndCause>,
+    /// The exit report, set with `exit`.
+    pub(super) report: Option<ExitReport>,
 }
 
 pub(super) struct Proc {
@@ -56,6 +62,15 @@ pub(super) struct Proc {
     /// Runs under a sandbox confinement; its output is watched for denial messages.
     pub(super) confined: bool,
     pub(super) denial_mentioned: AtomicBool,
+    /// Its output is one PTY stream (the report counts `ptyBytes`).
+    pub(super) tty: bool,
+    /// When the child was spawned, for the report's wall time.
+    pub(super) started: Instant,
+    /// The operator limits it runs under.
+    pub(super) limits: Limits,
+    /// Output bytes delivered as events: all streams, then per stream (stdout, stderr, pty).
+    pub(super) output_total: AtomicU64,
+    pub(super) output_bytes: [AtomicU64; 3],
 }
 
 pub(super) enum Slot {

@@ -13,7 +13,7 @@ use crate::error::RpcError;
 use crate::fs::handles::Handles;
 use crate::fs::watch::Watches;
 use crate::outbound::Outbound;
-use crate::process::{Notify, Processes};
+use crate::process::{EndCause, Notify, Processes};
 
 /// The error code for resuming a session that another connection holds (upstream 0.171).
 const SESSION_ATTACHED: i64 = -32010;
@@ -70,9 +70,9 @@ impl Session {
     }
 
     /// Kills and reaps everything the session owns; called once it is removed.
-    fn end(&self) {
+    fn end(&self, cause: EndCause) {
         log::info!("session {} removed", self.id);
-        self.processes.kill_all();
+        self.processes.kill_all(cause);
         self.handles.close_all();
         self.watches.stop();
     }
@@ -176,7 +176,7 @@ impl Sessions {
     pub fn end_all(&self) {
         let all: Vec<Arc<Session>> = self.lock().drain().map(|(_, s)| s).collect();
         for session in all {
-            session.end();
+            session.end(EndCause::DaemonShutdown);
         }
     }
 
@@ -207,7 +207,7 @@ fn reap(sessions: &Sessions) {
             drop(map);
             for session in ended {
                 log::info!("session {} expired", session.id);
-                session.end();
+                session.end(EndCause::SessionExpired);
             }
             map = sessions.lock();
             continue;

@@ -326,3 +326,31 @@ pub fn http(addr: &str, request: &str) -> (String, String) {
     let status = response.lines().next().unwrap_or("").to_string();
     (status, response)
 }
+
+/// The exit report's extension members (issue 18, tests/limits.rs), in `process/exited`
+/// params and `process/read` results.
+pub const REPORT_KEYS: [&str; 8] = [
+    "reason",
+    "wallTimeMs",
+    "userCpuMs",
+    "systemCpuMs",
+    "maxRssKb",
+    "stdoutBytes",
+    "stderrBytes",
+    "ptyBytes",
+];
+
+/// `message` (a notification, or a read result) without the exit report's extension members,
+/// for exact comparisons of the v1 members; asserts that a report with a reason was there.
+pub fn v1_exit(mut message: Value) -> Value {
+    let object = match message.get_mut("params") {
+        Some(params) => params,
+        None => &mut message,
+    };
+    let object = object.as_object_mut().expect("an object");
+    assert!(object.get("reason").is_some_and(Value::is_string), "no exit reason: {object:?}");
+    for key in REPORT_KEYS {
+        object.remove(key);
+    }
+    message
+}
