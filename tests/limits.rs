@@ -225,3 +225,75 @@ fn invalid_limits_are_usage_errors() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+/// Live (non-zombie) processes whose session id is `sid`.
+fn session_members(sid: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 3 && fields[0] != "Z" && fields[3].parse() == Ok(sid)
+        })
+        .count()
+}
+
+/// RLIMIT_NPROC counts every process (thread) of the daemon's user and root ignores it, so
+/// as root the daemon is run as `nobody` through setpriv; without that the test is skipped.
+#[test]
+fn a_fork_bomb_stays_bounded_by_the_process_limit_and_is_cleaned_up() {
+    const LIMIT: usize = 150;
+    let limit = LIMIT.to_string();
+    let args = ["--listen", "ws://127.0.0.1:0", "--max-child-processes", &limit];
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let daemon = if !root {
+        Daemon::start_raw(&args, &[])
+    } else if std::path::Path::new("/usr/bin/setpriv").exists() {
+        let mut all = vec!["--reuid=65534", "--regid=65534", "--clear-groups", BIN];
+        all.extend_from_slice(&args);
+        Daemon::start_with("/usr/bin/setpriv", &all, &[])
+    } else {
+        eprintln!("SKIPPED: running as root without setpriv, RLIMIT_NPROC cannot be enforced");
+        return;
+    };
+    let (mut client, _) = daemon.session();
+    // 400 long sleepers: far more than the limit allows.
+    let script = "echo $$; i=0; while [ $i -lt 400 ]; do sleep 60 & i=$((i+1)); done; wait";
+    start(&mut client, "bomb", &["sh", "-c", script], false);
+    let mut sid = None;
+    let mut exited = None;
+    while exited.is_none() {
+        let m = client.recv();
+        match m["method"].as_str() {
+            Some("process/output") if sid.is_none() && m["params"]["stream"] == "stdout" => {
+                let text =
+                    BASE64.decode(m["params"]["chunk"].as_str().expect("chunk")).expect("b64");
+                let line = String::from_utf8_lossy(&text).lines().next().unwrap_or("").to_string();
+                sid = Some(line.trim().parse::<u32>().expect("the shell's pid"));
+            }
+            Some("process/exited") => exited = Some(m["params"].clone()),
+            _ => {}
+        }
+    }
+    let exited = exited.expect("exited");
+    let sid = sid.expect("pid line before exit");
+    // The shell gave up when fork failed, leaving a bounded number of sleepers behind.
+    assert_ne!(exited["exitCode"], 0, "the shell never hit the limit: {exited}");
+    let members = session_members(sid);
+    eprintln!("fork bomb: {members} processes left under a limit of {LIMIT} (exit {exited})");
+    assert!((1..=LIMIT).contains(&members), "{members} processes for a limit of {LIMIT}");
+    // Terminate kills what is left of the tree.
+    let r = client.call("process/terminate", json!({"processId": "bomb"}));
+    assert!(r.get("result").is_some(), "{r}");
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while session_members(sid) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the bomb's tree survived terminate");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -36,7 +36,12 @@ impl Daemon {
 
     /// Starts the binary with exactly `args` and extra environment.
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(BIN);
+        Self::start_with(BIN, args, env)
+    }
+
+    /// Starts `program` (the binary, or a wrapper that runs it) with exactly `args`.
+    pub fn start_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
         for (k, v) in env {
