@@ -125,12 +125,21 @@ pub struct Flags {
     /// open descriptors per process (RLIMIT_NOFILE)
     #[argh(option)]
     max_open_files: Option<String>,
+    /// append a hash-chained JSON-lines audit log to PATH (env EXEC_SERVER_AUDIT_LOG;
+    /// check one with `exec-server audit verify PATH`)
+    #[argh(option)]
+    audit_log: Option<String>,
 }
 
 /// What to run.
 pub enum Mode {
     Version,
-    Listen { addr: SocketAddr, token: Option<String> },
+    /// `exec-server audit verify PATH`.
+    AuditVerify(std::path::PathBuf),
+    Listen {
+        addr: SocketAddr,
+        token: Option<String>,
+    },
     Stdio,
     Cloud(CloudArgs),
     CloudV2(V2Args),
@@ -153,12 +162,22 @@ impl Exit {
 pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
     let command = args.first().map_or("exec-server", String::as_str);
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    if rest.first() == Some(&"audit") {
+        return match rest[1..] {
+            ["verify", path] => Ok((Mode::AuditVerify(path.into()), Config::default())),
+            _ => Err(Exit::usage("usage: exec-server audit verify PATH")),
+        };
+    }
     let flags = Flags::from_args(&[command], &rest).map_err(|early| match early.status {
         Ok(()) => Exit { code: 0, message: early.output },
         Err(()) => Exit::usage(early.output.trim_end()),
     })?;
     let mut config = config(&flags);
     config.limits = limits(&flags, &|key| std::env::var(key).ok())?;
+    config.audit_log = match &flags.audit_log {
+        Some(path) => Some(path.into()),
+        None => std::env::var_os("EXEC_SERVER_AUDIT_LOG").filter(|v| !v.is_empty()).map(Into::into),
+    };
     if flags.version {
         return Ok((Mode::Version, config));
     }
@@ -250,6 +269,7 @@ fn config(flags: &Flags) -> Config {
         exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
         max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
         limits: Limits::default(),
+        audit_log: None,
     }
 }
 

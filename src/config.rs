@@ -32,6 +32,8 @@ pub struct Config {
     pub max_wait: Duration,
     /// Operator limits applied to every child (issue 18).
     pub limits: Limits,
+    /// Where the audit log is appended (issue 18; src/audit.rs), if anywhere.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             exited_retention: Duration::from_secs(30),
             max_wait: Duration::from_millis(30_000),
             limits: Limits::default(),
+            audit_log: None,
         }
     }
 }

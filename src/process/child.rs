@@ -288,6 +288,22 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
     let deadline = Instant::now() + EXIT_DRAIN_GRACE;
     drop(wait_while(&proc.changed, lock(&proc.state), deadline, |s| s.open_streams > 0));
     proc.emit(Event::Exit(exit, usage, reaped_at));
+    if crate::audit::enabled() {
+        let state = lock(&proc.state);
+        let mut fields = serde_json::json!({
+            "sessionId": &*proc.session, "processId": proc.id, "pid": proc.pid,
+            "exitCode": state.exit.as_ref().map(|e| e.code),
+            "signal": state.exit.as_ref().and_then(|e| e.signal.clone()),
+        });
+        if let (Some(report), Some(map)) = (
+            state.report.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            fields.as_object_mut(),
+        ) {
+            map.extend(report.as_object().cloned().unwrap_or_default());
+        }
+        drop(state);
+        crate::audit::record("processEnded", fields);
+    }
 }
 
 /// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).

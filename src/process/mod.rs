@@ -63,6 +63,8 @@ const KILL_ALL_WAIT: Duration = Duration::from_secs(3);
 
 /// All processes of one session (process ids are scoped to a session).
 pub struct Processes {
+    /// The owning session's id, for the audit log.
+    session: Arc<str>,
     config: Arc<Config>,
     live: Arc<AtomicUsize>,
     sink: Arc<dyn Notify>,
@@ -73,7 +75,13 @@ impl Processes {
     /// `live` is the daemon-wide count of registered processes (all sessions), checked against
     /// `config.max_processes` at start and decremented when an entry is removed.
     pub fn new(config: Arc<Config>, live: Arc<AtomicUsize>, sink: Arc<dyn Notify>) -> Processes {
-        Processes { config, live, sink, table: Arc::default() }
+        Processes { session: Arc::from(""), config, live, sink, table: Arc::default() }
+    }
+
+    /// Names the owning session in the audit log's process events.
+    pub fn with_session(mut self, session: &str) -> Processes {
+        self.session = Arc::from(session);
+        self
     }
 
     fn lookup(&self, id: &str) -> Lookup {
@@ -146,6 +154,20 @@ impl Processes {
                 }
                 if p.shell_snapshot.is_some() {
                     log::debug!("process {id}: shellSnapshot ignored (not advertised)");
+                }
+                if crate::audit::enabled() {
+                    // Environment names only: values may hold secrets.
+                    let mut env_names: Vec<&String> = p.env.keys().collect();
+                    env_names.sort();
+                    crate::audit::record(
+                        "processStarted",
+                        serde_json::json!({
+                            "sessionId": &*self.session, "processId": id, "pid": proc.pid,
+                            "argv": p.argv, "arg0": p.arg0, "cwd": cwd, "envNames": env_names,
+                            "tty": p.tty, "sandboxType": sandbox_type,
+                            "limits": self.config.limits.to_json(),
+                        }),
+                    );
                 }
                 Ok(StartResponse { process_id: id, sandbox_type })
             }
@@ -262,6 +284,7 @@ impl Processes {
             tty: p.tty,
             started: Instant::now(),
             limits: self.config.limits.clone(),
+            session: Arc::clone(&self.session),
             output_total: AtomicU64::new(0),
             output_bytes: Default::default(),
         });

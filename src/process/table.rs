@@ -66,6 +66,8 @@ pub(super) struct Proc {
     pub(super) tty: bool,
     /// When the child was spawned, for the report's wall time.
     pub(super) started: Instant,
+    /// The owning session's id, for the audit log.
+    pub(super) session: Arc<str>,
     /// The operator limits it runs under.
     pub(super) limits: Limits,
     /// Output bytes delivered as events: all streams, then per stream (stdout, stderr, pty).

@@ -73,6 +73,14 @@ impl Session {
     fn end(&self, cause: EndCause) {
         log::info!("session {} removed", self.id);
         self.processes.kill_all(cause);
+        let cause = match cause {
+            EndCause::SessionExpired => "sessionExpired",
+            _ => "daemonShutdown",
+        };
+        crate::audit::record(
+            "sessionClosed",
+            serde_json::json!({"sessionId": self.id, "cause": cause}),
+        );
         self.handles.close_all();
         self.watches.stop();
     }
@@ -118,7 +126,8 @@ impl Sessions {
             Arc::clone(&self.config),
             Arc::clone(&self.live_processes),
             Arc::clone(&link) as Arc<dyn Notify>,
-        );
+        )
+        .with_session(&id);
         let notify_link = Arc::clone(&link);
         let watches = Watches::new(Arc::new(move |message| notify_link.notify(message)));
         let handles = Handles::new();
