@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,10 @@ impl Proc {
                     let seq = take_seq(&mut state);
                     let (numbered, message) = output.expect("output events are encoded above");
                     debug_assert_eq!(seq, numbered, "only emit numbers events");
+                    // Counted as numbered, so the exit report counts exactly the output
+                    // events before it.
+                    self.output_bytes[stream_index(stream)]
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     spare = state.retention.push(seq, stream, bytes);
                     queue(&mut state, message);
                 }
@@ -154,46 +158,39 @@ impl Proc {
         usage: &Usage,
         reaped_at: Instant,
     ) -> ExitReport {
-        let count = |i: usize| self.output_bytes[i].load(Ordering::Relaxed);
-        let tty = self.output_bytes[2].load(Ordering::Relaxed) > 0 || self.tty;
+        let count = |s: Stream| self.output_bytes[stream_index(s)].load(Ordering::Relaxed);
+        let tty = self.tty;
         ExitReport {
             reason: limits::reason(exit, cause, usage, &self.limits),
             wall_time_ms: reaped_at.saturating_duration_since(self.started).as_millis() as u64,
             user_cpu_ms: usage.user_cpu_ms,
             system_cpu_ms: usage.system_cpu_ms,
             max_rss_kb: usage.max_rss_kb,
-            stdout_bytes: (!tty).then(|| count(0)),
-            stderr_bytes: (!tty).then(|| count(1)),
-            pty_bytes: tty.then(|| count(2)),
+            stdout_bytes: (!tty).then(|| count(Stream::Stdout)),
+            stderr_bytes: (!tty).then(|| count(Stream::Stderr)),
+            pty_bytes: tty.then(|| count(Stream::Pty)),
         }
     }
 
     /// How many of `n` bytes just read from `stream` may be delivered under the output
     /// limit. Reaching it kills the tree (cause `outputLimit`); later reads deliver nothing
     /// and are only drained until EOF.
-    fn admit(&self, stream: Stream, n: usize) -> usize {
-        let n = n as u64;
-        let granted = match self.limits.max_output_bytes {
-            None => {
-                self.output_total.fetch_add(n, Ordering::Relaxed);
-                n
-            }
-            Some(max) => {
-                let before = self
-                    .output_total
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                        Some(t.saturating_add(n).min(max))
-                    })
-                    .unwrap_or(max);
-                let granted = n.min(max.saturating_sub(before));
-                if granted < n {
-                    self.end_with(EndCause::OutputLimit);
-                }
-                granted
-            }
+    fn admit(&self, n: usize) -> usize {
+        let Some(max) = self.limits.max_output_bytes else {
+            return n;
         };
-        let counter: &AtomicU64 = &self.output_bytes[stream as usize];
-        counter.fetch_add(granted, Ordering::Relaxed);
+        let n = n as u64;
+        // Both output threads take from one allowance.
+        let before = self
+            .output_total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_add(n).min(max))
+            })
+            .unwrap_or(max);
+        let granted = n.min(max.saturating_sub(before));
+        if granted < n {
+            self.end_with(EndCause::OutputLimit);
+        }
         granted as usize
     }
 
@@ -226,6 +223,15 @@ impl Proc {
         if let Some(stdin) = &self.stdin {
             stdin.close();
         }
+    }
+}
+
+/// A stream's slot in `Proc::output_bytes`.
+fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+        Stream::Pty => 2,
     }
 }
 
@@ -326,7 +332,7 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
                     pipe_grown = true;
                 }
                 // Over the output limit nothing more is delivered (the tree is being killed).
-                let n = proc.admit(stream, n);
+                let n = proc.admit(n);
                 if n == 0 {
                     continue;
                 }

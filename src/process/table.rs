@@ -70,8 +70,9 @@ pub(super) struct Proc {
     pub(super) session: Arc<str>,
     /// The operator limits it runs under.
     pub(super) limits: Limits,
-    /// Output bytes delivered as events: all streams, then per stream (stdout, stderr, pty).
+    /// Output bytes admitted under `--max-output-bytes`, all streams together.
     pub(super) output_total: AtomicU64,
+    /// Output bytes numbered as events, per stream (stdout, stderr, pty).
     pub(super) output_bytes: [AtomicU64; 3],
 }
 
