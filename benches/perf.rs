@@ -696,17 +696,8 @@ pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = th
 pipe read here; files = std::fs here; 200 connections = 200 echo connections, one round trip each";
 
 /// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from.
-const SCENARIOS: [&str; 9] = [
-    "startup",
-    "rtt",
-    "oneshot",
-    "oneshot-sandboxed",
-    "stream",
-    "spool",
-    "files",
-    "crowd",
-    "slow",
-];
+const SCENARIOS: [&str; 9] =
+    ["startup", "rtt", "oneshot", "oneshot-sandboxed", "stream", "spool", "files", "crowd", "slow"];
 
 fn wanted(scenario: &str) -> bool {
     match std::env::var("BENCH_ONLY") {

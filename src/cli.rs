@@ -9,6 +9,7 @@ use argh::FromArgs;
 use crate::cloud::noise::V2Args;
 use crate::cloud::CloudArgs;
 use crate::config::Config;
+use crate::limits::Limits;
 
 /// exec-server: run processes and use files on this host for a remote orchestrator, over
 /// JSON-RPC on a websocket, stdio, or an outbound cloud rendezvous.
@@ -121,12 +122,44 @@ pub struct Flags {
     /// exit when standard input is closed (env CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE)
     #[argh(switch)]
     exit_on_stdin_close: bool,
+    // Operator limits on every child (issue 18; src/limits.rs), each with an
+    // EXEC_SERVER_<NAME> environment fallback.
+    /// wall-clock seconds after which a process tree is killed (default off)
+    #[argh(option)]
+    process_timeout_secs: Option<String>,
+    /// CPU seconds per process (RLIMIT_CPU)
+    #[argh(option)]
+    cpu_limit_secs: Option<String>,
+    /// address space bytes per process (RLIMIT_AS)
+    #[argh(option)]
+    memory_limit_bytes: Option<String>,
+    /// processes of the daemon's user, host-wide (RLIMIT_NPROC; root ignores it)
+    #[argh(option)]
+    max_child_processes: Option<String>,
+    /// output bytes per process, after which its tree is killed
+    #[argh(option)]
+    max_output_bytes: Option<String>,
+    /// largest file a process may write (RLIMIT_FSIZE)
+    #[argh(option)]
+    max_file_size_bytes: Option<String>,
+    /// open descriptors per process (RLIMIT_NOFILE)
+    #[argh(option)]
+    max_open_files: Option<String>,
+    /// append a hash-chained JSON-lines audit log to PATH (env EXEC_SERVER_AUDIT_LOG;
+    /// check one with `exec-server audit verify PATH`)
+    #[argh(option)]
+    audit_log: Option<String>,
 }
 
 /// What to run.
 pub enum Mode {
     Version,
-    Listen { addr: SocketAddr, token: Option<String> },
+    /// `exec-server audit verify PATH`.
+    AuditVerify(std::path::PathBuf),
+    Listen {
+        addr: SocketAddr,
+        token: Option<String>,
+    },
     Stdio,
     Cloud(CloudArgs),
     CloudV2(V2Args),
@@ -149,12 +182,23 @@ impl Exit {
 pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
     let command = args.first().map_or("exec-server", String::as_str);
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    if rest.first() == Some(&"audit") {
+        return match rest[1..] {
+            ["verify", path] => Ok((Mode::AuditVerify(path.into()), Config::default())),
+            _ => Err(Exit::usage("usage: exec-server audit verify PATH")),
+        };
+    }
     let flags = Flags::from_args(&[command], &rest).map_err(|early| match early.status {
         Ok(()) => Exit { code: 0, message: early.output },
         Err(()) => Exit::usage(early.output.trim_end()),
     })?;
     let mut config = config(&flags);
     session_and_spool(&flags, &|key| std::env::var(key).ok(), &mut config)?;
+    config.limits = limits(&flags, &|key| std::env::var(key).ok())?;
+    config.audit_log = match &flags.audit_log {
+        Some(path) => Some(path.into()),
+        None => std::env::var_os("EXEC_SERVER_AUDIT_LOG").filter(|v| !v.is_empty()).map(Into::into),
+    };
     if flags.version {
         return Ok((Mode::Version, config));
     }
@@ -247,6 +291,8 @@ fn config(flags: &Flags) -> Config {
         exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
         max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
         fsync_writes: flags.fsync_writes.unwrap_or(defaults.fsync_writes),
+        limits: Limits::default(),
+        audit_log: None,
         ..defaults
     }
 }
@@ -292,6 +338,20 @@ fn session_and_spool(
         None => {}
     }
     Ok(())
+}
+
+fn limits(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Limits, Exit> {
+    let values = [
+        &flags.process_timeout_secs,
+        &flags.cpu_limit_secs,
+        &flags.memory_limit_bytes,
+        &flags.max_child_processes,
+        &flags.max_output_bytes,
+        &flags.max_file_size_bytes,
+        &flags.max_open_files,
+    ]
+    .map(Option::as_deref);
+    Limits::parse(values, env).map_err(Exit::usage)
 }
 
 fn cloud_args(flags: &Flags) -> CloudArgs {
@@ -418,5 +478,8 @@ mod tests {
         assert_eq!(parse_args(&["--help"]).err().map(|e| e.code), Some(0));
         let e = parse_args(&["--cloud", "--listen", "stdio"]).err().expect("rejected");
         assert_eq!(e.code, 2);
+        let e = parse_args(&["--cpu-limit-secs", "-1"]).err().expect("rejected");
+        assert_eq!(e.code, 2);
+        assert_eq!(e.message, "invalid --cpu-limit-secs `-1`: expected a positive integer");
     }
 }

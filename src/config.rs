@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::Limits;
+
 /// Limits and timings shared by all connections and sessions (PROTOCOL.md §10).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -37,6 +39,10 @@ pub struct Config {
     pub spool_bytes_total: u64,
     /// Whether `fs/writeFile` fsyncs the new file (and its directory) before the rename.
     pub fsync_writes: bool,
+    /// Operator limits applied to every child (issue 18).
+    pub limits: Limits,
+    /// Where the audit log is appended (issue 18; src/audit.rs), if anywhere.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 /// The default spool directory: `$TMPDIR` (or `/tmp`) / `exec-server-spool-<euid>`, so
@@ -65,6 +71,8 @@ impl Default for Config {
             spool_bytes_per_process: 64 << 20,
             spool_bytes_total: 1 << 30,
             fsync_writes: true,
+            limits: Limits::default(),
+            audit_log: None,
         }
     }
 }

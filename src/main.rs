@@ -3,9 +3,11 @@
 
 // Ground floor: shared types and services that import none of the modules below.
 mod alloc;
+mod audit;
 mod b64;
 mod config;
 mod error;
+mod limits;
 mod outbound;
 mod recycle;
 mod shutdown;
@@ -54,7 +56,7 @@ fn main() {
         Err(exit) => {
             if exit.code == 0 {
                 print!("{}", exit.message);
-            } else {
+            } else if !exit.message.is_empty() {
                 eprintln!("{}", exit.message);
             }
             exit.code
@@ -68,6 +70,9 @@ fn run(args: &[String]) -> Result<(), Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("exec_server=info"))
         .target(env_logger::Target::Stderr)
         .init();
+    if let Mode::AuditVerify(path) = &mode {
+        return audit_verify(path);
+    }
     if let Mode::Version = mode {
         // The version, then what this host can enforce of a client's sandbox.
         println!("exec-server {}", env!("CARGO_PKG_VERSION"));
@@ -77,10 +82,23 @@ fn run(args: &[String]) -> Result<(), Exit> {
     // Probes (once) and logs what this host can enforce of a client's sandbox.
     sandbox::probe::support();
     fs::set_fsync_writes(config.fsync_writes);
+    if config.limits != limits::Limits::default() {
+        log::info!("operator limits on every process: {}", config.limits.to_json());
+    }
+    if let Some(path) = &config.audit_log {
+        audit::open(path).map_err(|e| {
+            Exit::usage(format!("audit log `{}` cannot be opened: {e}", path.display()))
+        })?;
+        audit::record(
+            "daemonStarted",
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(),
+                "limits": config.limits.to_json()}),
+        );
+    }
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     process::prepare_spool(&config);
     match mode {
-        Mode::Version => Ok(()),
+        Mode::Version | Mode::AuditVerify(_) => Ok(()),
         Mode::Listen { addr, token } => {
             let listener = TcpListener::bind(addr)
                 .map_err(|e| internal(format!("failed to bind {addr}: {e}")))?;
@@ -196,6 +214,24 @@ fn stop(server: &Server) {
     server.shutdown();
     process::kill_strays();
     server.wait_closed(SHUTDOWN_GRACE);
+    audit::record("daemonStopped", serde_json::json!({}));
+    audit::flush();
+}
+
+/// `exec-server audit verify PATH`: the number of lines (exit 0) or the first broken one
+/// (exit 1).
+fn audit_verify(path: &std::path::Path) -> Result<(), Exit> {
+    match audit::verify(path) {
+        Ok(Ok(count)) => {
+            println!("ok: {count} lines");
+            Ok(())
+        }
+        Ok(Err(broken)) => {
+            println!("broken at line {}: {}", broken.line, broken.why);
+            Err(Exit { code: 1, message: String::new() })
+        }
+        Err(e) => Err(Exit { code: 1, message: format!("cannot read `{}`: {e}", path.display()) }),
+    }
 }
 
 fn internal(message: String) -> Exit {

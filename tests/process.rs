@@ -157,7 +157,7 @@ fn true_exits_then_closes_and_the_response_comes_first() {
         json!({"id": id, "result": {"processId": "t", "sandboxType": "none"}})
     );
     assert_eq!(
-        client.recv(),
+        common::v1_exit(client.recv()),
         json!({"method":"process/exited","params":{"processId":"t","seq":1,"exitCode":0,"sandboxDenied":false}})
     );
     assert_eq!(
@@ -184,8 +184,10 @@ fn section_5_example_yields_exactly_four_notifications() {
     let script =
         r#"printf "event output\n"; sleep 0.1; printf "event err\n" >&2; sleep 0.1; exit 7"#;
     start(&mut client, sh("p1", script));
+    let mut events = until_closed(&mut client, "p1");
+    events[2] = common::v1_exit(events[2].clone());
     assert_eq!(
-        until_closed(&mut client, "p1"),
+        events,
         [
             json!({"method":"process/output","params":{"processId":"p1","seq":1,"stream":"stdout","chunk":"ZXZlbnQgb3V0cHV0Cg=="}}),
             json!({"method":"process/output","params":{"processId":"p1","seq":2,"stream":"stderr","chunk":"ZXZlbnQgZXJyCg=="}}),
@@ -336,7 +338,7 @@ fn read_defaults_next_seq_and_max_bytes() {
         json!({"processId": "r", "afterSeq": null, "maxBytes": null, "waitMs": null}),
     );
     assert_eq!(
-        all,
+        common::v1_exit(all.clone()),
         json!({"chunks":[
             {"seq":1,"stream":"stdout","chunk":"YQo="},
             {"seq":2,"stream":"stdout","chunk":"Ygo="},

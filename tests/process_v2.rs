@@ -92,7 +92,8 @@ fn start_reports_sandbox_type_and_exit_and_read_carry_sandbox_denied() {
     let daemon = daemon();
     let (mut client, _) = daemon.session();
     start(&mut client, sh("t", "exit 3", json!({})));
-    let events = until_closed(&mut client, "t");
+    let mut events = until_closed(&mut client, "t");
+    events[0] = common::v1_exit(events[0].clone());
     assert_eq!(
         events,
         [
@@ -102,7 +103,7 @@ fn start_reports_sandbox_type_and_exit_and_read_carry_sandbox_denied() {
     );
     let r = client.call("process/read", json!({"processId": "t"}));
     assert_eq!(
-        r["result"],
+        common::v1_exit(r["result"].clone()),
         json!({"chunks": [], "nextSeq": 3, "exited": true, "exitCode": 3, "closed": true,
                "failure": null, "sandboxDenied": false})
     );

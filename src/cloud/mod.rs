@@ -206,6 +206,9 @@ pub fn run(
                 match dial(&registration.url, &cfg.tls, RENDEZVOUS_CONNECT_TIMEOUT) {
                     Ok(ws) => {
                         log::info!("connected to rendezvous {shown}");
+                        let audited =
+                            serde_json::json!({"executorId": cfg.executor_id, "url": shown});
+                        crate::audit::record("cloudConnected", audited.clone());
                         let started = Instant::now();
                         serve(ws);
                         let lasted = started.elapsed();
@@ -213,6 +216,7 @@ pub fn run(
                             "rendezvous connection {shown} ended after {} s",
                             Tenths(lasted)
                         );
+                        crate::audit::record("cloudDisconnected", audited);
                         backoff.connection_ended(lasted);
                     }
                     Err(err) => log::warn!("rendezvous connection to {shown} failed: {err}"),

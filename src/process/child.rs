@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::exit::{exit_from_status, Exit};
 use super::kill::kill_session;
+use super::limits::{self, EndCause, ExitReport, Usage};
 use super::reaper;
 use super::table::{schedule_removal, Proc, State};
 use super::wait::{lock, wait_while};
@@ -37,7 +38,8 @@ const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(50);
 enum Event {
     Output(Stream, Vec<u8>),
     StreamEnd,
-    Exit(Exit),
+    /// The exit, what the child used, and when it was reaped.
+    Exit(Exit, Usage, Instant),
 }
 
 impl Proc {
@@ -63,6 +65,10 @@ impl Proc {
                     let seq = take_seq(&mut state);
                     let (numbered, message) = output.expect("output events are encoded above");
                     debug_assert_eq!(seq, numbered, "only emit numbers events");
+                    // Counted as numbered, so the exit report counts exactly the output
+                    // events before it.
+                    self.output_bytes[stream_index(stream)]
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     let State { retention, spool, .. } = &mut *state;
                     spare = retention.push(seq, stream, bytes, |old| {
                         spool.spill(old.seq, old.stream, &old.bytes, old.delivered)
@@ -70,17 +76,20 @@ impl Proc {
                     queue(&mut state, message);
                 }
                 Event::StreamEnd => state.open_streams -= 1,
-                Event::Exit(exit) => {
+                Event::Exit(exit, usage, reaped_at) => {
                     let seq = take_seq(&mut state);
+                    let report = self.report(&exit, state.cause, &usage, reaped_at);
                     let params = ExitedParams {
                         process_id: &self.id,
                         seq,
                         exit_code: exit.code,
                         sandbox_denied: self.sandbox_denied(&exit),
                         signal: exit.signal.as_deref(),
+                        report: &report,
                     };
                     let message = encode("process/exited", params);
                     state.exit = Some(exit);
+                    state.report = Some(report);
                     queue(&mut state, message);
                 }
             }
@@ -153,6 +162,64 @@ impl Proc {
         self.confined && sandbox::is_likely_denied(exit.code, sigsys, mentioned)
     }
 
+    /// The exit report of `exit` (issue 18).
+    fn report(
+        &self,
+        exit: &Exit,
+        cause: Option<EndCause>,
+        usage: &Usage,
+        reaped_at: Instant,
+    ) -> ExitReport {
+        let count = |s: Stream| self.output_bytes[stream_index(s)].load(Ordering::Relaxed);
+        let tty = self.tty;
+        ExitReport {
+            reason: limits::reason(exit, cause, usage, &self.limits),
+            wall_time_ms: reaped_at.saturating_duration_since(self.started).as_millis() as u64,
+            user_cpu_ms: usage.user_cpu_ms,
+            system_cpu_ms: usage.system_cpu_ms,
+            max_rss_kb: usage.max_rss_kb,
+            stdout_bytes: (!tty).then(|| count(Stream::Stdout)),
+            stderr_bytes: (!tty).then(|| count(Stream::Stderr)),
+            pty_bytes: tty.then(|| count(Stream::Pty)),
+        }
+    }
+
+    /// How many of `n` bytes just read from `stream` may be delivered under the output
+    /// limit. Reaching it kills the tree (cause `outputLimit`); later reads deliver nothing
+    /// and are only drained until EOF.
+    fn admit(&self, n: usize) -> usize {
+        let Some(max) = self.limits.max_output_bytes else {
+            return n;
+        };
+        let n = n as u64;
+        // Both output threads take from one allowance.
+        let before = self
+            .output_total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_add(n).min(max))
+            })
+            .unwrap_or(max);
+        let granted = n.min(max.saturating_sub(before));
+        if granted < n {
+            self.end_with(EndCause::OutputLimit);
+        }
+        granted as usize
+    }
+
+    /// Records `cause` (unless the child was already reaped or another cause came first)
+    /// and SIGKILLs the tree, as `kill_tree`. Returns whether the child was still running.
+    pub(super) fn end_with(&self, cause: EndCause) -> bool {
+        let mut state = lock(&self.state);
+        let running = !state.reaped;
+        if running && state.cause.is_none() {
+            state.cause = Some(cause);
+        }
+        if state.closed_at.is_none() {
+            kill_session(self.pid);
+        }
+        running
+    }
+
     /// SIGKILLs the child's tree unless it is over. Under the state lock, so the waiter
     /// cannot reap the leader (freeing its pid for reuse) in between.
     pub(super) fn kill_tree(&self) -> bool {
@@ -178,6 +245,15 @@ impl Proc {
 fn take_pending(state: &mut State) -> (VecDeque<String>, u64) {
     state.pending_bytes = 0;
     (std::mem::take(&mut state.pending), state.next_seq - 1)
+}
+
+/// A stream's slot in `Proc::output_bytes`.
+fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+        Stream::Pty => 2,
+    }
 }
 
 fn take_seq(state: &mut State) -> u64 {
@@ -211,12 +287,15 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
     }
     // The leader's orphans were reparented to the daemon as it died: they stay its tree's.
     reaper::claim_orphans(proc.owner);
-    let exit = {
+    let (exit, usage, reaped_at) = {
         let mut state = lock(&proc.state);
         let mut status: libc::c_int = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
         let reaped = loop {
+            // wait4 on this pid (not any child), for the resources it used (issue 18).
             // SAFETY: reaping our own child, which has exited.
-            let ret = unsafe { libc::waitpid(proc.pid, &mut status, 0) };
+            let ret = unsafe { libc::wait4(proc.pid, &mut status, 0, &mut rusage) };
             if ret >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                 break ret == proc.pid;
             }
@@ -224,11 +303,11 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
         state.reaped = true;
         reaper::untrack(proc.pid);
         if reaped {
-            exit_from_status(status)
+            (exit_from_status(status), Usage::from_rusage(&rusage), Instant::now())
         } else {
             // Only if someone else reaped our child (SIGCHLD ignored): the status is lost.
             log::error!("child {} was reaped elsewhere; exit status unknown", proc.pid);
-            Exit { code: -1, signal: None }
+            (Exit { code: -1, signal: None }, Usage::default(), Instant::now())
         }
     };
     proc.changed.notify_all();
@@ -238,7 +317,23 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
     // (a background process holding the pipe) only delays the exit event by the grace.
     let deadline = Instant::now() + EXIT_DRAIN_GRACE;
     drop(wait_while(&proc.changed, lock(&proc.state), deadline, |s| s.open_streams > 0));
-    proc.emit(Event::Exit(exit));
+    proc.emit(Event::Exit(exit, usage, reaped_at));
+    if crate::audit::enabled() {
+        let state = lock(&proc.state);
+        let mut fields = serde_json::json!({
+            "sessionId": &*proc.session, "processId": proc.id, "pid": proc.pid,
+            "exitCode": state.exit.as_ref().map(|e| e.code),
+            "signal": state.exit.as_ref().and_then(|e| e.signal.clone()),
+        });
+        if let (Some(report), Some(map)) = (
+            state.report.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            fields.as_object_mut(),
+        ) {
+            map.extend(report.as_object().cloned().unwrap_or_default());
+        }
+        drop(state);
+        crate::audit::record("processEnded", fields);
+    }
 }
 
 /// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).
@@ -259,6 +354,11 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
                 if n == buf.len() && !pipe_grown {
                     grow_pipe(&file);
                     pipe_grown = true;
+                }
+                // Over the output limit nothing more is delivered (the tree is being killed).
+                let n = proc.admit(n);
+                if n == 0 {
+                    continue;
                 }
                 if n < HANDOFF_MIN_BYTES {
                     // Copied, so that what retention holds stays close to what it counts.

@@ -15,6 +15,7 @@ mod child;
 mod envpolicy;
 mod exit;
 mod kill;
+mod limits;
 mod page;
 mod pty;
 mod reaper;
@@ -34,7 +35,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ use crate::error::RpcError;
 use crate::sandbox;
 use child::{read_loop, wait_loop};
 use kill::kill_session;
+pub use limits::EndCause;
 use retention::Retention;
 use spawn::{
     above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,
@@ -65,6 +67,8 @@ const KILL_ALL_WAIT: Duration = Duration::from_secs(3);
 
 /// All processes of one session (process ids are scoped to a session).
 pub struct Processes {
+    /// The owning session's id, for the audit log.
+    session: Arc<str>,
     config: Arc<Config>,
     live: Arc<AtomicUsize>,
     sink: Arc<dyn Notify>,
@@ -77,7 +81,20 @@ impl Processes {
     /// `live` is the daemon-wide count of registered processes (all sessions), checked against
     /// `config.max_processes` at start and decremented when an entry is removed.
     pub fn new(config: Arc<Config>, live: Arc<AtomicUsize>, sink: Arc<dyn Notify>) -> Processes {
-        Processes { config, live, sink, table: Arc::default(), group: reaper::next_id() }
+        Processes {
+            session: Arc::from(""),
+            config,
+            live,
+            sink,
+            table: Arc::default(),
+            group: reaper::next_id(),
+        }
+    }
+
+    /// Names the owning session in the audit log's process events.
+    pub fn with_session(mut self, session: &str) -> Processes {
+        self.session = Arc::from(session);
+        self
     }
 
     fn lookup(&self, id: &str) -> Lookup {
@@ -150,6 +167,20 @@ impl Processes {
                 }
                 if p.shell_snapshot.is_some() {
                     log::debug!("process {id}: shellSnapshot ignored (not advertised)");
+                }
+                if crate::audit::enabled() {
+                    // Environment names only: values may hold secrets.
+                    let mut env_names: Vec<&String> = p.env.keys().collect();
+                    env_names.sort();
+                    crate::audit::record(
+                        "processStarted",
+                        serde_json::json!({
+                            "sessionId": &*self.session, "processId": id, "pid": proc.pid,
+                            "argv": p.argv, "arg0": p.arg0, "cwd": cwd, "envNames": env_names,
+                            "tty": p.tty, "sandboxType": sandbox_type,
+                            "limits": self.config.limits.to_json(),
+                        }),
+                    );
                 }
                 Ok(StartResponse { process_id: id, sandbox_type })
             }
@@ -228,6 +259,7 @@ impl Processes {
             stdio: child_ends.each_ref().map(|fd| fd.as_raw_fd()),
             tty: p.tty,
             confinement,
+            rlimits: limits::rlimits(&self.config.limits),
         };
         let pid = spawn_on_spawner(plan)?;
         // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
@@ -245,6 +277,8 @@ impl Processes {
             announced: false,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            cause: None,
+            report: None,
         };
         let proc = Arc::new(Proc {
             id: p.process_id.clone(),
@@ -262,6 +296,12 @@ impl Processes {
             confined,
             denial_mentioned: AtomicBool::new(false),
             owner: reaper::Owner { tree: reaper::next_id(), group: self.group },
+            tty: p.tty,
+            started: Instant::now(),
+            limits: self.config.limits.clone(),
+            session: Arc::clone(&self.session),
+            output_total: AtomicU64::new(0),
+            output_bytes: Default::default(),
         });
         // The child exists from here on: whatever fails, it must still be reaped.
         let waiter = proc.clone();
@@ -288,6 +328,9 @@ impl Processes {
             proc.close_stdin();
             proc.kill_tree();
             return Err(e);
+        }
+        if let Some(timeout) = self.config.limits.process_timeout {
+            limits::arm_timeout(&proc, timeout);
         }
         Ok(proc)
     }
@@ -386,7 +429,7 @@ impl Processes {
             return Ok(TerminateResponse { running: false });
         };
         proc.close_stdin();
-        let running = proc.kill_tree();
+        let running = proc.end_with(EndCause::Terminated);
         if running {
             let deadline = Instant::now() + TERMINATE_REAP_WAIT;
             let (state, reaped) =
@@ -408,8 +451,8 @@ impl Processes {
 
     /// TTL expiry and shutdown: SIGKILL every process tree of the session (including trees
     /// whose leader exited but whose output is still open), reap, and remove all entries.
-    /// Returns within a bounded time.
-    pub fn kill_all(&self) {
+    /// Returns within a bounded time. `cause` is the exit reports' `reason`.
+    pub fn kill_all(&self, cause: EndCause) {
         let slots: Vec<Slot> = {
             let mut table = lock(&self.table);
             table.killed = true;
@@ -425,7 +468,7 @@ impl Processes {
             .collect();
         for proc in &procs {
             proc.close_stdin();
-            proc.kill_tree();
+            proc.end_with(cause);
         }
         // Escapees of trees whose entries were already removed.
         reaper::kill_group(self.group);
@@ -462,6 +505,7 @@ fn result(proc: &Proc, found: &page::Found<'_>) -> ReadResponse {
         failure: None,
         sandbox_denied: state.exit.as_ref().is_some_and(|e| proc.sandbox_denied(e)),
         dropped_before_seq: found.dropped_before_seq,
+        report: state.report.clone(),
     }
 }
 
@@ -474,7 +518,7 @@ impl Drop for Processes {
     fn drop(&mut self) {
         // A session dropped without kill_all must not leak its children.
         // Nor its escapees, which outlive their entries.
-        self.kill_all();
+        self.kill_all(EndCause::DaemonShutdown);
     }
 }
 

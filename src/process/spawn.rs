@@ -40,6 +40,8 @@ pub(super) struct SpawnPlan {
     pub(super) tty: bool,
     /// The sandbox, prepared by the parent; applied in the child right before chdir and exec.
     pub(super) confinement: Option<sandbox::Confinement>,
+    /// Operator rlimits (issue 18), set right before exec.
+    pub(super) rlimits: Vec<super::limits::Rlimit>,
 }
 
 type SpawnJob = (SpawnPlan, mpsc::SyncSender<io::Result<libc::pid_t>>);
@@ -221,6 +223,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             let top = limit.rlim_cur.min(1 << 16) as libc::c_int;
             for fd in 3..top {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        // Last, so that nothing above (the sandbox's descriptors) runs under them.
+        for (resource, limit) in &plan.rlimits {
+            if libc::setrlimit(*resource as _, limit) < 0 {
+                return fail(args);
             }
         }
         libc::execve(plan.program.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());

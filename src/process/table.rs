@@ -4,12 +4,13 @@
 //! does lives in child.rs; it neither spawns nor signals.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::exit::Exit;
+use super::limits::{EndCause, ExitReport};
 use super::reaper::Owner;
 use super::retention::Retention;
 use super::spool::Spool;
@@ -17,6 +18,7 @@ use super::stdin::StdinQueue;
 use super::v2::WriteIds;
 use super::wait::lock;
 use super::wire::Notify;
+use crate::limits::Limits;
 
 pub(super) struct State {
     pub(super) next_seq: u64,
@@ -35,6 +37,10 @@ pub(super) struct State {
     /// Numbered notifications not yet handed to the sink, in `seq` order.
     pub(super) pending: VecDeque<String>,
     pub(super) pending_bytes: usize,
+    /// Why the daemon or a client killed the tree, if it did (the first cause wins).
+    pub(super) cause: Option<EndCause>,
+    /// The exit report, set with `exit`.
+    pub(super) report: Option<ExitReport>,
 }
 
 pub(super) struct Proc {
@@ -62,6 +68,18 @@ pub(super) struct Proc {
     pub(super) denial_mentioned: AtomicBool,
     /// The tree and session its escapees are attributed to (reaper.rs).
     pub(super) owner: Owner,
+    /// Its output is one PTY stream (the report counts `ptyBytes`).
+    pub(super) tty: bool,
+    /// When the child was spawned, for the report's wall time.
+    pub(super) started: Instant,
+    /// The owning session's id, for the audit log.
+    pub(super) session: Arc<str>,
+    /// The operator limits it runs under.
+    pub(super) limits: Limits,
+    /// Output bytes admitted under `--max-output-bytes`, all streams together.
+    pub(super) output_total: AtomicU64,
+    /// Output bytes numbered as events, per stream (stdout, stderr, pty).
+    pub(super) output_bytes: [AtomicU64; 3],
 }
 
 pub(super) enum Slot {

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::envpolicy::EnvPolicy;
+use super::limits::ExitReport;
 use super::v2::{ExecMetadata, ManagedNetwork, NetworkProxy, SandboxType, ShellSnapshot};
 use crate::b64;
 use crate::recycle;
@@ -115,6 +116,9 @@ pub struct ReadResponse {
     /// with `afterSeq < seq < droppedBeforeSeq` is gone; the returned chunks follow.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped_before_seq: Option<u64>,
+    /// Extension (issue 18): why the process ended and what it used, once it exited.
+    #[serde(flatten)]
+    pub report: Option<ExitReport>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +183,9 @@ pub(super) struct ExitedParams<'a> {
     pub(super) signal: Option<&'a str>,
     /// v2: whether the process hit a sandbox denial the daemon could observe.
     pub(super) sandbox_denied: bool,
+    /// Extension (issue 18): why the process ended and what it used.
+    #[serde(flatten)]
+    pub(super) report: &'a ExitReport,
 }
 
 #[derive(Serialize)]

@@ -139,6 +139,16 @@ impl Connection {
                 .gated(Family::Filesystem, id, params, |p, s| watch::watch_missing(p, &s.watches)),
             other => Err(RpcError::method_not_found(other)),
         };
+        // The audit log (issue 18) records every filesystem change and its outcome, however
+        // it was served (confined or not).
+        let method = request.method.as_str();
+        if crate::audit::enabled()
+            && matches!(method, "fs/writeFile" | "fs/createDirectory" | "fs/remove" | "fs/copy")
+        {
+            let session = self.lock().session.as_ref().map(|s| s.id.clone());
+            let error = result.as_ref().err().map(|e| e.to_string());
+            crate::audit::fs_call(session.as_deref(), method, params, error);
+        }
         (result, after)
     }
 
@@ -214,11 +224,17 @@ impl Connection {
         }
         let sessions = &self.server.sessions;
         let out = Arc::clone(&self.out);
+        let resumed = p.resume_session_id.is_some();
         let session = match p.resume_session_id {
             Some(id) => sessions.resume(&id, self.id, out)?,
             None => sessions.create(self.id, out),
         };
         log::info!("connection {}: client `{}` on session {}", self.id, p.client_name, session.id);
+        crate::audit::record(
+            "sessionOpened",
+            serde_json::json!({"sessionId": session.id, "connection": self.id,
+                "clientName": p.client_name, "resumed": resumed}),
+        );
         let session_id = session.id.clone();
         state.session = Some(session);
         Ok(InitializeResponse { session_id, environment_info: environment::cached() })

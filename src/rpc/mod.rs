@@ -76,6 +76,15 @@ impl Server {
             }
         };
         lock(&self.conns).insert(id, Arc::clone(&out));
+        let (kind, peer) = match transport {
+            Transport::Local(peer) => ("websocket", Some(peer.to_string())),
+            Transport::Rendezvous => ("rendezvous", None),
+            Transport::Stdio => ("stdio", None),
+        };
+        crate::audit::record(
+            "connectionOpened",
+            serde_json::json!({"connection": id, "transport": kind, "peer": peer}),
+        );
         Arc::new(Connection {
             id,
             server: Arc::clone(self),

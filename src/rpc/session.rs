@@ -13,7 +13,7 @@ use crate::error::RpcError;
 use crate::fs::handles::Handles;
 use crate::fs::watch::Watches;
 use crate::outbound::Outbound;
-use crate::process::{Notify, Processes};
+use crate::process::{EndCause, Notify, Processes};
 
 /// The error code for resuming a session that another connection holds (upstream 0.171).
 const SESSION_ATTACHED: i64 = -32010;
@@ -69,9 +69,17 @@ impl Session {
     }
 
     /// Kills and reaps everything the session owns; called once it is removed.
-    fn end(&self) {
+    fn end(&self, cause: EndCause) {
         log::info!("session {} removed", self.id);
-        self.processes.kill_all();
+        self.processes.kill_all(cause);
+        let cause = match cause {
+            EndCause::SessionExpired => "sessionExpired",
+            _ => "daemonShutdown",
+        };
+        crate::audit::record(
+            "sessionClosed",
+            serde_json::json!({"sessionId": self.id, "cause": cause}),
+        );
         self.handles.close_all();
         self.watches.stop();
     }
@@ -117,7 +125,8 @@ impl Sessions {
             Arc::clone(&self.config),
             Arc::clone(&self.live_processes),
             Arc::clone(&link) as Arc<dyn Notify>,
-        );
+        )
+        .with_session(&id);
         let notify_link = Arc::clone(&link);
         let watches = Watches::new(Arc::new(move |message| {
             notify_link.notify(message);
@@ -177,7 +186,7 @@ impl Sessions {
     pub fn end_all(&self) {
         let all: Vec<Arc<Session>> = self.lock().drain().map(|(_, s)| s).collect();
         for session in all {
-            session.end();
+            session.end(EndCause::DaemonShutdown);
         }
     }
 
@@ -208,7 +217,7 @@ fn reap(sessions: &Sessions) {
             drop(map);
             for session in ended {
                 log::info!("session {} expired", session.id);
-                session.end();
+                session.end(EndCause::SessionExpired);
             }
             map = sessions.lock();
             continue;

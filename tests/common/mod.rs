@@ -36,7 +36,12 @@ impl Daemon {
 
     /// Starts the binary with exactly `args` and extra environment.
     pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(BIN);
+        Self::start_with(BIN, args, env)
+    }
+
+    /// Starts `program` (the binary, or a wrapper that runs it) with exactly `args`.
+    pub fn start_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
         for (k, v) in env {
@@ -325,4 +330,32 @@ pub fn http(addr: &str, request: &str) -> (String, String) {
     let _ = stream.read_to_string(&mut response);
     let status = response.lines().next().unwrap_or("").to_string();
     (status, response)
+}
+
+/// The exit report's extension members (issue 18, tests/limits.rs), in `process/exited`
+/// params and `process/read` results.
+pub const REPORT_KEYS: [&str; 8] = [
+    "reason",
+    "wallTimeMs",
+    "userCpuMs",
+    "systemCpuMs",
+    "maxRssKb",
+    "stdoutBytes",
+    "stderrBytes",
+    "ptyBytes",
+];
+
+/// `message` (a notification, or a read result) without the exit report's extension members,
+/// for exact comparisons of the v1 members; asserts that a report with a reason was there.
+pub fn v1_exit(mut message: Value) -> Value {
+    let object = match message.get_mut("params") {
+        Some(params) => params,
+        None => &mut message,
+    };
+    let object = object.as_object_mut().expect("an object");
+    assert!(object.get("reason").is_some_and(Value::is_string), "no exit reason: {object:?}");
+    for key in REPORT_KEYS {
+        object.remove(key);
+    }
+    message
 }

@@ -196,6 +196,11 @@ pub fn run(
                         cfg.environment_id,
                         r.executor_registration_id
                     );
+                    crate::audit::record(
+                        "cloudRegistered",
+                        serde_json::json!({"environmentId": cfg.environment_id,
+                            "registrationId": r.executor_registration_id}),
+                    );
                     registration = Some(r);
                 }
                 Err(RegisterError::Retry(reason)) => {
@@ -213,6 +218,9 @@ pub fn run(
         match dial::dial(&reg.url, &cfg.tls, RELAY_CONNECT_TIMEOUT) {
             Ok(ws) => {
                 log::info!("connected to relay {shown}");
+                let audited =
+                    serde_json::json!({"environmentId": cfg.environment_id, "url": shown});
+                crate::audit::record("cloudConnected", audited.clone());
                 let started = Instant::now();
                 let ctx = relay::LinkContext {
                     environment_id: cfg.environment_id.clone(),
@@ -224,6 +232,7 @@ pub fn run(
                 };
                 relay::serve(ws, server, ctx);
                 log::info!("relay link {shown} ended");
+                crate::audit::record("cloudDisconnected", audited);
                 backoff.connection_ended(started.elapsed());
             }
             Err(dial::DialError::Rejected(status)) if (400..500).contains(&status) => {
