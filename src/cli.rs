@@ -85,6 +85,10 @@ pub struct Flags {
     /// extra PEM CA bundle to trust (env SSL_CERT_FILE)
     #[argh(option)]
     ca_file: Option<String>,
+    /// cloud mode: http://[user:pass@]host:port CONNECT proxy for both legs (overrides
+    /// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; NO_PROXY still applies)
+    #[argh(option)]
+    proxy: Option<String>,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -238,6 +242,7 @@ fn cloud_args(flags: &Flags) -> CloudArgs {
         name: flags.name.clone(),
         token_file: flags.token_file.clone(),
         ca_file: flags.ca_file.clone(),
+        proxy: flags.proxy.clone(),
     }
 }
 
@@ -252,6 +257,7 @@ fn v2_args(flags: &Flags, v1: &CloudArgs) -> Result<Option<V2Args>, Exit> {
         remote_transport: flags.remote_transport.clone(),
         token_file: flags.token_file.clone(),
         ca_file: flags.ca_file.clone(),
+        proxy: flags.proxy.clone(),
         exit_on_stdin_close: flags.exit_on_stdin_close,
     };
     let v1_only = v1.cloud

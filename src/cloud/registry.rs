@@ -195,8 +195,17 @@ impl Registry {
         name: &str,
         token: TokenSource,
         roots: &[CertificateDer<'static>],
+        proxy: Option<ureq::Proxy>,
     ) -> Registry {
-        Registry::with_registration_id(base_url, executor_id, name, token, roots, Uuid::new_v4())
+        Registry::with_registration_id(
+            base_url,
+            executor_id,
+            name,
+            token,
+            roots,
+            proxy,
+            Uuid::new_v4(),
+        )
     }
 
     /// [`Registry::new`] with a chosen registration UUID, so tests can check the recipe.
@@ -206,6 +215,7 @@ impl Registry {
         name: &str,
         token: TokenSource,
         roots: &[CertificateDer<'static>],
+        proxy: Option<ureq::Proxy>,
         registration_id: Uuid,
     ) -> Registry {
         let tls = TlsConfig::builder()
@@ -222,6 +232,9 @@ impl Registry {
             .timeout_global(Some(REQUEST_TIMEOUT))
             .max_redirects(0)
             .http_status_as_error(false)
+            // Always set: ureq would otherwise read the proxy variables itself (cloud/proxy.rs
+            // decides, once, for both legs).
+            .proxy(proxy)
             .tls_config(tls)
             .build()
             .new_agent();
@@ -537,6 +550,7 @@ mod tests {
             "codex-exec-server",
             token,
             &[],
+            None,
             Uuid::parse_str(REG_ID).unwrap(),
         )
     }

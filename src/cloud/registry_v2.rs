@@ -145,6 +145,7 @@ impl RegistryV2 {
         environment_id: &str,
         bearer: Bearer,
         roots: &[CertificateDer<'static>],
+        proxy: Option<ureq::Proxy>,
     ) -> RegistryV2 {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
@@ -160,6 +161,8 @@ impl RegistryV2 {
             .timeout_global(Some(REQUEST_TIMEOUT))
             .max_redirects(0)
             .http_status_as_error(false)
+            // Always set: ureq would otherwise read the proxy variables itself.
+            .proxy(proxy)
             .tls_config(tls)
             .build()
             .new_agent();
