@@ -38,6 +38,8 @@ const EXECUTOR_ID_MAX_CHARS: usize = 256;
 pub const BASE_URL_ENV: &str = "CODEX_CLOUD_ENVIRONMENTS_BASE_URL";
 pub const ENVIRONMENT_ID_ENV: &str = "CODEX_CLOUD_ENVIRONMENT_ID";
 pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+/// Colon-separated directories of PEM CA files, added to the trust list as `SSL_CERT_FILE`.
+pub const CA_DIR_ENV: &str = "SSL_CERT_DIR";
 
 /// The cloud options exactly as given on the command line, before any validation. Each
 /// pair holds the two spellings of one option (§8.1).
@@ -149,7 +151,10 @@ impl CloudArgs {
 
         let ca_file =
             self.ca_file.clone().or_else(|| env(CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
-        let roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
+        let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
+        if let Some(dirs) = env(CA_DIR_ENV) {
+            roots.extend(tls::cert_dirs(&dirs)?);
+        }
         let tls = tls::client_config(&roots);
         let proxies = Proxies::from_env(self.proxy.as_deref(), env)?;
         Ok(CloudConfig { base_url, executor_id, name, token, roots, tls, proxies })

@@ -158,7 +158,10 @@ pub fn validate(
     };
     let ca_file =
         args.ca_file.clone().or_else(|| env(super::CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
-    let roots = tls::trust_roots(ca_file.as_deref().map(Path::new)).map_err(usage)?;
+    let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new)).map_err(usage)?;
+    if let Some(dirs) = env(super::CA_DIR_ENV) {
+        roots.extend(tls::cert_dirs(&dirs).map_err(usage)?);
+    }
     let tls = tls::client_config(&roots);
     let proxies = Proxies::from_env(args.proxy.as_deref(), env).map_err(usage)?;
     let exit_on_stdin_close = args.exit_on_stdin_close
