@@ -107,8 +107,39 @@ pub struct Flags {
     exit_on_stdin_close: bool,
 }
 
+/// exec-server doctor: check each link of cloud mode's path (configuration, token, DNS,
+/// proxy, TCP, TLS, clock, registration, rendezvous websocket) and report one line each.
+#[derive(FromArgs, Debug)]
+struct DoctorFlags {
+    /// registry base URL (env CODEX_CLOUD_ENVIRONMENTS_BASE_URL)
+    #[argh(option)]
+    cloud_base_url: Option<String>,
+    /// executor id (env CODEX_CLOUD_ENVIRONMENT_ID)
+    #[argh(option)]
+    cloud_environment_id: Option<String>,
+    /// executor name (default codex-exec-server)
+    #[argh(option)]
+    cloud_name: Option<String>,
+    /// file holding the registry bearer token (else CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN)
+    #[argh(option)]
+    token_file: Option<String>,
+    /// extra PEM CA bundle to trust (env SSL_CERT_FILE)
+    #[argh(option)]
+    ca_file: Option<String>,
+    /// http://[user:pass@]host:port CONNECT proxy (overrides the proxy variables)
+    #[argh(option)]
+    proxy: Option<String>,
+    /// deadline of each check in seconds (default 10)
+    #[argh(option)]
+    timeout: Option<u64>,
+    /// print one JSON object instead of lines
+    #[argh(switch)]
+    json: bool,
+}
+
 /// What to run.
 pub enum Mode {
+    Doctor(crate::cloud::doctor::DoctorArgs),
     Version,
     Listen { addr: SocketAddr, token: Option<String> },
     Stdio,
@@ -133,6 +164,10 @@ impl Exit {
 pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
     let command = args.first().map_or("exec-server", String::as_str);
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    if rest.first() == Some(&"doctor") {
+        let defaults = Flags::from_args(&[command], &[]).map_err(|e| Exit::usage(e.output))?;
+        return Ok((Mode::Doctor(doctor_args(command, &rest[1..])?), config(&defaults)));
+    }
     let flags = Flags::from_args(&[command], &rest).map_err(|early| match early.status {
         Ok(()) => Exit { code: 0, message: early.output },
         Err(()) => Exit::usage(early.output.trim_end()),
@@ -229,6 +264,28 @@ fn config(flags: &Flags) -> Config {
         exited_retention: secs(flags.exited_retention_secs, defaults.exited_retention),
         max_wait: flags.max_wait_ms.map_or(defaults.max_wait, Duration::from_millis),
     }
+}
+
+fn doctor_args(command: &str, rest: &[&str]) -> Result<crate::cloud::doctor::DoctorArgs, Exit> {
+    let flags =
+        DoctorFlags::from_args(&[command, "doctor"], rest).map_err(|early| match early.status {
+            Ok(()) => Exit { code: 0, message: early.output },
+            Err(()) => Exit::usage(early.output.trim_end()),
+        })?;
+    Ok(crate::cloud::doctor::DoctorArgs {
+        cloud: CloudArgs {
+            cloud: true,
+            cloud_base_url: flags.cloud_base_url,
+            cloud_environment_id: flags.cloud_environment_id,
+            cloud_name: flags.cloud_name,
+            token_file: flags.token_file,
+            ca_file: flags.ca_file,
+            proxy: flags.proxy,
+            ..CloudArgs::default()
+        },
+        timeout: flags.timeout.map(Duration::from_secs),
+        json: flags.json,
+    })
 }
 
 fn cloud_args(flags: &Flags) -> CloudArgs {

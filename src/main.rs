@@ -68,6 +68,10 @@ fn run(args: &[String]) -> Result<(), Exit> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("exec_server=info"))
         .target(env_logger::Target::Stderr)
         .init();
+    if let Mode::Doctor(args) = &mode {
+        let code = cloud::doctor::run(args, &|key| std::env::var(key).ok());
+        return if code == 0 { Ok(()) } else { Err(Exit { code, message: String::new() }) };
+    }
     if let Mode::Version = mode {
         // The version, then what this host can enforce of a client's sandbox.
         println!("exec-server {}", env!("CARGO_PKG_VERSION"));
@@ -78,7 +82,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
     sandbox::probe::support();
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     match mode {
-        Mode::Version => Ok(()),
+        Mode::Version | Mode::Doctor(_) => Ok(()),
         Mode::Listen { addr, token } => {
             let listener = TcpListener::bind(addr)
                 .map_err(|e| internal(format!("failed to bind {addr}: {e}")))?;

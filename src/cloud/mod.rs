@@ -5,6 +5,7 @@
 //! frames or handle signals — the caller passes those in as `serve` and `sleep`.
 
 mod dial;
+pub mod doctor;
 pub mod proxy;
 mod registry;
 

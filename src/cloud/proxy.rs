@@ -314,8 +314,19 @@ pub fn tunnel(
 ) -> Result<TcpStream, String> {
     let addrs = super::dial::resolve(&proxy.host, proxy.port, deadline)
         .map_err(|e| format!("proxy {proxy}: {e}"))?;
-    let mut tcp =
+    let tcp =
         super::dial::connect_any(&addrs, deadline).map_err(|e| format!("proxy {proxy}: {e}"))?;
+    connect_over(tcp, proxy, host, port, deadline)
+}
+
+/// The CONNECT exchange of [`tunnel`] on a socket already connected to `proxy`.
+pub fn connect_over(
+    mut tcp: TcpStream,
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+    deadline: Instant,
+) -> Result<TcpStream, String> {
     super::dial::set_deadline(&tcp, deadline)?;
     let target =
         if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };

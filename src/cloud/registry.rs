@@ -42,8 +42,13 @@ const IDEMPOTENCY_NAMESPACE: &str = "codex-exec-server-v1";
 pub struct Token(String);
 
 impl Token {
-    fn header_value(&self) -> String {
+    pub(super) fn header_value(&self) -> String {
         format!("Bearer {}", self.0)
+    }
+
+    /// The token's length in bytes (doctor shows it; never the token).
+    pub(super) fn byte_len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -254,6 +259,11 @@ impl Registry {
             body,
             token,
         }
+    }
+
+    /// The registration URL and JSON body, for `doctor`'s own request.
+    pub(super) fn request(&self) -> (&str, &str) {
+        (&self.endpoint, &self.body)
     }
 
     /// One registration round (§8.4): read the token, POST, and on 401/403 re-read the

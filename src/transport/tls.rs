@@ -171,6 +171,14 @@ impl TlsStream {
         Ok(stream)
     }
 
+    /// The certificate chain the server presented (leaf first), for `doctor`.
+    pub fn peer_certificates(&self) -> Vec<CertificateDer<'static>> {
+        self.conn
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// The TCP socket, for `set_nonblocking`, timeouts, `shutdown` and `poll`.
     pub fn tcp(&self) -> &TcpStream {
         &self.sock

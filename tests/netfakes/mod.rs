@@ -362,6 +362,16 @@ impl FakeRendezvous {
         }
     }
 
+    /// Serves every accepted socket in the background: reads until the peer closes, so a
+    /// client's close handshake gets its reply.
+    pub fn answer_closes(self) {
+        thread::spawn(move || {
+            while let Ok(mut ws) = self.accepted.recv() {
+                thread::spawn(move || while ws.read().is_ok() {});
+            }
+        });
+    }
+
     pub fn accepted_any(&self) -> bool {
         self.accepted.try_recv().is_ok()
     }
