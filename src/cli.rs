@@ -9,6 +9,7 @@ use argh::FromArgs;
 use crate::cloud::noise::V2Args;
 use crate::cloud::CloudArgs;
 use crate::config::Config;
+use crate::logfmt::{LogFormat, LOG_FORMAT_ENV};
 
 /// exec-server: run processes and use files on this host for a remote orchestrator, over
 /// JSON-RPC on a websocket, stdio, or an outbound cloud rendezvous.
@@ -85,6 +86,11 @@ pub struct Flags {
     /// extra PEM CA bundle to trust (env SSL_CERT_FILE)
     #[argh(option)]
     ca_file: Option<String>,
+    /// log lines as `text` (default) or `json`, one object per line (env
+    /// EXEC_SERVER_LOG_FORMAT)
+    #[argh(option)]
+    #[allow(dead_code)] // read by `log_format` before logging starts
+    log_format: Option<String>,
     /// cloud mode: http://[user:pass@]host:port CONNECT proxy for both legs (overrides
     /// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; NO_PROXY still applies)
     #[argh(option)]
@@ -157,6 +163,26 @@ pub struct Exit {
 impl Exit {
     pub fn usage(message: impl Into<String>) -> Exit {
         Exit { code: 2, message: message.into() }
+    }
+}
+
+/// `--log-format` (else `EXEC_SERVER_LOG_FORMAT`), read before anything logs; `parse`
+/// accepts the flag and leaves it alone.
+pub fn log_format(args: &[String]) -> Result<LogFormat, Exit> {
+    let mut given = None;
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--log-format" {
+            given = args.get(i + 1).cloned();
+        } else if let Some(value) = arg.strip_prefix("--log-format=") {
+            given = Some(value.to_owned());
+        }
+    }
+    match given {
+        Some(value) => LogFormat::parse(&value, "--log-format").map_err(Exit::usage),
+        None => match std::env::var(LOG_FORMAT_ENV) {
+            Ok(value) => LogFormat::parse(&value, LOG_FORMAT_ENV).map_err(Exit::usage),
+            Err(_) => Ok(LogFormat::Text),
+        },
     }
 }
 

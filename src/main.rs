@@ -6,6 +6,7 @@ mod alloc;
 mod b64;
 mod config;
 mod error;
+mod logfmt;
 mod outbound;
 mod recycle;
 mod shutdown;
@@ -64,10 +65,9 @@ fn main() {
 }
 
 fn run(args: &[String]) -> Result<(), Exit> {
+    let log_format = cli::log_format(args)?;
     let (mode, config) = cli::parse(args)?;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("exec_server=info"))
-        .target(env_logger::Target::Stderr)
-        .init();
+    logfmt::init(log_format);
     if let Mode::Doctor(args) = &mode {
         let code = cloud::doctor::run(args, &|key| std::env::var(key).ok());
         return if code == 0 { Ok(()) } else { Err(Exit { code, message: String::new() }) };

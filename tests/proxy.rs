@@ -203,3 +203,45 @@ fn ssl_cert_dir_alone_makes_the_private_ca_trusted_on_both_legs() {
     registry.next_request();
     rendezvous.accept_and_initialize();
 }
+
+#[test]
+fn json_logs_carry_ts_level_target_msg_and_no_secrets() {
+    let dir = TempDir::new();
+    let token_file = dir.file("token", TOKEN);
+    let rendezvous = FakeRendezvous::start(None);
+    let registry = FakeRegistry::start(None, 200, registered(&rendezvous.url));
+    let proxy = ConnectProxy::start(Some((USER, PASSWORD)));
+    let proxy_url = format!("http://{USER}:{PASSWORD_ENCODED}@127.0.0.1:{}", proxy.port);
+    let mut args = cloud_args(&registry.base, &token_file);
+    args.extend(["--log-format", "json", "--proxy", &proxy_url]);
+    let daemon = Daemon::spawn(&args, &[("RUST_LOG", "trace")]);
+    registry.next_request();
+    rendezvous.accept_and_initialize();
+    daemon.wait_line("connected to rendezvous");
+    let log = daemon.stderr();
+    assert_no_secrets(&log);
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["level", "msg", "target", "ts"], "{line}");
+        assert!(line.starts_with(r#"{"ts":""#), "{line}");
+        let ts = v["ts"].as_str().unwrap();
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+            "{ts}"
+        );
+    }
+
+    let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
+    daemon.wait_line("connected to rendezvous");
+    for line in daemon.stderr().lines() {
+        let (ts, rest) = line.split_once(' ').unwrap();
+        assert!(ts.len() == 24 && ts.ends_with('Z'), "{line}");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].iter().any(|l| rest.starts_with(l)),
+            "{line}"
+        );
+    }
+}
