@@ -2,8 +2,9 @@
 //! environment (`https_proxy`/`HTTPS_PROXY` for https:// and wss://, `http_proxy`/
 //! `HTTP_PROXY` for http:// and ws://, `all_proxy`/`ALL_PROXY` for both), and `no_proxy`/
 //! `NO_PROXY` exceptions. It owns the one decision "direct or through which proxy" for a
-//! target, and the HTTP CONNECT tunnel the websocket dials use; the registry leg hands the
-//! same decision to ureq as a `ureq::Proxy`. It never shows a proxy password: `Debug`,
+//! target, and the HTTP CONNECT exchange the websocket dials run on a socket they connected
+//! (dial.rs); the registry leg hands the same decision to ureq as a `ureq::Proxy`. It opens
+//! no connection itself. It never shows a proxy password: `Debug`,
 //! `Display` and every error carry the proxy's host and port only.
 
 use std::fmt;
@@ -286,40 +287,9 @@ impl Proxies {
     }
 }
 
-/// A TCP connection to `host:port` for the websocket dials: direct, or a CONNECT tunnel
-/// through the selected proxy. TLS to the target, if any, is the caller's, inside it.
-pub fn open(
-    proxies: &Proxies,
-    secure: bool,
-    host: &str,
-    port: u16,
-    deadline: Instant,
-) -> Result<TcpStream, String> {
-    match proxies.select(secure, host, port) {
-        Some(proxy) => tunnel(proxy, host, port, deadline),
-        None => {
-            let addrs = super::dial::resolve(host, port, deadline)?;
-            super::dial::connect_any(&addrs, deadline)
-        }
-    }
-}
-
-/// Connects to `proxy` and asks it for a tunnel to `host:port` (HTTP CONNECT, basic auth
-/// when the URL has credentials). Any answer but 2xx is an error with the status.
-pub fn tunnel(
-    proxy: &ProxyUrl,
-    host: &str,
-    port: u16,
-    deadline: Instant,
-) -> Result<TcpStream, String> {
-    let addrs = super::dial::resolve(&proxy.host, proxy.port, deadline)
-        .map_err(|e| format!("proxy {proxy}: {e}"))?;
-    let tcp =
-        super::dial::connect_any(&addrs, deadline).map_err(|e| format!("proxy {proxy}: {e}"))?;
-    connect_over(tcp, proxy, host, port, deadline)
-}
-
-/// The CONNECT exchange of [`tunnel`] on a socket already connected to `proxy`.
+/// Asks `proxy`, on `tcp` already connected to it, for a tunnel to `host:port` (HTTP
+/// CONNECT, basic auth when the URL has credentials). Any answer but 2xx is an error with
+/// the status. The socket keeps read/write timeouts for `deadline`.
 pub fn connect_over(
     mut tcp: TcpStream,
     proxy: &ProxyUrl,
@@ -327,7 +297,13 @@ pub fn connect_over(
     port: u16,
     deadline: Instant,
 ) -> Result<TcpStream, String> {
-    super::dial::set_deadline(&tcp, deadline)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(format!("proxy {proxy}: timed out"));
+    }
+    tcp.set_read_timeout(Some(left))
+        .and_then(|()| tcp.set_write_timeout(Some(left)))
+        .map_err(|e| format!("proxy {proxy}: {e}"))?;
     let target =
         if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");

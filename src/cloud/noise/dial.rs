@@ -59,7 +59,7 @@ pub fn dial(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let tcp = super::super::proxy::open(proxies, secure, &host, port, deadline).map_err(failed)?;
+    let tcp = super::super::dial::open(proxies, secure, &host, port, deadline).map_err(failed)?;
     tcp.set_nodelay(true).map_err(|e| failed(format!("TCP_NODELAY: {e}")))?;
     let stream = if secure {
         let tls = TlsStream::connect(tcp, &host, tls_config.clone(), deadline)
