@@ -55,7 +55,7 @@ fn main() {
         Err(exit) => {
             if exit.code == 0 {
                 print!("{}", exit.message);
-            } else {
+            } else if !exit.message.is_empty() {
                 eprintln!("{}", exit.message);
             }
             exit.code

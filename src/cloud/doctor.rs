@@ -84,7 +84,7 @@ impl Report {
 }
 
 const ALL_CHECKS: &[&str] =
-    &["config", "token", "dns", "proxy", "tcp", "tls", "clock", "register", "websocket"];
+    &["config", "token", "dns", "tcp", "proxy", "tls", "clock", "register", "websocket"];
 
 /// Runs every check, prints the report to stdout and returns the exit code: 0 when none
 /// failed, 1 otherwise.
