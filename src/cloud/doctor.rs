@@ -232,7 +232,7 @@ fn walk(
         Stream::Plain(tcp)
     };
 
-    let response = exchange(&mut stream, &target, endpoint, body, &token.header_value(), timeout);
+    let response = exchange(&mut stream, &target, body, &token.header_value(), timeout);
     let response = match response {
         Ok(r) => r,
         Err(reason) => {
@@ -330,7 +330,6 @@ struct Response {
 fn exchange(
     stream: &mut Stream,
     target: &Target,
-    _endpoint: &str,
     body: &str,
     authorization: &str,
     timeout: Duration,
