@@ -123,6 +123,12 @@ struct DoctorFlags {
     /// executor id (env CODEX_CLOUD_ENVIRONMENT_ID)
     #[argh(option)]
     cloud_environment_id: Option<String>,
+    /// cloud mode v2: registry base URL (with --environment-id)
+    #[argh(option)]
+    remote: Option<String>,
+    /// cloud mode v2: environment id (selects v2)
+    #[argh(option)]
+    environment_id: Option<String>,
     /// executor name (default codex-exec-server)
     #[argh(option)]
     cloud_name: Option<String>,
@@ -298,10 +304,19 @@ fn doctor_args(command: &str, rest: &[&str]) -> Result<crate::cloud::doctor::Doc
             Ok(()) => Exit { code: 0, message: early.output },
             Err(()) => Exit::usage(early.output.trim_end()),
         })?;
+    let v2 = flags.environment_id.is_some().then(|| V2Args {
+        remote: flags.remote.clone(),
+        environment_id: flags.environment_id.clone(),
+        token_file: flags.token_file.clone(),
+        ca_file: flags.ca_file.clone(),
+        proxy: flags.proxy.clone(),
+        ..V2Args::default()
+    });
     Ok(crate::cloud::doctor::DoctorArgs {
+        v2,
         cloud: CloudArgs {
             cloud: true,
-            cloud_base_url: flags.cloud_base_url,
+            cloud_base_url: flags.cloud_base_url.or(flags.remote),
             cloud_environment_id: flags.cloud_environment_id,
             cloud_name: flags.cloud_name,
             token_file: flags.token_file,

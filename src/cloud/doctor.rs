@@ -6,15 +6,19 @@
 //! prints the token, a proxy password or the rendezvous URL's query string.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use rustls::ClientConfig;
 use serde_json::json;
 
 use super::proxy;
+use super::proxy::Proxies;
 use super::registry::{without_query, Registry};
-use super::{CloudArgs, CloudConfig, CA_DIR_ENV, CA_FILE_ENV};
+use super::registry_v2::{self, Bearer};
+use super::{CloudArgs, CA_DIR_ENV, CA_FILE_ENV};
 use crate::transport::tls::{self, Stream, TlsStream};
 
 /// Each check's deadline unless `--timeout` says otherwise.
@@ -28,6 +32,8 @@ const RESPONSE_LIMIT_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, Default)]
 pub struct DoctorArgs {
     pub cloud: CloudArgs,
+    /// Set for cloud mode v2 (`--remote` with `--environment-id`).
+    pub v2: Option<super::noise::V2Args>,
     pub timeout: Option<Duration>,
     pub json: bool,
 }
@@ -114,19 +120,33 @@ pub fn run(args: &DoctorArgs, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     i32::from(!ok)
 }
 
-fn walk(
+/// What the checks after `token` need, from either cloud mode.
+struct Plan {
+    /// The registration URL, its JSON body and the `Authorization` value.
+    endpoint: String,
+    body: String,
+    authorization: String,
+    tls: Arc<ClientConfig>,
+    proxies: Proxies,
+    /// `--ca-file` or `SSL_CERT_FILE`, to name the trust source.
+    ca_file: Option<String>,
+    /// v2 dials the relay with its own header; v1 the rendezvous as given.
+    v2: bool,
+}
+
+/// config and token for legacy cloud mode (`--cloud-base-url`).
+fn plan_v1(
     args: &DoctorArgs,
     env: &dyn Fn(&str) -> Option<String>,
-    timeout: Duration,
     report: &mut Report,
-) {
+) -> Option<Plan> {
     let mut cloud = args.cloud.clone();
     cloud.cloud = true;
     let cfg = match cloud.validate(env) {
         Ok(cfg) => cfg,
         Err(reason) => {
             report.add("config", Status::Fail, reason);
-            return report.skip_rest(ALL_CHECKS, "config");
+            return None;
         }
     };
     report.add(
@@ -147,10 +167,9 @@ fn walk(
         }
         Err(reason) => {
             report.add("token", Status::Fail, reason);
-            return report.skip_rest(ALL_CHECKS, "token");
+            return None;
         }
     };
-
     let registry = Registry::new(
         &cfg.base_url,
         &cfg.executor_id,
@@ -160,6 +179,88 @@ fn walk(
         None,
     );
     let (endpoint, body) = registry.request();
+    let ca_file = cloud.ca_file.clone().or_else(|| env(CA_FILE_ENV));
+    Some(Plan {
+        endpoint: endpoint.to_owned(),
+        body: body.to_owned(),
+        authorization: token.header_value(),
+        tls: cfg.tls,
+        proxies: cfg.proxies,
+        ca_file: ca_file.filter(|p| !p.trim().is_empty()),
+        v2: false,
+    })
+}
+
+/// config and token for cloud mode v2 (`--remote` with `--environment-id`). The
+/// registration sends a throwaway Noise key.
+fn plan_v2(
+    v2: &super::noise::V2Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut Report,
+) -> Option<Plan> {
+    let cfg = match super::noise::validate(v2, env, &mut || None) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            report.add("config", Status::Fail, e.message);
+            return None;
+        }
+    };
+    report.add(
+        "config",
+        Status::Ok,
+        format!("registry {}, environment id {} (v2)", cfg.base_url, cfg.environment_id),
+    );
+    let token = match cfg.bearer.read() {
+        Ok(token) => {
+            let source = match &cfg.bearer {
+                Bearer::File(path) => format!("file {}", path.display()),
+                Bearer::Fixed(_) if env(registry_v2::NOISE_TOKEN_ENV).is_some() => {
+                    format!("environment {}", registry_v2::NOISE_TOKEN_ENV)
+                }
+                Bearer::Fixed(_) => format!("environment {}", registry_v2::V1_TOKEN_ENV),
+            };
+            report.add("token", Status::Ok, format!("{} bytes from {source}", token.len()));
+            token
+        }
+        Err(reason) => {
+            report.add("token", Status::Fail, reason);
+            return None;
+        }
+    };
+    let identity = match super::noise::channel::Identity::generate() {
+        Ok(identity) => identity,
+        Err(e) => {
+            report.add("register", Status::Fail, format!("cannot generate a Noise key: {e}"));
+            return None;
+        }
+    };
+    let ca_file = v2.ca_file.clone().or_else(|| env(CA_FILE_ENV));
+    Some(Plan {
+        endpoint: format!("{}/cloud/environment/{}/register", cfg.base_url, cfg.environment_id),
+        body: registry_v2::register_body(&identity.public_key()),
+        authorization: format!("Bearer {token}"),
+        tls: cfg.tls,
+        proxies: cfg.proxies,
+        ca_file: ca_file.filter(|p| !p.trim().is_empty()),
+        v2: true,
+    })
+}
+
+fn walk(
+    args: &DoctorArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+    timeout: Duration,
+    report: &mut Report,
+) {
+    let plan = match &args.v2 {
+        Some(v2) => plan_v2(v2, env, report),
+        None => plan_v1(args, env, report),
+    };
+    let Some(plan) = plan else {
+        let failed = report.checks.last().map_or("config", |(name, _, _)| *name);
+        return report.skip_rest(ALL_CHECKS, failed);
+    };
+    let (endpoint, body) = (plan.endpoint.as_str(), plan.body.as_str());
     let Some(target) = Target::parse(endpoint) else {
         report.add("dns", Status::Fail, "registry URL has no host");
         return report.skip_rest(ALL_CHECKS, "dns");
@@ -167,7 +268,7 @@ fn walk(
 
     // DNS: the registry host, or the proxy's when one is in use (the proxy resolves the
     // registry host itself).
-    let via = cfg.proxies.select(target.secure, &target.host, target.port).cloned();
+    let via = plan.proxies.select(target.secure, &target.host, target.port).cloned();
     let (dns_host, dns_port) = match &via {
         Some(p) => (p.host.clone(), p.port),
         None => (target.host.clone(), target.port),
@@ -215,12 +316,11 @@ fn walk(
 
     let mut stream = if target.secure {
         let result =
-            TlsStream::connect(tcp, &target.host, cfg.tls.clone(), Instant::now() + timeout)
+            TlsStream::connect(tcp, &target.host, plan.tls.clone(), Instant::now() + timeout)
                 .map_err(|e| format!("handshake with {}: {e}", target.host))
                 .map(|tls| {
-                    let ca_file = cloud.ca_file.clone().or_else(|| env(CA_FILE_ENV));
-                    let ca_file = ca_file.filter(|p| !p.trim().is_empty());
-                    let detail = describe_chain(&tls.peer_certificates(), ca_file, env);
+                    let detail =
+                        describe_chain(&tls.peer_certificates(), plan.ca_file.clone(), env);
                     (Stream::Tls(Box::new(tls)), detail)
                 });
         match report.check("tls", result) {
@@ -232,7 +332,7 @@ fn walk(
         Stream::Plain(tcp)
     };
 
-    let response = exchange(&mut stream, &target, body, &token.header_value(), timeout);
+    let response = exchange(&mut stream, &target, body, &plan.authorization, timeout);
     let response = match response {
         Ok(r) => r,
         Err(reason) => {
@@ -289,7 +389,7 @@ fn walk(
         return report.skip_rest(ALL_CHECKS, "register");
     };
 
-    let result = websocket(&url, &cfg, timeout);
+    let result = websocket(&url, &plan, timeout);
     report.check("websocket", result.map(|detail| ((), detail)));
 }
 
@@ -361,6 +461,9 @@ fn exchange(
         if data.len() > RESPONSE_LIMIT_BYTES {
             return Err("response larger than 1 MiB".to_owned());
         }
+        if complete(&data) {
+            break;
+        }
     }
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Response::new(&mut headers);
@@ -381,6 +484,20 @@ fn exchange(
     Ok(Response { status: parsed.code.unwrap_or(0), date: header("date"), body })
 }
 
+/// Whether `data` holds a whole response with a `Content-Length` body (servers that keep
+/// the connection open despite `Connection: close`); otherwise reading goes on to EOF.
+fn complete(data: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(data) else { return false };
+    let length = parsed
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+    length.is_some_and(|length| data.len() >= head_len + length)
+}
+
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
@@ -397,11 +514,15 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 /// Dials the rendezvous as cloud mode does, then closes it and waits for the close reply.
-fn websocket(url: &str, cfg: &CloudConfig, timeout: Duration) -> Result<String, String> {
+fn websocket(url: &str, plan: &Plan, timeout: Duration) -> Result<String, String> {
     let shown = without_query(url);
     let started = Instant::now();
-    let mut ws = super::dial::dial(url, &cfg.tls, &cfg.proxies, timeout)
-        .map_err(|e| format!("dial {shown}: {e}"))?;
+    let dialed = if plan.v2 {
+        super::noise::dial::dial(url, &plan.tls, &plan.proxies, timeout).map_err(|e| e.to_string())
+    } else {
+        super::dial::dial(url, &plan.tls, &plan.proxies, timeout)
+    };
+    let mut ws = dialed.map_err(|e| format!("dial {shown}: {e}"))?;
     let upgraded = started.elapsed().as_millis();
     let deadline = Instant::now() + timeout;
     super::dial::set_deadline(ws.get_ref().tcp(), deadline)?;
@@ -416,7 +537,7 @@ fn websocket(url: &str, cfg: &CloudConfig, timeout: Duration) -> Result<String, 
         }
     }
     let via =
-        cfg.proxies.for_url(url).map(|p| format!(" via proxy {}", p.host)).unwrap_or_default();
+        plan.proxies.for_url(url).map(|p| format!(" via proxy {}", p.host)).unwrap_or_default();
     Ok(format!("{shown} upgraded in {upgraded} ms{via} and closed cleanly"))
 }
 
