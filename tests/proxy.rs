@@ -113,6 +113,7 @@ fn refused_tunnel(proxy_url: impl Fn(u16) -> String, hint: &str) {
     registry.next_request();
     let line = daemon.wait_line("answered CONNECT");
     assert!(line.contains("with HTTP 407") && line.contains(hint), "{line}");
+    println!("{line}");
     registry.next_request();
     assert!(daemon.is_running());
     assert!(!rendezvous.accepted_any());
@@ -148,6 +149,7 @@ fn a_407_on_the_registry_leg_is_logged_with_its_status_and_retried() {
     );
     let line = daemon.wait_line("407");
     assert!(line.contains("proxy"), "{line}");
+    println!("{line}");
     daemon.wait_line("registering again in");
     assert!(daemon.is_running());
     assert_no_secrets(&daemon.stderr());
