@@ -10,6 +10,7 @@ use crate::cloud::noise::V2Args;
 use crate::cloud::CloudArgs;
 use crate::config::Config;
 use crate::limits::Limits;
+use crate::logfmt::{LogFormat, LOG_FORMAT_ENV};
 
 /// exec-server: run processes and use files on this host for a remote orchestrator, over
 /// JSON-RPC on a websocket, stdio, or an outbound cloud rendezvous.
@@ -106,6 +107,15 @@ pub struct Flags {
     /// extra PEM CA bundle to trust (env SSL_CERT_FILE)
     #[argh(option)]
     ca_file: Option<String>,
+    /// log lines as `text` (default) or `json`, one object per line (env
+    /// EXEC_SERVER_LOG_FORMAT)
+    #[argh(option)]
+    #[allow(dead_code)] // read by `log_format` before logging starts
+    log_format: Option<String>,
+    /// cloud mode: http://[user:pass@]host:port CONNECT proxy for both legs (overrides
+    /// HTTPS_PROXY, HTTP_PROXY, ALL_PROXY; NO_PROXY still applies)
+    #[argh(option)]
+    proxy: Option<String>,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -151,8 +161,45 @@ pub struct Flags {
     audit_log: Option<String>,
 }
 
+/// exec-server doctor: check each link of cloud mode's path (configuration, token, DNS,
+/// proxy, TCP, TLS, clock, registration, rendezvous websocket) and report one line each.
+#[derive(FromArgs, Debug)]
+struct DoctorFlags {
+    /// registry base URL (env CODEX_CLOUD_ENVIRONMENTS_BASE_URL)
+    #[argh(option)]
+    cloud_base_url: Option<String>,
+    /// executor id (env CODEX_CLOUD_ENVIRONMENT_ID)
+    #[argh(option)]
+    cloud_environment_id: Option<String>,
+    /// cloud mode v2: registry base URL (with --environment-id)
+    #[argh(option)]
+    remote: Option<String>,
+    /// cloud mode v2: environment id (selects v2)
+    #[argh(option)]
+    environment_id: Option<String>,
+    /// executor name (default codex-exec-server)
+    #[argh(option)]
+    cloud_name: Option<String>,
+    /// file holding the registry bearer token (else CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN)
+    #[argh(option)]
+    token_file: Option<String>,
+    /// extra PEM CA bundle to trust (env SSL_CERT_FILE)
+    #[argh(option)]
+    ca_file: Option<String>,
+    /// http://[user:pass@]host:port CONNECT proxy (overrides the proxy variables)
+    #[argh(option)]
+    proxy: Option<String>,
+    /// deadline of each check in seconds (default 10)
+    #[argh(option)]
+    timeout: Option<u64>,
+    /// print one JSON object instead of lines
+    #[argh(switch)]
+    json: bool,
+}
+
 /// What to run.
 pub enum Mode {
+    Doctor(crate::cloud::doctor::DoctorArgs),
     Version,
     /// `exec-server audit verify PATH`.
     AuditVerify(std::path::PathBuf),
@@ -178,6 +225,26 @@ impl Exit {
     }
 }
 
+/// `--log-format` (else `EXEC_SERVER_LOG_FORMAT`), read before anything logs; `parse`
+/// accepts the flag and leaves it alone.
+pub fn log_format(args: &[String]) -> Result<LogFormat, Exit> {
+    let mut given = None;
+    for (i, arg) in args.iter().enumerate() {
+        if arg == "--log-format" {
+            given = args.get(i + 1).cloned();
+        } else if let Some(value) = arg.strip_prefix("--log-format=") {
+            given = Some(value.to_owned());
+        }
+    }
+    match given {
+        Some(value) => LogFormat::parse(&value, "--log-format").map_err(Exit::usage),
+        None => match std::env::var(LOG_FORMAT_ENV) {
+            Ok(value) => LogFormat::parse(&value, LOG_FORMAT_ENV).map_err(Exit::usage),
+            Err(_) => Ok(LogFormat::Text),
+        },
+    }
+}
+
 /// Parses the process's arguments into a mode and a configuration.
 pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
     let command = args.first().map_or("exec-server", String::as_str);
@@ -187,6 +254,10 @@ pub fn parse(args: &[String]) -> Result<(Mode, Config), Exit> {
             ["verify", path] => Ok((Mode::AuditVerify(path.into()), Config::default())),
             _ => Err(Exit::usage("usage: exec-server audit verify PATH")),
         };
+    }
+    if rest.first() == Some(&"doctor") {
+        let defaults = Flags::from_args(&[command], &[]).map_err(|e| Exit::usage(e.output))?;
+        return Ok((Mode::Doctor(doctor_args(command, &rest[1..])?), config(&defaults)));
     }
     let flags = Flags::from_args(&[command], &rest).map_err(|early| match early.status {
         Ok(()) => Exit { code: 0, message: early.output },
@@ -354,6 +425,37 @@ fn limits(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Limits,
     Limits::parse(values, env).map_err(Exit::usage)
 }
 
+fn doctor_args(command: &str, rest: &[&str]) -> Result<crate::cloud::doctor::DoctorArgs, Exit> {
+    let flags =
+        DoctorFlags::from_args(&[command, "doctor"], rest).map_err(|early| match early.status {
+            Ok(()) => Exit { code: 0, message: early.output },
+            Err(()) => Exit::usage(early.output.trim_end()),
+        })?;
+    let v2 = flags.environment_id.is_some().then(|| V2Args {
+        remote: flags.remote.clone(),
+        environment_id: flags.environment_id.clone(),
+        token_file: flags.token_file.clone(),
+        ca_file: flags.ca_file.clone(),
+        proxy: flags.proxy.clone(),
+        ..V2Args::default()
+    });
+    Ok(crate::cloud::doctor::DoctorArgs {
+        v2,
+        cloud: CloudArgs {
+            cloud: true,
+            cloud_base_url: flags.cloud_base_url.or(flags.remote),
+            cloud_environment_id: flags.cloud_environment_id,
+            cloud_name: flags.cloud_name,
+            token_file: flags.token_file,
+            ca_file: flags.ca_file,
+            proxy: flags.proxy,
+            ..CloudArgs::default()
+        },
+        timeout: flags.timeout.map(Duration::from_secs),
+        json: flags.json,
+    })
+}
+
 fn cloud_args(flags: &Flags) -> CloudArgs {
     CloudArgs {
         cloud: flags.cloud,
@@ -365,6 +467,7 @@ fn cloud_args(flags: &Flags) -> CloudArgs {
         name: flags.name.clone(),
         token_file: flags.token_file.clone(),
         ca_file: flags.ca_file.clone(),
+        proxy: flags.proxy.clone(),
     }
 }
 
@@ -379,6 +482,7 @@ fn v2_args(flags: &Flags, v1: &CloudArgs) -> Result<Option<V2Args>, Exit> {
         remote_transport: flags.remote_transport.clone(),
         token_file: flags.token_file.clone(),
         ca_file: flags.ca_file.clone(),
+        proxy: flags.proxy.clone(),
         exit_on_stdin_close: flags.exit_on_stdin_close,
     };
     let v1_only = v1.cloud

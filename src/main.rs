@@ -8,6 +8,7 @@ mod b64;
 mod config;
 mod error;
 mod limits;
+mod logfmt;
 mod outbound;
 mod recycle;
 mod shutdown;
@@ -66,12 +67,15 @@ fn main() {
 }
 
 fn run(args: &[String]) -> Result<(), Exit> {
+    let log_format = cli::log_format(args)?;
     let (mode, config) = cli::parse(args)?;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("exec_server=info"))
-        .target(env_logger::Target::Stderr)
-        .init();
+    logfmt::init(log_format);
     if let Mode::AuditVerify(path) = &mode {
         return audit_verify(path);
+    }
+    if let Mode::Doctor(args) = &mode {
+        let code = cloud::doctor::run(args, &|key| std::env::var(key).ok());
+        return if code == 0 { Ok(()) } else { Err(Exit { code, message: String::new() }) };
     }
     if let Mode::Version = mode {
         // The version, then what this host can enforce of a client's sandbox.
@@ -98,7 +102,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     process::prepare_spool(&config);
     match mode {
-        Mode::Version | Mode::AuditVerify(_) => Ok(()),
+        Mode::Version | Mode::AuditVerify(_) | Mode::Doctor(_) => Ok(()),
         Mode::Listen { addr, token } => {
             let listener = TcpListener::bind(addr)
                 .map_err(|e| internal(format!("failed to bind {addr}: {e}")))?;

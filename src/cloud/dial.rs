@@ -1,4 +1,5 @@
-//! Dialing the rendezvous websocket (PROTOCOL.md §8.6): name resolution, TCP connect, TLS
+//! Dialing the rendezvous websocket (PROTOCOL.md §8.6): name resolution, TCP connect (or a
+//! proxy tunnel, proxy.rs), TLS
 //! for `wss://` and the websocket upgrade, all within one deadline. It returns the socket and
 //! keeps nothing; it never logs a URL's query string.
 
@@ -11,6 +12,7 @@ use rustls::ClientConfig;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::WebSocket;
 
+use super::proxy::Proxies;
 use crate::transport::tls::{Stream, TlsStream};
 
 /// TCP connect, TLS and the websocket upgrade together (§8.6).
@@ -23,6 +25,7 @@ pub const RENDEZVOUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn dial(
     url: &str,
     tls_config: &Arc<ClientConfig>,
+    proxies: &Proxies,
     timeout: Duration,
 ) -> Result<WebSocket<Stream>, String> {
     let deadline = Instant::now() + timeout;
@@ -37,8 +40,7 @@ pub fn dial(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let addrs = resolve(&host, port, deadline)?;
-    let tcp = connect_any(&addrs, deadline)?;
+    let tcp = open(proxies, secure, &host, port, deadline)?;
     tcp.set_nodelay(true).map_err(|err| format!("TCP_NODELAY: {err}"))?;
     let stream = if secure {
         let tls = TlsStream::connect(tcp, &host, tls_config.clone(), deadline)
@@ -69,6 +71,26 @@ pub fn dial(
         .and_then(|()| tcp.set_write_timeout(None))
         .map_err(|err| err.to_string())?;
     Ok(ws)
+}
+
+/// A TCP connection to `host:port`: direct, or a CONNECT tunnel through the proxy
+/// `proxies` selects for it. TLS to the target, if any, is the caller's, inside it.
+pub(super) fn open(
+    proxies: &Proxies,
+    secure: bool,
+    host: &str,
+    port: u16,
+    deadline: Instant,
+) -> Result<TcpStream, String> {
+    match proxies.select(secure, host, port) {
+        Some(proxy) => {
+            let addrs = resolve(&proxy.host, proxy.port, deadline)
+                .map_err(|e| format!("proxy {proxy}: {e}"))?;
+            let tcp = connect_any(&addrs, deadline).map_err(|e| format!("proxy {proxy}: {e}"))?;
+            super::proxy::connect_over(tcp, proxy, host, port, deadline)
+        }
+        None => connect_any(&resolve(host, port, deadline)?, deadline),
+    }
 }
 
 pub(super) fn set_deadline(tcp: &TcpStream, deadline: Instant) -> Result<(), String> {

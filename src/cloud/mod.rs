@@ -5,6 +5,8 @@
 //! frames or handle signals — the caller passes those in as `serve` and `sleep`.
 
 mod dial;
+pub mod doctor;
+pub mod proxy;
 mod registry;
 
 use std::fmt;
@@ -18,6 +20,7 @@ use tungstenite::WebSocket;
 
 use crate::transport::tls::{self, Stream};
 use dial::{dial, RENDEZVOUS_CONNECT_TIMEOUT};
+use proxy::{Proxies, ProxyUrl};
 use registry::{without_query, Backoff, RegisterError, Registry, TokenSource};
 
 // Cloud mode v2 (codex 0.171: environment registry + Noise relay), beside v1.
@@ -36,6 +39,8 @@ const EXECUTOR_ID_MAX_CHARS: usize = 256;
 pub const BASE_URL_ENV: &str = "CODEX_CLOUD_ENVIRONMENTS_BASE_URL";
 pub const ENVIRONMENT_ID_ENV: &str = "CODEX_CLOUD_ENVIRONMENT_ID";
 pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+/// Colon-separated directories of PEM CA files, added to the trust list as `SSL_CERT_FILE`.
+pub const CA_DIR_ENV: &str = "SSL_CERT_DIR";
 
 /// The cloud options exactly as given on the command line, before any validation. Each
 /// pair holds the two spellings of one option (§8.1).
@@ -50,6 +55,7 @@ pub struct CloudArgs {
     pub name: Option<String>,
     pub token_file: Option<String>,
     pub ca_file: Option<String>,
+    pub proxy: Option<String>,
 }
 
 impl CloudArgs {
@@ -146,9 +152,13 @@ impl CloudArgs {
 
         let ca_file =
             self.ca_file.clone().or_else(|| env(CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
-        let roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
+        let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
+        if let Some(dirs) = env(CA_DIR_ENV) {
+            roots.extend(tls::cert_dirs(&dirs)?);
+        }
         let tls = tls::client_config(&roots);
-        Ok(CloudConfig { base_url, executor_id, name, token, roots, tls })
+        let proxies = Proxies::from_env(self.proxy.as_deref(), env)?;
+        Ok(CloudConfig { base_url, executor_id, name, token, roots, tls, proxies })
     }
 }
 
@@ -163,6 +173,8 @@ pub struct CloudConfig {
     pub roots: Vec<CertificateDer<'static>>,
     /// The same trust list as a rustls configuration, for `wss://`.
     pub tls: Arc<ClientConfig>,
+    /// Direct or through which proxy, for both legs.
+    pub proxies: Proxies,
 }
 
 impl fmt::Debug for CloudConfig {
@@ -194,8 +206,17 @@ pub fn run(
     serve: &mut dyn FnMut(WebSocket<Stream>),
     sleep: &dyn Fn(Duration) -> bool,
 ) -> Result<(), Exit> {
-    let registry =
-        Registry::new(&cfg.base_url, &cfg.executor_id, &cfg.name, cfg.token.clone(), &cfg.roots);
+    let registry = Registry::new(
+        &cfg.base_url,
+        &cfg.executor_id,
+        &cfg.name,
+        cfg.token.clone(),
+        &cfg.roots,
+        cfg.proxies.for_url(&cfg.base_url).and_then(ProxyUrl::to_ureq),
+    );
+    if let Some(proxy) = cfg.proxies.for_url(&cfg.base_url) {
+        log::info!("registry requests go through proxy {proxy}");
+    }
     let mut backoff = Backoff::new(uuid::Uuid::new_v4().as_u64_pair().0);
     log::info!("registering executor {} with {}", cfg.executor_id, cfg.base_url);
     loop {
@@ -203,7 +224,7 @@ pub fn run(
         match registry.register() {
             Ok(registration) => {
                 let shown = without_query(&registration.url);
-                match dial(&registration.url, &cfg.tls, RENDEZVOUS_CONNECT_TIMEOUT) {
+                match dial(&registration.url, &cfg.tls, &cfg.proxies, RENDEZVOUS_CONNECT_TIMEOUT) {
                     Ok(ws) => {
                         log::info!("connected to rendezvous {shown}");
                         let audited =
@@ -482,7 +503,13 @@ mod tests {
     fn dial_connects_plain_and_tls_rendezvous_within_the_deadline() {
         let (port, server) = rendezvous(None);
         let config = tls::client_config(&[]);
-        let mut ws = dial(&format!("ws://127.0.0.1:{port}/rv/1?sig=abc"), &config, WAIT).unwrap();
+        let mut ws = dial(
+            &format!("ws://127.0.0.1:{port}/rv/1?sig=abc"),
+            &config,
+            &Proxies::default(),
+            WAIT,
+        )
+        .unwrap();
         assert_eq!(round_trip(&mut ws), "pong:hi");
         assert_eq!(server.join().unwrap(), "/rv/1?sig=abc");
 
@@ -491,9 +518,13 @@ mod tests {
         let ca = dir.file("ca.pem", &pki.ca_pem);
         let roots = tls::trust_roots(Some(Path::new(&ca))).unwrap();
         let (port, server) = rendezvous(Some(pki.server.clone()));
-        let mut ws =
-            dial(&format!("wss://localhost:{port}/secure"), &tls::client_config(&roots), WAIT)
-                .unwrap();
+        let mut ws = dial(
+            &format!("wss://localhost:{port}/secure"),
+            &tls::client_config(&roots),
+            &Proxies::default(),
+            WAIT,
+        )
+        .unwrap();
         assert!(matches!(ws.get_ref(), Stream::Tls(_)));
         assert_eq!(round_trip(&mut ws), "pong:hi");
         assert_eq!(server.join().unwrap(), "/secure");
@@ -503,9 +534,14 @@ mod tests {
         let handle = thread::spawn(move || {
             let _ = server.join();
         });
-        let err = dial(&format!("wss://127.0.0.1:{port}/"), &tls::client_config(&[]), WAIT)
-            .err()
-            .unwrap();
+        let err = dial(
+            &format!("wss://127.0.0.1:{port}/"),
+            &tls::client_config(&[]),
+            &Proxies::default(),
+            WAIT,
+        )
+        .err()
+        .unwrap();
         assert!(err.starts_with("TLS: "), "{err}");
         drop(handle);
     }
@@ -519,6 +555,7 @@ mod tests {
         let err = dial(
             &format!("ws://127.0.0.1:{port}/"),
             &tls::client_config(&[]),
+            &Proxies::default(),
             Duration::from_millis(300),
         )
         .err()
@@ -536,6 +573,7 @@ mod tests {
             token: TokenSource::File(PathBuf::from(token)),
             roots: Vec::new(),
             tls: tls::client_config(&[]),
+            proxies: Proxies::default(),
         }
     }
 

@@ -42,8 +42,13 @@ const IDEMPOTENCY_NAMESPACE: &str = "codex-exec-server-v1";
 pub struct Token(String);
 
 impl Token {
-    fn header_value(&self) -> String {
+    pub(super) fn header_value(&self) -> String {
         format!("Bearer {}", self.0)
+    }
+
+    /// The token's length in bytes (doctor shows it; never the token).
+    pub(super) fn byte_len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -195,8 +200,17 @@ impl Registry {
         name: &str,
         token: TokenSource,
         roots: &[CertificateDer<'static>],
+        proxy: Option<ureq::Proxy>,
     ) -> Registry {
-        Registry::with_registration_id(base_url, executor_id, name, token, roots, Uuid::new_v4())
+        Registry::with_registration_id(
+            base_url,
+            executor_id,
+            name,
+            token,
+            roots,
+            proxy,
+            Uuid::new_v4(),
+        )
     }
 
     /// [`Registry::new`] with a chosen registration UUID, so tests can check the recipe.
@@ -206,6 +220,7 @@ impl Registry {
         name: &str,
         token: TokenSource,
         roots: &[CertificateDer<'static>],
+        proxy: Option<ureq::Proxy>,
         registration_id: Uuid,
     ) -> Registry {
         let tls = TlsConfig::builder()
@@ -222,6 +237,9 @@ impl Registry {
             .timeout_global(Some(REQUEST_TIMEOUT))
             .max_redirects(0)
             .http_status_as_error(false)
+            // Always set: ureq would otherwise read the proxy variables itself (cloud/proxy.rs
+            // decides, once, for both legs).
+            .proxy(proxy)
             .tls_config(tls)
             .build()
             .new_agent();
@@ -241,6 +259,11 @@ impl Registry {
             body,
             token,
         }
+    }
+
+    /// The registration URL and JSON body, for `doctor`'s own request.
+    pub(super) fn request(&self) -> (&str, &str) {
+        (&self.endpoint, &self.body)
     }
 
     /// One registration round (§8.4): read the token, POST, and on 401/403 re-read the
@@ -537,6 +560,7 @@ mod tests {
             "codex-exec-server",
             token,
             &[],
+            None,
             Uuid::parse_str(REG_ID).unwrap(),
         )
     }

@@ -55,7 +55,7 @@ pub fn checked_bearer(text: &str) -> Result<String, String> {
 }
 
 impl Bearer {
-    fn read(&self) -> Result<String, String> {
+    pub(crate) fn read(&self) -> Result<String, String> {
         match self {
             Bearer::Fixed(token) => Ok(token.clone()),
             Bearer::File(path) => {
@@ -82,6 +82,15 @@ pub enum RegisterError {
     Retry(String),
     /// Anything else ends the process with exit 1 and this text.
     Fatal(String),
+}
+
+/// The registration request body for `key` (also `doctor`'s).
+pub fn register_body(key: &PublicKey) -> String {
+    serde_json::to_string(&RegisterBody {
+        security_profile: SECURITY_PROFILE,
+        executor_public_key: key,
+    })
+    .expect("a struct of a string and a key serializes")
 }
 
 #[derive(Serialize)]
@@ -145,6 +154,7 @@ impl RegistryV2 {
         environment_id: &str,
         bearer: Bearer,
         roots: &[CertificateDer<'static>],
+        proxy: Option<ureq::Proxy>,
     ) -> RegistryV2 {
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
@@ -160,6 +170,8 @@ impl RegistryV2 {
             .timeout_global(Some(REQUEST_TIMEOUT))
             .max_redirects(0)
             .http_status_as_error(false)
+            // Always set: ureq would otherwise read the proxy variables itself.
+            .proxy(proxy)
             .tls_config(tls)
             .build()
             .new_agent();
@@ -184,11 +196,7 @@ impl RegistryV2 {
 
     /// One registration (0.171 texts; notes/noise-spec.md §2).
     pub fn register(&self, key: &PublicKey) -> Result<Registration, RegisterError> {
-        let body = serde_json::to_string(&RegisterBody {
-            security_profile: SECURITY_PROFILE,
-            executor_public_key: key,
-        })
-        .map_err(|e| RegisterError::Fatal(e.to_string()))?;
+        let body = register_body(key);
         let mut response = self.post("register", &body).map_err(RegisterError::Fatal)?;
         let status = response.status();
         let text = response

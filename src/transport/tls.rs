@@ -58,6 +58,33 @@ pub fn trust_roots(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>
     Ok(roots)
 }
 
+/// Every certificate in the PEM files of `dirs` (`SSL_CERT_DIR`: directories separated by
+/// `:`, hashed names such as `5ed36f99.0` or any other; files that hold no certificate, e.g.
+/// CRLs, are skipped). A directory that cannot be read or holds no certificate at all is a
+/// startup error naming it (the operator named it).
+pub fn cert_dirs(dirs: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut certs = Vec::new();
+    for dir in dirs.split(':').map(str::trim).filter(|d| !d.is_empty()) {
+        let bad = |why: String| {
+            format!("executor registry configuration error: CA directory `{dir}` {why}")
+        };
+        let entries = fs::read_dir(dir).map_err(|err| bad(format!("could not be read: {err}")))?;
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        let before = certs.len();
+        for path in paths.iter().filter(|p| p.is_file()) {
+            if let Ok(found) = read_pem_bundle(path) {
+                certs.extend(found);
+            }
+        }
+        if certs.len() == before {
+            return Err(bad("holds no PEM certificate".to_owned()));
+        }
+        log::debug!("added {} certificates from {dir}", certs.len() - before);
+    }
+    Ok(certs)
+}
+
 /// Reads every `CERTIFICATE` block of a PEM file; the error text continues a sentence that
 /// starts with the file name.
 fn read_pem_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -142,6 +169,14 @@ impl TlsStream {
             }
         }
         Ok(stream)
+    }
+
+    /// The certificate chain the server presented (leaf first), for `doctor`.
+    pub fn peer_certificates(&self) -> Vec<CertificateDer<'static>> {
+        self.conn
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
     }
 
     /// The TCP socket, for `set_nonblocking`, timeouts, `shutdown` and `poll`.

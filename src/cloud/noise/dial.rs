@@ -1,4 +1,5 @@
-//! Opening the Noise relay's rendezvous websocket: TCP (`TCP_NODELAY`), TLS for `wss://`,
+//! Opening the Noise relay's rendezvous websocket: TCP (`TCP_NODELAY`; direct or through
+//! the proxy tunnel of cloud/proxy.rs), TLS for `wss://`,
 //! the upgrade to the registry's URL exactly, with the one header 0.171 adds
 //! (`x-request-id: req_<32 hex>`), all before one deadline. It tells an upgrade the relay
 //! refused (HTTP status, which decides whether to register again) from every other
@@ -13,6 +14,7 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::http::HeaderValue;
 use tungstenite::WebSocket;
 
+use crate::cloud::proxy::Proxies;
 use crate::transport::tls::{Stream, TlsStream};
 
 /// Why a dial failed.
@@ -38,6 +40,7 @@ impl std::fmt::Display for DialError {
 pub fn dial(
     url: &str,
     tls_config: &Arc<ClientConfig>,
+    proxies: &Proxies,
     timeout: Duration,
 ) -> Result<WebSocket<Stream>, DialError> {
     let failed = |s: String| DialError::Failed(s);
@@ -56,8 +59,7 @@ pub fn dial(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let addrs = super::super::dial::resolve(&host, port, deadline).map_err(failed)?;
-    let tcp = super::super::dial::connect_any(&addrs, deadline).map_err(failed)?;
+    let tcp = super::super::dial::open(proxies, secure, &host, port, deadline).map_err(failed)?;
     tcp.set_nodelay(true).map_err(|e| failed(format!("TCP_NODELAY: {e}")))?;
     let stream = if secure {
         let tls = TlsStream::connect(tcp, &host, tls_config.clone(), deadline)

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 
 use super::registry_v2::{self, Bearer, RegisterError, RegistryV2};
+use crate::cloud::proxy::{Proxies, ProxyUrl};
 use crate::cloud::registry::Backoff;
 use crate::rpc::Server;
 use crate::transport::tls;
@@ -40,6 +41,7 @@ pub struct V2Args {
     pub remote_transport: Option<String>,
     pub token_file: Option<String>,
     pub ca_file: Option<String>,
+    pub proxy: Option<String>,
     pub exit_on_stdin_close: bool,
 }
 
@@ -60,6 +62,8 @@ pub struct V2Config {
     pub bearer: Bearer,
     pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub tls: Arc<ClientConfig>,
+    /// Direct or through which proxy, for both legs.
+    pub proxies: Proxies,
     pub exit_on_stdin_close: bool,
 }
 
@@ -154,11 +158,23 @@ pub fn validate(
     };
     let ca_file =
         args.ca_file.clone().or_else(|| env(super::CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
-    let roots = tls::trust_roots(ca_file.as_deref().map(Path::new)).map_err(usage)?;
+    let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new)).map_err(usage)?;
+    if let Some(dirs) = env(super::CA_DIR_ENV) {
+        roots.extend(tls::cert_dirs(&dirs).map_err(usage)?);
+    }
     let tls = tls::client_config(&roots);
+    let proxies = Proxies::from_env(args.proxy.as_deref(), env).map_err(usage)?;
     let exit_on_stdin_close = args.exit_on_stdin_close
         || env(EXIT_ON_STDIN_CLOSE_ENV).is_some_and(|v| matches!(v.trim(), "1" | "true"));
-    Ok(V2Config { base_url: base, environment_id, bearer, roots, tls, exit_on_stdin_close })
+    Ok(V2Config {
+        base_url: base,
+        environment_id,
+        bearer,
+        roots,
+        tls,
+        proxies,
+        exit_on_stdin_close,
+    })
 }
 
 /// Reads a token file once at startup, so a missing or empty file fails before any
@@ -182,8 +198,16 @@ pub fn run(
 ) -> Result<(), V2Exit> {
     let identity = channel::Identity::generate()
         .map_err(|e| exit1(format!("failed to generate Noise relay identity: {e}")))?;
-    let registry =
-        RegistryV2::new(&cfg.base_url, &cfg.environment_id, cfg.bearer.clone(), &cfg.roots);
+    let registry = RegistryV2::new(
+        &cfg.base_url,
+        &cfg.environment_id,
+        cfg.bearer.clone(),
+        &cfg.roots,
+        cfg.proxies.for_url(&cfg.base_url).and_then(ProxyUrl::to_ureq),
+    );
+    if let Some(proxy) = cfg.proxies.for_url(&cfg.base_url) {
+        log::info!("registry requests go through proxy {proxy}");
+    }
     let mut backoff = Backoff::new(uuid::Uuid::new_v4().as_u64_pair().0);
     let mut registration = None;
     log::info!("registering environment {} with {}", cfg.environment_id, cfg.base_url);
@@ -215,7 +239,7 @@ pub fn run(
         }
         let Some(reg) = registration.as_ref() else { continue };
         let shown = crate::cloud::registry::without_query(&reg.url).to_string();
-        match dial::dial(&reg.url, &cfg.tls, RELAY_CONNECT_TIMEOUT) {
+        match dial::dial(&reg.url, &cfg.tls, &cfg.proxies, RELAY_CONNECT_TIMEOUT) {
             Ok(ws) => {
                 log::info!("connected to relay {shown}");
                 let audited =
