@@ -134,24 +134,7 @@ fn run(args: &[String]) -> Result<(), Exit> {
 fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exit> {
     let cloud = flags.validate(&|key| std::env::var(key).ok()).map_err(Exit::usage)?;
     let server = Server::new(config);
-    // The loop blocks in `serve` while a rendezvous is up, and in a registry request or a
-    // dial (up to 10 s each) otherwise. This thread turns SIGTERM/SIGINT into closing the
-    // socket; if the loop is stuck in a request instead, it finishes the shutdown itself
-    // so that it stays within §9.4's few seconds.
-    let (done, loop_ended) = std::sync::mpsc::channel::<()>();
-    let watcher = Arc::clone(&server);
-    std::thread::Builder::new()
-        .name("shutdown".into())
-        .spawn(move || {
-            shutdown::wait(None);
-            watcher.shutdown();
-            if loop_ended.recv_timeout(SHUTDOWN_GRACE).is_err() {
-                watcher.wait_closed(SHUTDOWN_GRACE);
-                log::info!("shutting down during a registry request");
-                std::process::exit(0);
-            }
-        })
-        .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
+    let done = watch_shutdown(&server)?;
     let keepalive =
         websocket::Keepalive { ping_every: cloud::PING_EVERY, dead_after: cloud::DEAD_AFTER };
     let outcome = cloud::run(
@@ -189,8 +172,23 @@ fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(
             .map_err(|e| internal(format!("cannot start the stdin watcher: {e}")))?;
     }
     let server = Server::new(config);
+    let done = watch_shutdown(&server)?;
+    let outcome =
+        cloud::noise::run(cfg, &server, (cloud::PING_EVERY, cloud::DEAD_AFTER), &|delay| {
+            shutdown::wait(Some(delay))
+        });
+    stop(&server);
+    let _ = done.send(());
+    outcome.map_err(|e| Exit { code: e.code, message: e.message })
+}
+
+/// Cloud modes block in `serve` while a link is up, and in a registry request or a dial
+/// (up to 10 s each) otherwise. This thread turns SIGTERM/SIGINT into closing the link; if
+/// the loop is stuck in a request instead, it finishes the shutdown itself so that it stays
+/// within §9.4's few seconds. The loop sends on the returned channel once it has ended.
+fn watch_shutdown(server: &Arc<Server>) -> Result<std::sync::mpsc::Sender<()>, Exit> {
     let (done, loop_ended) = std::sync::mpsc::channel::<()>();
-    let watcher = Arc::clone(&server);
+    let watcher = Arc::clone(server);
     std::thread::Builder::new()
         .name("shutdown".into())
         .spawn(move || {
@@ -203,13 +201,7 @@ fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(
             }
         })
         .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
-    let outcome =
-        cloud::noise::run(cfg, &server, (cloud::PING_EVERY, cloud::DEAD_AFTER), &|delay| {
-            shutdown::wait(Some(delay))
-        });
-    stop(&server);
-    let _ = done.send(());
-    outcome.map_err(|e| Exit { code: e.code, message: e.message })
+    Ok(done)
 }
 
 /// Graceful shutdown (§9.4): end every session and close every connection.
