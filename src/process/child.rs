@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::exit::{exit_from_status, Exit};
 use super::kill::kill_session;
-use super::limits::{self, EndCause, ExitReport, Usage};
 use super::reaper;
+use super::report::{self, EndCause, ExitReport, Usage};
 use super::table::{schedule_removal, Proc, State};
 use super::wait::{lock, wait_while};
 use super::wire::{encode, output_message, ClosedParams, ExitedParams, Stream};
@@ -173,7 +173,7 @@ impl Proc {
         let count = |s: Stream| self.output_bytes[stream_index(s)].load(Ordering::Relaxed);
         let tty = self.tty;
         ExitReport {
-            reason: limits::reason(exit, cause, usage, &self.limits),
+            reason: report::reason(exit, cause, usage, &self.limits),
             wall_time_ms: reaped_at.saturating_duration_since(self.started).as_millis() as u64,
             user_cpu_ms: usage.user_cpu_ms,
             system_cpu_ms: usage.system_cpu_ms,

@@ -19,6 +19,7 @@ mod limits;
 mod page;
 mod pty;
 mod reaper;
+mod report;
 mod retention;
 mod spawn;
 mod spool;
@@ -44,7 +45,7 @@ use crate::error::RpcError;
 use crate::sandbox;
 use child::{read_loop, wait_loop};
 use kill::kill_session;
-pub use limits::EndCause;
+pub use report::EndCause;
 use retention::Retention;
 use spawn::{
     above_stdio, nul_error, pipe, resolve_program, spawn_on_spawner, spawn_thread, SpawnPlan,

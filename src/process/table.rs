@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::exit::Exit;
-use super::limits::{EndCause, ExitReport};
 use super::reaper::Owner;
+use super::report::{EndCause, ExitReport};
 use super::retention::Retention;
 use super::spool::Spool;
 use super::stdin::StdinQueue;

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::envpolicy::EnvPolicy;
-use super::limits::ExitReport;
+use super::report::ExitReport;
 use super::v2::{ExecMetadata, ManagedNetwork, NetworkProxy, SandboxType, ShellSnapshot};
 use crate::b64;
 use crate::recycle;
