@@ -18,15 +18,27 @@ use serde_json::{json, Value};
 
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// A fresh base directory outside /tmp (which workspace-write makes writable), holding a
-/// workspace `ws` (with `.git/config`) and a sibling directory `out`.
+/// A fresh base directory outside /tmp and $TMPDIR (which workspace-write makes writable),
+/// holding a workspace `ws` (with `.git/config`) and a sibling directory `out`. Not under the
+/// target dir: a checkout may itself live below /tmp.
 struct Tree {
     base: PathBuf,
 }
 
+/// Where the trees go: /var/tmp, unless $TMPDIR is there too; then the target dir.
+fn tree_root() -> PathBuf {
+    let var_tmp = Path::new("/var/tmp");
+    let tmpdir = std::env::var_os("TMPDIR").map(PathBuf::from);
+    if tmpdir.is_some_and(|t| t.starts_with(var_tmp)) {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    } else {
+        var_tmp.to_path_buf()
+    }
+}
+
 impl Tree {
     fn new(name: &str) -> Tree {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{name}"));
+        let base = tree_root().join(format!("exec-server-sandbox-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("ws/.git")).unwrap();
         std::fs::create_dir_all(base.join("out")).unwrap();
