@@ -39,7 +39,7 @@ const SYSTEM_BUNDLES: &[&str] = &[
 /// A `ca_file` that cannot be read or holds no valid PEM certificate is a startup error
 /// (exit 2); a broken system bundle is skipped, since the operator did not name it.
 pub fn trust_roots(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut roots: Vec<CertificateDer<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS.to_vec();
+    let mut roots = bundled_roots();
     if let Some(path) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
         match read_pem_bundle(path) {
             Ok(certs) => {
@@ -83,6 +83,62 @@ pub fn cert_dirs(dirs: &str) -> Result<Vec<CertificateDer<'static>>, String> {
         log::debug!("added {} certificates from {dir}", certs.len() - before);
     }
     Ok(certs)
+}
+
+/// Mozilla roots that webpki-roots 1.0.10 still lists but Mozilla has since removed (the
+/// trust list of webpki-root-certs 1.0.11, which this one replaced); matched in the subject.
+const REMOVED_ROOTS: &[&[u8]] = &[b"emSign ECC Root CA - C3", b"emSign Root CA - C1"];
+
+/// The bundled Mozilla roots, each anchor wrapped in a minimal certificate: rustls and ureq
+/// take certificates, and reading one back yields exactly the anchor (subject, key, name
+/// constraints; nothing else of a root certificate is used). The wrapper carries no
+/// signature, validity or other extensions, so it is only ever meaningful as a root.
+fn bundled_roots() -> Vec<CertificateDer<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS
+        .iter()
+        .filter(|a| !REMOVED_ROOTS.iter().any(|r| a.subject.windows(r.len()).any(|w| w == *r)))
+        .map(|a| CertificateDer::from(anchor_certificate(a)))
+        .collect()
+}
+
+/// `Certificate ::= SEQUENCE { tbs, algorithm, signature }` around one trust anchor.
+fn anchor_certificate(anchor: &rustls::pki_types::TrustAnchor<'_>) -> Vec<u8> {
+    // DER tags, and the ecdsa-with-SHA256 AlgorithmIdentifier (any algorithm would do: the
+    // signature of a root is never checked).
+    const SEQUENCE: u8 = 0x30;
+    const OCTET_STRING: u8 = 0x04;
+    const BIT_STRING: u8 = 0x03;
+    const VERSION_3_SERIAL_1: &[u8] = &[0xa0, 0x03, 0x02, 0x01, 0x02, 0x02, 0x01, 0x01];
+    const ALGORITHM: &[u8] =
+        &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    // The extension OID id-ce-nameConstraints (2.5.29.30) and `critical TRUE`.
+    const NAME_CONSTRAINTS: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x1e, 0x01, 0x01, 0xff];
+    let subject = der(SEQUENCE, &anchor.subject);
+    let mut tbs = [VERSION_3_SERIAL_1, ALGORITHM, &subject, &der(SEQUENCE, &[]), &subject].concat();
+    tbs.extend(der(SEQUENCE, &anchor.subject_public_key_info));
+    if let Some(nc) = &anchor.name_constraints {
+        // The anchor holds the contents of the `NameConstraints` SEQUENCE.
+        let value = der(OCTET_STRING, &der(SEQUENCE, nc));
+        let extension = der(SEQUENCE, &[NAME_CONSTRAINTS, &value].concat());
+        tbs.extend(der(0xa3, &der(SEQUENCE, &extension)));
+    }
+    let signed = [der(SEQUENCE, &tbs), ALGORITHM.to_vec(), der(BIT_STRING, &[0])].concat();
+    der(SEQUENCE, &signed)
+}
+
+/// One DER element: `tag`, the definite length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else if len < 0x100 {
+        out.extend([0x81, len as u8]);
+    } else {
+        out.extend([0x82, (len >> 8) as u8, len as u8]);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// Reads every `CERTIFICATE` block of a PEM file; the error text continues a sentence that
@@ -439,14 +495,29 @@ mod tests {
     }
 
     #[test]
+    fn each_bundled_root_reads_back_as_its_trust_anchor() {
+        let mut store = RootCertStore::empty();
+        let (added, ignored) = store.add_parsable_certificates(bundled_roots());
+        assert_eq!((added, ignored), (webpki_roots::TLS_SERVER_ROOTS.len() - 2, 0));
+        let kept: Vec<_> = webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .filter(|a| !REMOVED_ROOTS.iter().any(|r| a.subject.windows(r.len()).any(|w| w == *r)))
+            .collect();
+        assert_eq!(store.roots.len(), kept.len());
+        for (read, anchor) in store.roots.iter().zip(kept) {
+            assert_eq!(read.subject, anchor.subject);
+            assert_eq!(read.subject_public_key_info, anchor.subject_public_key_info);
+            assert_eq!(read.name_constraints, anchor.name_constraints);
+        }
+        assert!(store.roots.iter().any(|a| a.name_constraints.is_some()), "one constrained root");
+    }
+
+    #[test]
     fn the_ca_file_makes_a_private_server_trusted() {
         let pki = test_pki::generate();
         let ca = TempFile::new(&pki.ca_pem);
         let roots = trust_roots(Some(&ca.0)).unwrap();
-        assert!(
-            roots.len() > webpki_root_certs::TLS_SERVER_ROOT_CERTS.len(),
-            "bundled roots plus ours"
-        );
+        assert!(roots.len() > bundled_roots().len(), "bundled roots plus ours");
         let (addr, server) = echo_server(&pki, b"hello");
         let mut tls = connect(addr, &roots, "localhost").unwrap();
         let mut greeting = [0u8; 5];
