@@ -17,11 +17,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::crypto::{CryptoProvider, KeyProvider};
+use rustls::crypto::{CryptoProvider, KeyProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::SigningKey;
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, SignatureScheme};
 
 /// System CA bundles, most common first; the first one that exists is added to the trust
 /// list. They hold the same roots on every distribution that ships one, so one is enough.
@@ -172,11 +172,79 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Arc<ClientConfig> {
 /// The ring crypto provider, less its private-key loading: the daemon authenticates with a
 /// bearer token and never presents a certificate, and leaving the signing code out saves
 /// ~25 KB of the static binary.
+///
+/// Its cipher suites are the AES-GCM ones only: every TLS 1.3 server must offer
+/// TLS_AES_128_GCM_SHA256 (RFC 8446 §9.1), and leaving ChaCha20-Poly1305 out drops ring's
+/// ~52 KB of ChaCha code from the static binary. The provider is spelled out rather than
+/// derived from `default_provider()`, whose suite list would keep that code linked.
 pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite as suite, ALL_KX_GROUPS};
     Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        kx_groups: ALL_KX_GROUPS.to_vec(),
+        signature_verification_algorithms: SIGNATURE_ALGORITHMS,
+        secure_random: &SystemRandom,
         key_provider: &NoPrivateKeys,
-        ..rustls::crypto::ring::default_provider()
     })
+}
+
+/// The certificate signature algorithms of rustls's ring provider (its `SUPPORTED_SIG_ALGS`,
+/// which is private), in its order.
+const SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = {
+    use webpki::ring as alg;
+    WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ECDSA_P256_SHA256,
+            alg::ECDSA_P256_SHA384,
+            alg::ECDSA_P384_SHA256,
+            alg::ECDSA_P384_SHA384,
+            alg::ED25519,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+            alg::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            (
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                &[alg::ECDSA_P384_SHA384, alg::ECDSA_P256_SHA384],
+            ),
+            (
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                &[alg::ECDSA_P256_SHA256, alg::ECDSA_P384_SHA256],
+            ),
+            (SignatureScheme::ED25519, &[alg::ED25519]),
+            (SignatureScheme::RSA_PSS_SHA512, &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY]),
+            (SignatureScheme::RSA_PSS_SHA384, &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY]),
+            (SignatureScheme::RSA_PSS_SHA256, &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY]),
+            (SignatureScheme::RSA_PKCS1_SHA512, &[alg::RSA_PKCS1_2048_8192_SHA512]),
+            (SignatureScheme::RSA_PKCS1_SHA384, &[alg::RSA_PKCS1_2048_8192_SHA384]),
+            (SignatureScheme::RSA_PKCS1_SHA256, &[alg::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    }
+};
+
+/// The system random source, through ring (as rustls's ring provider does).
+#[derive(Debug)]
+struct SystemRandom;
+
+impl rustls::crypto::SecureRandom for SystemRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom;
+        ring::rand::SystemRandom::new().fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)
+    }
 }
 
 #[derive(Debug)]
