@@ -23,7 +23,7 @@ use clatter::handshakepattern::noise_hybrid_ik;
 use clatter::traits::{Cipher, CryptoComponent, Dh, Handshaker, Hash, Kem};
 use clatter::transportstate::TransportState;
 use clatter::{HybridHandshake, HybridHandshakeParams, KeyPair};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
@@ -125,10 +125,13 @@ impl Cipher for AesGcm {
         if ciphertext.len().checked_sub(TAG_BYTES) != Some(out.len()) {
             return Err(CipherError::Decrypt);
         }
-        let mut in_out = ciphertext.to_vec();
-        let n = Self::decrypt_in_place(k, nonce, ad, &mut in_out, ciphertext.len())?;
-        out.copy_from_slice(&in_out[..n]);
-        Ok(())
+        let (body, tag) = ciphertext.split_at(out.len());
+        out.copy_from_slice(body);
+        let tag = Tag::try_from(tag).map_err(|_| CipherError::Decrypt)?;
+        let key = Self::key(k).map_err(|_| CipherError::Decrypt)?;
+        key.open_in_place_separate_tag(Self::nonce(nonce), Aad::from(ad), tag, out, 0..)
+            .map(|_| ())
+            .map_err(|_| CipherError::Decrypt)
     }
 
     fn decrypt_in_place(
