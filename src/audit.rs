@@ -19,7 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 /// `prev` of a file's first line.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -40,7 +39,8 @@ struct Log {
 static LOG: OnceLock<Mutex<Log>> = OnceLock::new();
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Opens (creating, mode 0600) the log at `path` for appending, continuing the chain of

@@ -8,7 +8,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::RpcError;
 use crate::uri::Uri;
@@ -202,12 +201,12 @@ pub fn provider_id() -> String {
         .iter()
         .find_map(|file| std::fs::read(file).ok().filter(|id| !id.trim_ascii().is_empty()))
         .unwrap_or_else(hostname);
-    let mut hasher = Sha256::new();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     hasher.update(PROVIDER_ID_DOMAIN);
     hasher.update(identity.trim_ascii());
-    let digest = hasher.finalize();
+    let digest = hasher.finish();
     let mut out = String::from("sha256:");
-    for byte in digest {
+    for byte in digest.as_ref() {
         out.push_str(&format!("{byte:02x}"));
     }
     out

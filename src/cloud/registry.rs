@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use ureq::http::{Response, StatusCode};
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 use uuid::Uuid;
@@ -110,15 +109,15 @@ fn non_empty(text: &str) -> Option<Token> {
 /// `codex-exec-server-` + hex SHA-256 over executor id, name, namespace and the run's
 /// registration UUID, NUL-separated (§8.3): stable within a run, distinct across runs.
 pub fn idempotency_id(executor_id: &str, name: &str, registration_id: Uuid) -> String {
-    let mut hasher = Sha256::new();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     hasher.update(executor_id.as_bytes());
-    hasher.update([0u8]);
+    hasher.update(&[0u8]);
     hasher.update(name.as_bytes());
-    hasher.update([0u8]);
+    hasher.update(&[0u8]);
     hasher.update(IDEMPOTENCY_NAMESPACE.as_bytes());
-    hasher.update([0u8]);
+    hasher.update(&[0u8]);
     hasher.update(registration_id.as_bytes());
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("codex-exec-server-{hex}")
 }
 
@@ -575,6 +574,7 @@ mod tests {
         input.extend_from_slice(b"codex-exec-server-v1");
         input.push(0);
         input.extend_from_slice(&Uuid::parse_str(REG_ID).unwrap().into_bytes());
+        use sha2::{Digest, Sha256};
         let digest = Sha256::digest(&input);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("codex-exec-server-{hex}")

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
@@ -46,7 +45,9 @@ impl std::fmt::Debug for Security {
 }
 
 fn digest(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+    out
 }
 
 /// Constant-time comparison of a candidate token with the configured one (by digest, so

@@ -17,11 +17,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::crypto::{CryptoProvider, KeyProvider};
+use rustls::crypto::{CryptoProvider, KeyProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::SigningKey;
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, SignatureScheme};
 
 /// System CA bundles, most common first; the first one that exists is added to the trust
 /// list. They hold the same roots on every distribution that ships one, so one is enough.
@@ -39,7 +39,7 @@ const SYSTEM_BUNDLES: &[&str] = &[
 /// A `ca_file` that cannot be read or holds no valid PEM certificate is a startup error
 /// (exit 2); a broken system bundle is skipped, since the operator did not name it.
 pub fn trust_roots(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut roots: Vec<CertificateDer<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS.to_vec();
+    let mut roots = bundled_roots();
     if let Some(path) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
         match read_pem_bundle(path) {
             Ok(certs) => {
@@ -85,6 +85,62 @@ pub fn cert_dirs(dirs: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Mozilla roots that webpki-roots 1.0.10 still lists but Mozilla has since removed (the
+/// trust list of webpki-root-certs 1.0.11, which this one replaced); matched in the subject.
+const REMOVED_ROOTS: &[&[u8]] = &[b"emSign ECC Root CA - C3", b"emSign Root CA - C1"];
+
+/// The bundled Mozilla roots, each anchor wrapped in a minimal certificate: rustls and ureq
+/// take certificates, and reading one back yields exactly the anchor (subject, key, name
+/// constraints; nothing else of a root certificate is used). The wrapper carries no
+/// signature, validity or other extensions, so it is only ever meaningful as a root.
+fn bundled_roots() -> Vec<CertificateDer<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS
+        .iter()
+        .filter(|a| !REMOVED_ROOTS.iter().any(|r| a.subject.windows(r.len()).any(|w| w == *r)))
+        .map(|a| CertificateDer::from(anchor_certificate(a)))
+        .collect()
+}
+
+/// `Certificate ::= SEQUENCE { tbs, algorithm, signature }` around one trust anchor.
+fn anchor_certificate(anchor: &rustls::pki_types::TrustAnchor<'_>) -> Vec<u8> {
+    // DER tags, and the ecdsa-with-SHA256 AlgorithmIdentifier (any algorithm would do: the
+    // signature of a root is never checked).
+    const SEQUENCE: u8 = 0x30;
+    const OCTET_STRING: u8 = 0x04;
+    const BIT_STRING: u8 = 0x03;
+    const VERSION_3_SERIAL_1: &[u8] = &[0xa0, 0x03, 0x02, 0x01, 0x02, 0x02, 0x01, 0x01];
+    const ALGORITHM: &[u8] =
+        &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    // The extension OID id-ce-nameConstraints (2.5.29.30) and `critical TRUE`.
+    const NAME_CONSTRAINTS: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x1e, 0x01, 0x01, 0xff];
+    let subject = der(SEQUENCE, &anchor.subject);
+    let mut tbs = [VERSION_3_SERIAL_1, ALGORITHM, &subject, &der(SEQUENCE, &[]), &subject].concat();
+    tbs.extend(der(SEQUENCE, &anchor.subject_public_key_info));
+    if let Some(nc) = &anchor.name_constraints {
+        // The anchor holds the contents of the `NameConstraints` SEQUENCE.
+        let value = der(OCTET_STRING, &der(SEQUENCE, nc));
+        let extension = der(SEQUENCE, &[NAME_CONSTRAINTS, &value].concat());
+        tbs.extend(der(0xa3, &der(SEQUENCE, &extension)));
+    }
+    let signed = [der(SEQUENCE, &tbs), ALGORITHM.to_vec(), der(BIT_STRING, &[0])].concat();
+    der(SEQUENCE, &signed)
+}
+
+/// One DER element: `tag`, the definite length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else if len < 0x100 {
+        out.extend([0x81, len as u8]);
+    } else {
+        out.extend([0x82, (len >> 8) as u8, len as u8]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
 /// Reads every `CERTIFICATE` block of a PEM file; the error text continues a sentence that
 /// starts with the file name.
 fn read_pem_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -116,11 +172,79 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Arc<ClientConfig> {
 /// The ring crypto provider, less its private-key loading: the daemon authenticates with a
 /// bearer token and never presents a certificate, and leaving the signing code out saves
 /// ~25 KB of the static binary.
+///
+/// Its cipher suites are the AES-GCM ones only: every TLS 1.3 server must offer
+/// TLS_AES_128_GCM_SHA256 (RFC 8446 §9.1), and leaving ChaCha20-Poly1305 out drops ring's
+/// ~52 KB of ChaCha code from the static binary. The provider is spelled out rather than
+/// derived from `default_provider()`, whose suite list would keep that code linked.
 pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite as suite, ALL_KX_GROUPS};
     Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ],
+        kx_groups: ALL_KX_GROUPS.to_vec(),
+        signature_verification_algorithms: SIGNATURE_ALGORITHMS,
+        secure_random: &SystemRandom,
         key_provider: &NoPrivateKeys,
-        ..rustls::crypto::ring::default_provider()
     })
+}
+
+/// The certificate signature algorithms of rustls's ring provider (its `SUPPORTED_SIG_ALGS`,
+/// which is private), in its order.
+const SIGNATURE_ALGORITHMS: WebPkiSupportedAlgorithms = {
+    use webpki::ring as alg;
+    WebPkiSupportedAlgorithms {
+        all: &[
+            alg::ECDSA_P256_SHA256,
+            alg::ECDSA_P256_SHA384,
+            alg::ECDSA_P384_SHA256,
+            alg::ECDSA_P384_SHA384,
+            alg::ED25519,
+            alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+            alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+            alg::RSA_PKCS1_2048_8192_SHA256,
+            alg::RSA_PKCS1_2048_8192_SHA384,
+            alg::RSA_PKCS1_2048_8192_SHA512,
+            alg::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+            alg::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+        ],
+        mapping: &[
+            (
+                SignatureScheme::ECDSA_NISTP384_SHA384,
+                &[alg::ECDSA_P384_SHA384, alg::ECDSA_P256_SHA384],
+            ),
+            (
+                SignatureScheme::ECDSA_NISTP256_SHA256,
+                &[alg::ECDSA_P256_SHA256, alg::ECDSA_P384_SHA256],
+            ),
+            (SignatureScheme::ED25519, &[alg::ED25519]),
+            (SignatureScheme::RSA_PSS_SHA512, &[alg::RSA_PSS_2048_8192_SHA512_LEGACY_KEY]),
+            (SignatureScheme::RSA_PSS_SHA384, &[alg::RSA_PSS_2048_8192_SHA384_LEGACY_KEY]),
+            (SignatureScheme::RSA_PSS_SHA256, &[alg::RSA_PSS_2048_8192_SHA256_LEGACY_KEY]),
+            (SignatureScheme::RSA_PKCS1_SHA512, &[alg::RSA_PKCS1_2048_8192_SHA512]),
+            (SignatureScheme::RSA_PKCS1_SHA384, &[alg::RSA_PKCS1_2048_8192_SHA384]),
+            (SignatureScheme::RSA_PKCS1_SHA256, &[alg::RSA_PKCS1_2048_8192_SHA256]),
+        ],
+    }
+};
+
+/// The system random source, through ring (as rustls's ring provider does).
+#[derive(Debug)]
+struct SystemRandom;
+
+impl rustls::crypto::SecureRandom for SystemRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+        use ring::rand::SecureRandom;
+        ring::rand::SystemRandom::new().fill(buf).map_err(|_| rustls::crypto::GetRandomFailed)
+    }
 }
 
 #[derive(Debug)]
@@ -439,14 +563,29 @@ mod tests {
     }
 
     #[test]
+    fn each_bundled_root_reads_back_as_its_trust_anchor() {
+        let mut store = RootCertStore::empty();
+        let (added, ignored) = store.add_parsable_certificates(bundled_roots());
+        assert_eq!((added, ignored), (webpki_roots::TLS_SERVER_ROOTS.len() - 2, 0));
+        let kept: Vec<_> = webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .filter(|a| !REMOVED_ROOTS.iter().any(|r| a.subject.windows(r.len()).any(|w| w == *r)))
+            .collect();
+        assert_eq!(store.roots.len(), kept.len());
+        for (read, anchor) in store.roots.iter().zip(kept) {
+            assert_eq!(read.subject, anchor.subject);
+            assert_eq!(read.subject_public_key_info, anchor.subject_public_key_info);
+            assert_eq!(read.name_constraints, anchor.name_constraints);
+        }
+        assert!(store.roots.iter().any(|a| a.name_constraints.is_some()), "one constrained root");
+    }
+
+    #[test]
     fn the_ca_file_makes_a_private_server_trusted() {
         let pki = test_pki::generate();
         let ca = TempFile::new(&pki.ca_pem);
         let roots = trust_roots(Some(&ca.0)).unwrap();
-        assert!(
-            roots.len() > webpki_root_certs::TLS_SERVER_ROOT_CERTS.len(),
-            "bundled roots plus ours"
-        );
+        assert!(roots.len() > bundled_roots().len(), "bundled roots plus ours");
         let (addr, server) = echo_server(&pki, b"hello");
         let mut tls = connect(addr, &roots, "localhost").unwrap();
         let mut greeting = [0u8; 5];
