@@ -255,9 +255,23 @@ fn a_fork_bomb_stays_bounded_by_the_process_limit_and_is_cleaned_up() {
     let daemon = if !root {
         Daemon::start_raw(&args, &[])
     } else if std::path::Path::new("/usr/bin/setpriv").exists() {
-        let mut all = vec!["--reuid=65534", "--regid=65534", "--clear-groups", BIN];
+        // `nobody` may not be able to reach the checkout (e.g. one below /root): run a copy
+        // from a world-readable place instead.
+        let dir =
+            std::path::PathBuf::from(format!("/var/tmp/exec-server-nobody-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the copy");
+        let copy = dir.join("exec-server");
+        std::fs::copy(BIN, &copy).expect("copy the binary");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+        let copy = copy.to_str().expect("a UTF-8 path").to_owned();
+        let mut all = vec!["--reuid=65534", "--regid=65534", "--clear-groups", copy.as_str()];
         all.extend_from_slice(&args);
-        Daemon::start_with("/usr/bin/setpriv", &all, &[])
+        let daemon = Daemon::start_with("/usr/bin/setpriv", &all, &[]);
+        // The running daemon keeps its image; the copy can go now.
+        let _ = std::fs::remove_dir_all(&dir);
+        daemon
     } else {
         eprintln!("SKIPPED: running as root without setpriv, RLIMIT_NPROC cannot be enforced");
         return;
