@@ -190,6 +190,31 @@ pub struct Registry {
     token: TokenSource,
 }
 
+/// The HTTPS agent of both registries (v1 here, v2 in registry_v2.rs): our TLS provider and
+/// trust list, a deadline on every request, no redirects, statuses as answers.
+pub(super) fn agent(roots: &[CertificateDer<'static>], proxy: Option<ureq::Proxy>) -> ureq::Agent {
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(crate::transport::tls::provider())
+        .root_certs(RootCerts::new_with_certs(
+            &roots
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
+                .collect::<Vec<_>>(),
+        ))
+        .build();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .max_redirects(0)
+        .http_status_as_error(false)
+        // Always set: ureq would otherwise read the proxy variables itself (cloud/proxy.rs
+        // decides, once, for both legs).
+        .proxy(proxy)
+        .tls_config(tls)
+        .build()
+        .new_agent()
+}
+
 impl Registry {
     /// `base_url` is already validated (scheme, trailing `/` removed); `roots` is the §8.7
     /// trust list. A fresh registration UUID is drawn for this run.
@@ -222,26 +247,7 @@ impl Registry {
         proxy: Option<ureq::Proxy>,
         registration_id: Uuid,
     ) -> Registry {
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(crate::transport::tls::provider())
-            .root_certs(RootCerts::new_with_certs(
-                &roots
-                    .iter()
-                    .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
-                    .collect::<Vec<_>>(),
-            ))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .max_redirects(0)
-            .http_status_as_error(false)
-            // Always set: ureq would otherwise read the proxy variables itself (cloud/proxy.rs
-            // decides, once, for both legs).
-            .proxy(proxy)
-            .tls_config(tls)
-            .build()
-            .new_agent();
+        let agent = agent(roots, proxy);
         let idempotency_id = idempotency_id(executor_id, name, registration_id);
         let body = serde_json::to_string(&RegisterBody {
             idempotency_id: &idempotency_id,

@@ -7,19 +7,15 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use ureq::http::StatusCode;
-use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
 use super::noise::channel::PublicKey;
 
 /// The security profile of the Noise relay, sent and expected back.
 pub const SECURITY_PROFILE: &str = "noise_hybrid_ik_v1";
-/// Per request: connect, send, answer (0.171: 10 s).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest registry answer read, in bytes.
 const BODY_LIMIT_BYTES: u64 = 1 << 20;
 /// Longest executor registration id accepted, in bytes.
@@ -156,25 +152,7 @@ impl RegistryV2 {
         roots: &[CertificateDer<'static>],
         proxy: Option<ureq::Proxy>,
     ) -> RegistryV2 {
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(crate::transport::tls::provider())
-            .root_certs(RootCerts::new_with_certs(
-                &roots
-                    .iter()
-                    .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
-                    .collect::<Vec<_>>(),
-            ))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .max_redirects(0)
-            .http_status_as_error(false)
-            // Always set: ureq would otherwise read the proxy variables itself.
-            .proxy(proxy)
-            .tls_config(tls)
-            .build()
-            .new_agent();
+        let agent = super::registry::agent(roots, proxy);
         RegistryV2 {
             agent,
             base: base.to_string(),
