@@ -16,8 +16,8 @@ run:
 # builds the binary and runs every test; the benchmark is only compiled, never run.
 test:
 	./scripts/test-deps.sh
-	$(CARGO) check --benches
-	$(CARGO) test --bins --tests -- --test-threads=2
+	CARGO_INCREMENTAL=0 $(CARGO) check --benches
+	CARGO_INCREMENTAL=0 $(CARGO) test --bins --tests -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --check

@@ -169,20 +169,6 @@ impl Processes {
                 if p.shell_snapshot.is_some() {
                     log::debug!("process {id}: shellSnapshot ignored (not advertised)");
                 }
-                if crate::audit::enabled() {
-                    // Environment names only: values may hold secrets.
-                    let mut env_names: Vec<&String> = p.env.keys().collect();
-                    env_names.sort();
-                    crate::audit::record(
-                        "processStarted",
-                        serde_json::json!({
-                            "sessionId": &*self.session, "processId": id, "pid": proc.pid,
-                            "argv": p.argv, "arg0": p.arg0, "cwd": cwd, "envNames": env_names,
-                            "tty": p.tty, "sandboxType": sandbox_type,
-                            "limits": self.config.limits.to_json(),
-                        }),
-                    );
-                }
                 Ok(StartResponse { process_id: id, sandbox_type })
             }
             Ok(proc) => {
@@ -202,6 +188,22 @@ impl Processes {
         }
     }
 
+    /// The audit log's `processStarted` line. Environment names only: values may hold secrets.
+    fn audit_started(&self, p: &StartParams, cwd: &Path, pid: libc::pid_t, confined: bool) {
+        let mut env_names: Vec<&String> = p.env.keys().collect();
+        env_names.sort();
+        let sandbox_type = if confined { SandboxType::LinuxSeccomp } else { SandboxType::None };
+        crate::audit::record(
+            "processStarted",
+            serde_json::json!({
+                "sessionId": &*self.session, "processId": p.process_id, "pid": pid,
+                "argv": p.argv, "arg0": p.arg0, "cwd": cwd, "envNames": env_names,
+                "tty": p.tty, "sandboxType": sandbox_type,
+                "limits": self.config.limits.to_json(),
+            }),
+        );
+    }
+
     fn spawn(
         &self,
         p: &StartParams,
@@ -209,6 +211,7 @@ impl Processes {
         confinement: Option<sandbox::Confinement>,
     ) -> io::Result<Arc<Proc>> {
         let confined = confinement.is_some();
+        let cwd_path = cwd;
         let env = envpolicy::build(p.env_policy.as_ref(), &p.env, std::env::vars_os());
         let program = resolve_program(&p.argv[0], &env, cwd)?;
         let text = |s: &str| CString::new(s).map_err(|_| nul_error());
@@ -263,6 +266,11 @@ impl Processes {
             rlimits: limits::rlimits(&self.config.limits),
         };
         let pid = spawn_on_spawner(plan)?;
+        // Recorded before the waiter thread exists, so a child that exits at once cannot
+        // have its `processEnded` line land ahead of this one.
+        if crate::audit::enabled() {
+            self.audit_started(p, &cwd_path, pid, confined);
+        }
         // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
         // every copy is closed.
         drop(child_ends);
