@@ -46,11 +46,13 @@ pub struct Config {
 }
 
 /// The default spool directory: `$TMPDIR` (or `/tmp`) / `exec-server-spool-<euid>`, so
-/// users on one host never share one.
+/// users on one host never share one. An empty or relative `$TMPDIR` counts as unset
+/// (`std::env::temp_dir` would return it as it is, and the spool would land in the cwd).
 pub fn default_spool_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    std::env::temp_dir().join(format!("exec-server-spool-{uid}"))
+    let tmp = std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| p.is_absolute());
+    tmp.unwrap_or_else(|| PathBuf::from("/tmp")).join(format!("exec-server-spool-{uid}"))
 }
 
 impl Default for Config {

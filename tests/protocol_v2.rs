@@ -188,6 +188,13 @@ fn initialize_carries_environment_info_and_environment_info_matches() {
         c3.call("initialize", json!({"clientName": "v2"}))["result"]["environmentInfo"].clone();
     assert_eq!(info["temporaryDirectories"], json!([]));
     assert_eq!(info["tempDir"], "file:///tmp");
+    // Nor does an empty TMPDIR put the spool directory into the daemon's cwd (this one's).
+    let strays: Vec<_> = std::fs::read_dir(".")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("exec-server-spool-"))
+        .collect();
+    assert!(strays.is_empty(), "spool directory created in the cwd: {strays:?}");
 }
 
 #[test]
