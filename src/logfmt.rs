@@ -1,10 +1,14 @@
 //! The log line format: every line starts with an RFC 3339 UTC timestamp with milliseconds
 //! and the level (`2026-12-04T16:47:40.123Z INFO  exec_server::cloud: …`), or, with
 //! `--log-format json` / `EXEC_SERVER_LOG_FORMAT=json`, is one JSON object
-//! `{"ts","level","target","msg"}`. `RUST_LOG` filters as before. As a last line of defence
-//! every message is scrubbed of URL query strings, URL passwords and bearer tokens, whoever
-//! logged it (our code already leaves them out; dependencies at debug level might not), and
-//! dependencies' trace lines (raw wire dumps) are dropped.
+//! `{"ts","level","target","msg", …fields}`. The fields are the structured key-values a call
+//! site attached (`log::debug!(method = m, session = s; "…")`: `processId`, `pid`, `session`,
+//! `method`, `requestId`, `elapsedUs`, …), integers and booleans as such, anything else as a
+//! string; text lines carry the same facts in the message. `RUST_LOG` filters as before.
+//! As a last line of defence every message and field is scrubbed of URL query strings, URL
+//! passwords and bearer tokens, whoever logged it (our code already leaves them out;
+//! dependencies at debug level might not), and dependencies' trace lines (raw wire dumps)
+//! are dropped.
 //! It owns only formatting; it knows nothing of the modes.
 
 use std::borrow::Cow;
@@ -53,17 +57,48 @@ pub fn init(format: LogFormat) {
                 LogFormat::Json => {
                     // Written by hand so the keys keep this order (serde_json sorts them).
                     let text = |s: &str| serde_json::Value::from(s).to_string();
+                    let mut fields = Fields(String::new());
+                    let _ = record.key_values().visit(&mut fields);
                     writeln!(
                         out,
-                        "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"target\":{},\"msg\":{}}}",
+                        "{{\"ts\":\"{ts}\",\"level\":\"{}\",\"target\":{},\"msg\":{}{}}}",
                         record.level(),
                         text(record.target()),
-                        text(&msg)
+                        text(&msg),
+                        fields.0
                     )
                 }
             }
         })
         .init();
+}
+
+/// A record's structured fields as `,"key":value` JSON members: integers and booleans as
+/// such, everything else as its (scrubbed) display text.
+struct Fields(String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        let key = serde_json::Value::from(key.as_str()).to_string();
+        let value = if let Some(n) = value.to_u64() {
+            n.to_string()
+        } else if let Some(n) = value.to_i64() {
+            n.to_string()
+        } else if let Some(b) = value.to_bool() {
+            b.to_string()
+        } else {
+            serde_json::Value::from(scrub(&value.to_string()).as_ref()).to_string()
+        };
+        self.0.push(',');
+        self.0.push_str(&key);
+        self.0.push(':');
+        self.0.push_str(&value);
+        Ok(())
+    }
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-12-04T16:47:40.123Z`.

@@ -222,19 +222,38 @@ fn json_logs_carry_ts_level_target_msg_and_no_secrets() {
     daemon.wait_line("connected to rendezvous");
     let log = daemon.stderr();
     assert_no_secrets(&log);
+    let mut requests = Vec::new();
     for line in log.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["level", "msg", "target", "ts"], "{line}");
+        // The four fixed keys, then only structured fields the daemon names.
+        let fields = ["connection", "elapsedUs", "error", "method", "pid", "processId"];
+        let fields = [&fields[..], &["requestId", "session"]].concat();
+        for key in &keys {
+            assert!(
+                ["level", "msg", "target", "ts"].contains(key) || fields.contains(key),
+                "{line}"
+            );
+        }
         assert!(line.starts_with(r#"{"ts":""#), "{line}");
+        assert!(line.contains(r#"","level":""#) && line.contains(r#","target":""#), "{line}");
+        if v["msg"].as_str().unwrap().starts_with("request ") {
+            requests.push(v.clone());
+        }
         let ts = v["ts"].as_str().unwrap();
         assert!(
             ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
             "{ts}"
         );
     }
+    // The per-request debug line carries its facts as fields.
+    let initialize = requests.iter().find(|v| v["method"] == "initialize").expect("request line");
+    assert_eq!(initialize["requestId"], "1", "{initialize}");
+    assert_eq!(initialize["error"], false, "{initialize}");
+    assert!(initialize["elapsedUs"].is_u64(), "{initialize}");
+    assert_eq!(initialize["session"].as_str().map(str::len), Some(36), "{initialize}");
 
     let daemon = Daemon::spawn(&cloud_args(&registry.base, &token_file), &[]);
     daemon.wait_line("connected to rendezvous");

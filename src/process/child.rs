@@ -375,7 +375,10 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if stream == Stream::Pty && e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
-                log::warn!("reading output of process {}: {e}", proc.pid);
+                log::warn!(
+                    processId = proc.id.as_str(), pid = proc.pid;
+                    "reading output of process {}: {e}", proc.pid
+                );
                 break;
             }
         }

@@ -155,6 +155,7 @@ impl Processes {
                 table.slots.insert(id.clone(), Slot::Running(proc.clone()));
                 if let Some(m) = &p.metadata {
                     log::debug!(
+                        processId = id.as_str(), pid = proc.pid, session = &*self.session;
                         "process {id} (pid {}): thread {}, tool call {}",
                         proc.pid,
                         m.thread_id.as_deref().unwrap_or("-"),
@@ -445,7 +446,10 @@ impl Processes {
                 wait_while(&proc.changed, lock(&proc.state), deadline, |s| !s.reaped);
             drop(state);
             if !reaped {
-                log::warn!("process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL", proc.pid);
+                log::warn!(
+                    processId = proc.id.as_str(), pid = proc.pid;
+                    "process {} not reaped {TERMINATE_REAP_WAIT:?} after SIGKILL", proc.pid
+                );
             }
         }
         // Escapees are killed even when the leader is over, and again once it is reaped: any
@@ -453,7 +457,10 @@ impl Processes {
         reaper::kill_tree(None, proc.owner.tree);
         let deadline = Instant::now() + TERMINATE_REAP_WAIT;
         if !reaper::wait_reaped(self.group, Some(proc.owner.tree), deadline) {
-            log::warn!("escapees of process {} not reaped after SIGKILL", proc.pid);
+            log::warn!(
+                processId = proc.id.as_str(), pid = proc.pid;
+                "escapees of process {} not reaped after SIGKILL", proc.pid
+            );
         }
         Ok(TerminateResponse { running })
     }

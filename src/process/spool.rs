@@ -323,6 +323,7 @@ impl Spool {
     pub(super) fn fail(&mut self, error: &io::Error) {
         if !self.broken {
             log::warn!(
+                pid = self.pid;
                 "process {}: output spool in {} failed: {error}; keeping output in memory \
                  only, older output is dropped",
                 self.pid,

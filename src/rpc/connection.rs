@@ -296,14 +296,20 @@ impl Connection {
         if let Some(after) = after {
             after();
         }
-        log::debug!(
-            "request {} {} answered in {:?}{}",
-            request.id,
-            request.method,
-            started.elapsed(),
-            if failed { " (error)" } else { "" }
-        );
         let mut state = self.lock();
+        if log::log_enabled!(log::Level::Debug) {
+            let elapsed = started.elapsed();
+            let session = state.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            log::debug!(
+                requestId = request.id.as_str(), method = request.method.as_str(),
+                session = session.as_str(), connection = self.id,
+                elapsedUs = elapsed.as_micros() as u64, error = failed;
+                "request {} {} answered in {elapsed:?}{}",
+                request.id,
+                request.method,
+                if failed { " (error)" } else { "" }
+            );
+        }
         state.running -= 1;
         for key in &request.keys {
             if let Some(count) = state.busy.get_mut(key) {

@@ -70,7 +70,7 @@ impl Session {
 
     /// Kills and reaps everything the session owns; called once it is removed.
     fn end(&self, cause: EndCause) {
-        log::info!("session {} removed", self.id);
+        log::info!(session = self.id.as_str(); "session {} removed", self.id);
         self.processes.kill_all(cause);
         let cause = match cause {
             EndCause::SessionExpired => "sessionExpired",
@@ -163,7 +163,7 @@ impl Sessions {
         link.conn = Some((conn, out));
         link.detached_at = None;
         drop(link);
-        log::info!("session {id} resumed");
+        log::info!(session = id; "session {id} resumed");
         Ok(Arc::clone(session))
     }
 
@@ -174,7 +174,7 @@ impl Sessions {
             link.conn = None;
             link.detached_at = Some(Instant::now());
             drop(link);
-            log::info!("session {} detached", session.id);
+            log::info!(session = session.id.as_str(); "session {} detached", session.id);
             // Notify under the map lock, which the reaper holds from its scan to its wait,
             // so the wake-up cannot fall between them.
             let _map = self.lock();
@@ -216,7 +216,7 @@ fn reap(sessions: &Sessions) {
             let ended: Vec<Arc<Session>> = expired.iter().filter_map(|id| map.remove(id)).collect();
             drop(map);
             for session in ended {
-                log::info!("session {} expired", session.id);
+                log::info!(session = session.id.as_str(); "session {} expired", session.id);
                 session.end(EndCause::SessionExpired);
             }
             map = sessions.lock();
