@@ -270,7 +270,7 @@ impl Processes {
         // Recorded before the waiter thread exists, so a child that exits at once cannot
         // have its `processEnded` line land ahead of this one.
         if crate::audit::enabled() {
-            self.audit_started(p, &cwd_path, pid, confined);
+            self.audit_started(p, cwd_path, pid, confined);
         }
         // Close our copies of the child's ends: readers see EOF (EIO on a PTY) only once
         // every copy is closed.
