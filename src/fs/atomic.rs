@@ -3,11 +3,15 @@
 //! mode and owner, `fsync`ed and renamed over the target, so that a failed or interrupted
 //! write never destroys the old content. Where a rename cannot keep the target's semantics
 //! (hard links, not a regular file, a directory we may not write) it writes in place as
-//! before. It owns no state and knows nothing of the wire: errors are plain `io::Error`s.
+//! before. The content arrives in pieces (`Content`), so a large write never holds its whole
+//! decoded bytes in memory, and with `fsync` on, the disk starts writing each piece while the
+//! next is produced (`sync_file_range`), so the final flush waits only for the tail.
+//! It owns no state and knows nothing of the wire: errors are plain `io::Error`s.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,8 +41,21 @@ pub fn set_fsync_writes(on: bool) {
     FSYNC.store(on, Ordering::Relaxed);
 }
 
+/// What a write puts into the file, produced piece by piece. Producing may fail (bad
+/// input found on the way); then nothing of it is kept.
+pub(super) trait Content {
+    /// Hands every piece, in order, to `sink`; stops at the first error of either.
+    fn pieces(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>;
+}
+
+impl Content for [u8] {
+    fn pieces(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        sink(self)
+    }
+}
+
 /// Replaces the content of `path` (or of the file its symlinks lead to) with `data`.
-pub(super) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+pub(super) fn write_file(path: &Path, data: &dyn Content) -> io::Result<()> {
     let target = follow_links(path)?;
     let existing = match fs::symlink_metadata(&target) {
         Ok(meta) => Some(meta),
@@ -96,10 +113,28 @@ fn fill(
     file: &mut File,
     target: &Path,
     existing: Option<&Metadata>,
-    data: &[u8],
+    data: &dyn Content,
     fsync: bool,
 ) -> io::Result<()> {
-    file.write_all(data)?;
+    let mut written: i64 = 0;
+    data.pieces(&mut |piece| {
+        file.write_all(piece)?;
+        if fsync && !piece.is_empty() {
+            // Start writing this piece back now, without waiting (a hint: errors show up
+            // in the final sync, so this one's result is not needed).
+            // SAFETY: plain syscall on our own open descriptor.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    written,
+                    piece.len() as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        written += piece.len() as i64;
+        Ok(())
+    })?;
     let mode = match existing {
         Some(meta) => {
             // Owner first: chown clears the set-id bits that the chmod below restores.
@@ -122,11 +157,17 @@ fn fill(
     Ok(())
 }
 
-/// Today's write: truncate and write the target itself.
-fn write_in_place(target: &Path, data: &[u8]) -> io::Result<()> {
+/// Today's write: truncate and write the target itself. The content is produced whole
+/// first, so that input found bad on the way never leaves the target truncated.
+fn write_in_place(target: &Path, data: &dyn Content) -> io::Result<()> {
+    let mut whole = Vec::new();
+    data.pieces(&mut |piece| {
+        whole.extend_from_slice(piece);
+        Ok(())
+    })?;
     let mut file =
         open_nonblocking(target, File::options().write(true).create(true).truncate(true))?;
-    file.write_all(data)
+    file.write_all(&whole)
 }
 
 /// Creates `.<name>.<unique>.tmp` in `dir` with `O_EXCL` and mode 0600.

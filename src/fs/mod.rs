@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::b64;
 use crate::error::RpcError;
 pub use atomic::set_fsync_writes;
+use atomic::Content as _;
 use copy::{canonicalize_nearest, copy_file, copy_symlink, copy_tree};
 #[cfg(test)]
 pub use wire::ReadFileResponse;
@@ -152,14 +153,45 @@ fn too_large() -> RpcError {
 
 pub fn write_file(p: WriteFileParams<'_>) -> Result<Empty, RpcError> {
     check_sandbox(p.sandbox.as_ref())?;
-    let mut data = Vec::new();
-    b64::decode(p.data_base64.as_bytes(), &mut data).map_err(|err| {
-        RpcError::invalid_request(format!("fs/writeFile requires valid base64 dataBase64: {err}"))
+    let text = Base64Text(p.data_base64.as_bytes());
+    let path = p.path.as_path();
+    let written = path.and_then(|path| atomic::write_file(path, &text).map_err(io_error));
+    // Bad base64 is the error, whatever else failed too (the text is checked before the
+    // path, as before the write was streamed); only failures pay for the full check.
+    written.map_err(|err| match text.check() {
+        Err(bad) => RpcError::invalid_request(format!(
+            "fs/writeFile requires valid base64 dataBase64: {bad}"
+        )),
+        Ok(()) => err,
     })?;
-    // The base64 text is no longer needed; release it before the write if it was copied.
-    drop(p.data_base64);
-    atomic::write_file(p.path.as_path()?, &data).map_err(io_error)?;
     Ok(Empty {})
+}
+
+/// `fs/writeFile`'s `dataBase64`, decoded one piece at a time as the file is written.
+struct Base64Text<'a>(&'a [u8]);
+
+impl Base64Text<'_> {
+    /// Characters decoded per piece: a multiple of 4, so every piece but the last decodes
+    /// on its own and only the last may hold padding (2 MiB of text, 1.5 MiB of bytes).
+    const PIECE_CHARS: usize = 2 << 20;
+
+    /// The whole text's verdict, with the base64 crate's error (offsets into the whole).
+    fn check(&self) -> Result<(), base64::DecodeError> {
+        self.pieces(&mut |_| Ok(())).or_else(|_| b64::decode(self.0, &mut Vec::new()))
+    }
+}
+
+impl atomic::Content for Base64Text<'_> {
+    fn pieces(&self, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(Self::PIECE_CHARS / 4 * 3);
+        for piece in self.0.chunks(Self::PIECE_CHARS) {
+            bytes.clear();
+            b64::decode(piece, &mut bytes)
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+            sink(&bytes)?;
+        }
+        Ok(())
+    }
 }
 
 pub fn create_directory(p: CreateDirectoryParams) -> Result<Empty, RpcError> {

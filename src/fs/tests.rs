@@ -247,6 +247,40 @@ fn write_read_round_trip_truncates_and_rejects_bad_base64() {
 }
 
 #[test]
+fn large_writes_are_streamed_in_pieces_byte_exact_and_bad_text_late_on_keeps_the_old_file() {
+    let dir = TempDir::new();
+    let write = |data: &str, path: AbsolutePath| {
+        write_file(WriteFileParams { path, data_base64: data.into(), sandbox: None })
+    };
+    // Three pieces and a short tail, padded.
+    let data: Vec<u8> =
+        (0..(3 * Base64Text::PIECE_CHARS / 4 * 3 + 1000)).map(|i| (i * 7 % 251) as u8).collect();
+    let mut text = Vec::new();
+    b64::encode(&data, &mut text);
+    let text = String::from_utf8(text).unwrap();
+    write(&text, dir.path("f")).unwrap();
+    assert!(fs::read(dir.join("f")).unwrap() == data, "content differs");
+    // A bad character in the third piece: the crate's error with its offset in the whole
+    // text, and the old content intact with no temporary file left.
+    let at = 2 * Base64Text::PIECE_CHARS + 5;
+    let mut bad = text.clone().into_bytes();
+    bad[at] = b'!';
+    let err = write(std::str::from_utf8(&bad).unwrap(), dir.path("f")).unwrap_err();
+    assert_eq!(
+        err,
+        RpcError::invalid_request(format!(
+            "fs/writeFile requires valid base64 dataBase64: Invalid symbol 33, offset {at}."
+        ))
+    );
+    assert!(fs::read(dir.join("f")).unwrap() == data, "old content changed");
+    assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 1, "a temporary file was left");
+    // Bad base64 wins over a missing parent, as when the text was checked first.
+    let err = write("a!==", dir.path("no/parent")).unwrap_err();
+    assert_eq!(err.code, -32600, "{err}");
+    assert!(err.message.starts_with("fs/writeFile requires valid base64"), "{err}");
+}
+
+#[test]
 fn fifos_never_block() {
     let dir = TempDir::new();
     mkfifo(&dir.join("fifo"));
