@@ -26,7 +26,7 @@ static BASE64_PAIRS: [[u8; 2]; 4096] = {
 /// to the crate's output by the tests below.
 pub fn encode(bytes: &[u8], out: &mut Vec<u8>) {
     let mut start = out.len();
-    out.resize(start + bytes.len().div_ceil(3) * 4, b'=');
+    extend_filled(out, bytes.len().div_ceil(3) * 4, b'=');
     let mut bytes = bytes;
     #[cfg(target_arch = "x86_64")]
     if bytes.len() >= 28 && std::arch::is_x86_feature_detected!("avx2") {
@@ -57,6 +57,17 @@ pub fn encode(bytes: &[u8], out: &mut Vec<u8>) {
         if tail.len() == 2 {
             slot[2] = BASE64_ALPHABET[(n >> 6) & 63];
         }
+    }
+}
+
+/// Grows `out` by `n` copies of `byte` with one `memset` (`Vec::resize` filled them one at
+/// a time at this crate's size-optimized level: the costliest step of streaming).
+fn extend_filled(out: &mut Vec<u8>, n: usize, byte: u8) {
+    out.reserve(n);
+    // SAFETY: the `n` bytes after `len` are reserved and written before they are counted.
+    unsafe {
+        std::ptr::write_bytes(out.as_mut_ptr().add(out.len()), byte, n);
+        out.set_len(out.len() + n);
     }
 }
 

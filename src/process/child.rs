@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -337,11 +337,11 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
 }
 
 /// An output thread: one event per read of at most 64 KiB, until EOF (EIO on a PTY master).
-pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
-    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, file: File) {
+    let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut pipe_grown = stream == Stream::Pty;
     loop {
-        match file.read(&mut buf) {
+        match read_chunk(&file, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 // A confined process's output is watched for denial messages.
@@ -351,7 +351,7 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
                 {
                     proc.denial_mentioned.store(true, Ordering::Relaxed);
                 }
-                if n == buf.len() && !pipe_grown {
+                if n == READ_CHUNK_BYTES && !pipe_grown {
                     grow_pipe(&file);
                     pipe_grown = true;
                 }
@@ -370,7 +370,6 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
                 buf.truncate(n);
                 let spare = proc.emit(Event::Output(stream, buf));
                 buf = spare.filter(|b| b.capacity() >= READ_CHUNK_BYTES).unwrap_or_default();
-                buf.resize(READ_CHUNK_BYTES, 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if stream == Stream::Pty && e.raw_os_error() == Some(libc::EIO) => break,
@@ -385,6 +384,24 @@ pub(super) fn read_loop(proc: Arc<Proc>, stream: Stream, mut file: File) {
     }
     drop(file);
     proc.emit(Event::StreamEnd);
+}
+
+/// One `read(2)` of at most `READ_CHUNK_BYTES` into `buf`, replacing what it held, straight
+/// into its spare capacity: a buffer is never zeroed first (that fill was the costliest
+/// step of streaming on the static build).
+fn read_chunk(file: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    buf.reserve(READ_CHUNK_BYTES);
+    // SAFETY: the kernel writes at most READ_CHUNK_BYTES bytes into the reserved capacity,
+    // and exactly the `n` it reports are marked initialized.
+    let n = unsafe { libc::read(file.as_raw_fd(), buf.as_mut_ptr().cast(), READ_CHUNK_BYTES) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: see above; n <= READ_CHUNK_BYTES <= capacity.
+    unsafe { buf.set_len(n) };
+    Ok(n)
 }
 
 /// Enlarges the pipe of a child seen filling a whole read: with the default 64 KiB the child
