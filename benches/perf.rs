@@ -899,7 +899,13 @@ fn median_fig<'a>(results: impl Iterator<Item = &'a BenchResult<Fig>>) -> BenchR
         }
     }
     ok.sort_by(|a, b| a.v.total_cmp(&b.v));
-    ok.get(ok.len() / 2).copied().ok_or_else(|| err.unwrap_or_else(|| "no figure".into()))
+    let n = ok.len();
+    match n {
+        0 => Err(err.unwrap_or_else(|| "no figure".into())),
+        // An even count: the mean of the middle two.
+        _ if n % 2 == 0 => Ok(Fig { v: (ok[n / 2 - 1].v + ok[n / 2].v) / 2.0, unit: ok[0].unit }),
+        _ => Ok(ok[n / 2]),
+    }
 }
 
 /// Current against base, row by row (matched by metric): above 1 is slower for times,
