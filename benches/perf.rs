@@ -1,15 +1,21 @@
-//! The performance bench of issue 6 (`make bench`, `cargo bench --bench perf`): starts the
-//! release server binary and, in the same run, a minimal tungstenite echo server (this
-//! program re-executed as a child) as the transport floor, drives both over loopback
+//! The performance bench of issues 6 and 19 (`make bench`, `cargo bench --bench perf`):
+//! starts the release server binary and, in the same run, a minimal tungstenite echo server
+//! (this program re-executed as a child) as the transport floor, drives both over loopback
 //! websockets as a PROTOCOL.md client, and prints one table per server with each figure
-//! next to its floor. `REFERENCE_BIN=path` adds a table for another server speaking the
-//! protocol (`REFERENCE_ARGS` overrides the arguments placed before `--listen`; a binary
-//! named `codex` gets `exec-server`); `BENCH_BIN=path` measures another build of ours;
-//! `BENCH_ONLY=stream,rtt` runs only the named scenarios (see `SCENARIOS`). It sees a
-//! server only through its command line, stdout line, websocket and `/proc/<pid>/status`;
-//! of the crate it borrows only the allocator, so that the client's own handling of a
-//! large message costs what the server's does. Every loop is bounded in
-//! count and time; every read has a deadline.
+//! next to its floor, the ratio and, where the issues set one, the target with PASS/MISS;
+//! the same rows go to a JSON report (`BENCH_JSON=path`, default
+//! target/bench/perf-<unix time>.json and target/bench/latest.json).
+//! `BENCH_BIN=path` measures another build of ours; `BASE_BIN=path` (`BASE_NAME`) adds a
+//! second build of ours run scenario by scenario next to the first, with a current/base
+//! table (scripts/bench-compare.sh); `REFERENCE_BIN=path` adds a table for another server
+//! speaking the protocol (`REFERENCE_ARGS` overrides the arguments placed before
+//! `--listen`; a binary named `codex` gets `exec-server`); `BENCH_ONLY=stream,rtt` runs
+//! only the named scenarios (see `SCENARIOS`); `BENCH_ROUNDS=n` repeats each scenario,
+//! alternating the order of the servers, and reports medians. It sees a server only
+//! through its command line (and `--help`, for the flags a scale row needs), stdout line,
+//! websocket and `/proc/<pid>`; of the crate it borrows only the allocator, so that the
+//! client's own handling of a large message costs what the server's does. Every loop is
+//! bounded in count and time; every read has a deadline.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
