@@ -24,7 +24,7 @@ say() { printf 'bench-compare: %s\n' "$*"; }
 fail() { printf 'bench-compare: FAIL: %s\n' "$*" >&2; exit 1; }
 
 BASE=${1:-${BASE:-}}
-[ -n "$BASE" ] || fail "usage: make bench-compare BASE=<git rev> (or scripts/bench-compare.sh <rev>)"
+[ -n "$BASE" ] || fail "usage: make bench-compare BASE=<git rev> (or $0 <rev>)"
 SHA=$(git rev-parse --verify --quiet "${BASE}^{commit}") || fail "not a commit: $BASE"
 SHORT=${SHA:0:12}
 DIR=$TARGET_DIR/bench-base/$SHORT
@@ -59,5 +59,7 @@ say "current tree: building"
 # build had left its own.
 "$CARGO" build --release
 
-say "running the bench: current $(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)') against base $SHORT"
+CURRENT=$(git rev-parse --short=12 HEAD)
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock || CURRENT="$CURRENT with uncommitted changes"
+say "running the bench: current ($CURRENT) against base $SHORT"
 BASE_BIN="$BASE_BIN" BASE_NAME="$SHORT" "$CARGO" bench --bench perf
