@@ -4,10 +4,11 @@
 # time on a machine whose load changes from run to run.
 #
 # 1. BASE is built once with `cargo build --release` in a temporary git worktree under
-#    target/bench-base/<sha>/tree (sharing this tree's target directory, so only the crate
-#    itself is compiled again) and its binary kept as target/bench-base/<sha>/exec-server;
+#    target/bench-base/<sha>/tree (sharing this tree's target directory, so dependencies
+#    are compiled once for both) and its binary kept as target/bench-base/<sha>/exec-server;
 #    a later comparison with the same revision reuses it.
-# 2. This tree is built (`cargo build --release`; `cargo bench` then reuses it).
+# 2. This tree is built the same way and its binary kept as target/bench-base/current/
+#    exec-server (unless BENCH_BIN names the current binary).
 # 3. The bench runs with BASE_BIN: for each scenario the current binary and then the base
 #    (BENCH_ROUNDS=n: n rounds, alternating A B / B A, each figure the median), prints both
 #    tables and a current/base table, and writes the JSON report (BENCH_JSON, default
@@ -54,10 +55,20 @@ else
     trap - EXIT
 fi
 
-say "current tree: building"
-# This also puts the current binary back at target/release/exec-server, where the base
-# build had left its own.
-"$CARGO" build --release
+if [ -n "${BENCH_BIN:-}" ]; then
+    say "current: BENCH_BIN=$BENCH_BIN"
+else
+    say "current tree: building"
+    "$CARGO" build --release
+    # Kept apart: `cargo bench` builds the crate's binary again with the dev-dependencies'
+    # features unified into it and puts that one at target/release/exec-server; the base
+    # was built as this one, by `cargo build --release`.
+    BENCH_BIN=$TARGET_DIR/bench-base/current/exec-server
+    mkdir -p "$(dirname "$BENCH_BIN")"
+    cp "$TARGET_DIR/release/exec-server" "$BENCH_BIN.tmp"
+    mv "$BENCH_BIN.tmp" "$BENCH_BIN"
+    export BENCH_BIN
+fi
 
 CURRENT=$(git rev-parse --short=12 HEAD)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock || CURRENT="$CURRENT with uncommitted changes"
