@@ -32,11 +32,24 @@ fmt:
 static:
 	./scripts/static.sh
 
-# Performance table against an echo floor (benches/perf.rs); REFERENCE_BIN=path adds the
-# same table for another server. `make test` never runs it (the bench needs --bench).
+# Performance table against an echo floor (benches/perf.rs), each row with its floor, ratio
+# and issue-19 target (PASS/MISS); also written as JSON to target/bench/perf-<unix time>.json
+# and target/bench/latest.json (BENCH_JSON=path instead). BENCH_BIN=path measures another
+# build (e.g. the static one of `make static`), REFERENCE_BIN=path adds the same table for
+# another server, BENCH_ONLY=size,true10k,... picks scenarios, BENCH_ROUNDS=n repeats each
+# and takes medians. `make test` never runs it (the bench needs --bench).
 .PHONY: bench
 bench:
 	$(CARGO) bench --bench perf
+
+# This tree against another revision in one interleaved run (scripts/bench-compare.sh):
+# builds BASE once into target/bench-base/<sha>/ from a temporary git worktree, builds this
+# tree, runs every scenario on both binaries back to back (BENCH_ROUNDS=n: A B, B A, ...,
+# medians) and prints a current/base ratio per row, plus the JSON report.
+BASE ?=
+.PHONY: bench-compare
+bench-compare:
+	./scripts/bench-compare.sh $(BASE)
 
 # The real codex 0.171 client runs a scripted task through exec-server in both sandbox modes,
 # with a fake model server (scripts/e2e/). Fetches the client once into .cache/e2e/ (npm);

@@ -1,15 +1,21 @@
-//! The performance bench of issue 6 (`make bench`, `cargo bench --bench perf`): starts the
-//! release server binary and, in the same run, a minimal tungstenite echo server (this
-//! program re-executed as a child) as the transport floor, drives both over loopback
+//! The performance bench of issues 6 and 19 (`make bench`, `cargo bench --bench perf`):
+//! starts the release server binary and, in the same run, a minimal tungstenite echo server
+//! (this program re-executed as a child) as the transport floor, drives both over loopback
 //! websockets as a PROTOCOL.md client, and prints one table per server with each figure
-//! next to its floor. `REFERENCE_BIN=path` adds a table for another server speaking the
-//! protocol (`REFERENCE_ARGS` overrides the arguments placed before `--listen`; a binary
-//! named `codex` gets `exec-server`); `BENCH_BIN=path` measures another build of ours;
-//! `BENCH_ONLY=stream,rtt` runs only the named scenarios (see `SCENARIOS`). It sees a
-//! server only through its command line, stdout line, websocket and `/proc/<pid>/status`;
-//! of the crate it borrows only the allocator, so that the client's own handling of a
-//! large message costs what the server's does. Every loop is bounded in
-//! count and time; every read has a deadline.
+//! next to its floor, the ratio and, where the issues set one, the target with PASS/MISS;
+//! the same rows go to a JSON report (`BENCH_JSON=path`, default
+//! target/bench/perf-<unix time>.json and target/bench/latest.json).
+//! `BENCH_BIN=path` measures another build of ours; `BASE_BIN=path` (`BASE_NAME`) adds a
+//! second build of ours run scenario by scenario next to the first, with a current/base
+//! table (scripts/bench-compare.sh); `REFERENCE_BIN=path` adds a table for another server
+//! speaking the protocol (`REFERENCE_ARGS` overrides the arguments placed before
+//! `--listen`; a binary named `codex` gets `exec-server`); `BENCH_ONLY=stream,rtt` runs
+//! only the named scenarios (see `SCENARIOS`); `BENCH_ROUNDS=n` repeats each scenario,
+//! alternating the order of the servers, and reports medians. It sees a server only
+//! through its command line (and `--help`, for the flags a scale row needs), stdout line,
+//! websocket and `/proc/<pid>`; of the crate it borrows only the allocator, so that the
+//! client's own handling of a large message costs what the server's does. Every loop is
+//! bounded in count and time; every read has a deadline.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -95,6 +101,16 @@ fn main() {
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_exec-server")), PathBuf::from);
     let ours = Target { name: "exec-server".into(), kind: Kind::Ours, bin, args: Vec::new() };
     let mut targets = vec![ours];
+    // BASE_BIN: another build of ours (scripts/bench-compare.sh passes the base revision's),
+    // run scenario by scenario next to the first and compared with it row by row.
+    if let Some(bin) = std::env::var_os("BASE_BIN").filter(|b| !b.is_empty()) {
+        let name = match std::env::var("BASE_NAME") {
+            Ok(n) if !n.is_empty() => format!("base {n}"),
+            _ => "base".into(),
+        };
+        targets.push(Target { name, kind: Kind::Ours, bin: PathBuf::from(bin), args: Vec::new() });
+    }
+    let compare = targets.len() == 2;
     if let Some(bin) = std::env::var_os("REFERENCE_BIN").filter(|b| !b.is_empty()) {
         targets.push(Target::reference(PathBuf::from(bin)));
     }
@@ -115,10 +131,32 @@ fn main() {
             std::process::exit(2);
         }
     }
-    println!("{}", machine_line());
-    for target in &targets {
-        let table = run_all(target, &echo);
+    let rounds = match std::env::var("BENCH_ROUNDS") {
+        Err(_) => 1,
+        Ok(n) => match n.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_ROUNDS).contains(&n) => n,
+            _ => {
+                eprintln!("perf: BENCH_ROUNDS must be 1..={MAX_ROUNDS}, not {n:?}");
+                std::process::exit(2);
+            }
+        },
+    };
+    let machine = Machine::read();
+    println!("{}", machine.line());
+    let tables = run_all(&targets, &echo, rounds);
+    for (target, table) in targets.iter().zip(&tables) {
         table.print(target);
+    }
+    if compare {
+        print_compare(&targets[0], &tables[0], &targets[1], &tables[1]);
+    }
+    let report = json_report(&machine, rounds, &targets, &tables, compare);
+    match write_json(&report) {
+        Ok(paths) => println!("\nJSON: {paths}"),
+        Err(e) => {
+            eprintln!("perf: writing the JSON report: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -135,6 +173,22 @@ struct Target {
 }
 
 impl Target {
+    /// The `cwd` for `process/start`: a path for ours (as round 1's clients sent), a `file:`
+    /// URI for the reference (codex 0.171 refuses a path; 0.130 refuses the URI with
+    /// ENOENT and needs `REFERENCE_CWD=/`).
+    fn cwd(&self) -> &'static str {
+        static REFERENCE_CWD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        match self.kind {
+            Kind::Reference => REFERENCE_CWD.get_or_init(|| {
+                std::env::var("REFERENCE_CWD")
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| "file:///".into())
+            }),
+            _ => "/",
+        }
+    }
+
     fn reference(bin: PathBuf) -> Target {
         let args = match std::env::var("REFERENCE_ARGS") {
             Ok(args) => args.split_whitespace().map(OsString::from).collect(),
@@ -162,6 +216,8 @@ struct Server {
     /// Held open so a server that writes to stdout never sees EPIPE.
     _stdout: ChildStdout,
     home: TempDir,
+    /// The `cwd` of every `process/start` (`Target::cwd`).
+    cwd: &'static str,
 }
 
 fn launch(target: &Target, cpus: Option<&'static [usize]>) -> BenchResult<(Server, Duration)> {
@@ -190,8 +246,14 @@ fn launch(target: &Target, cpus: Option<&'static [usize]>) -> BenchResult<(Serve
     let line = read_line(&mut stdout, start + URL_LINE_TIMEOUT);
     let elapsed = start.elapsed();
     let pid = child.id() as i32;
-    let mut server =
-        Server { child: Some(child), pid, addr: ([0, 0, 0, 0], 0).into(), _stdout: stdout, home };
+    let mut server = Server {
+        child: Some(child),
+        pid,
+        addr: ([0, 0, 0, 0], 0).into(),
+        _stdout: stdout,
+        home,
+        cwd: target.cwd(),
+    };
     let line = line.map_err(|e| format!("{e}{}", server.stderr_tail()))?;
     let addr = line
         .strip_prefix("ws://")
@@ -342,6 +404,7 @@ impl Drop for TempDir {
 struct Client {
     ws: WebSocket<TcpStream>,
     next_id: i64,
+    cwd: &'static str,
     /// A `sandbox` context sent with every `process/start` (the sandboxed one-shot row).
     sandbox: Option<Value>,
 }
@@ -390,7 +453,12 @@ impl Client {
         let (ws, _) =
             tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
                 .map_err(|e| format!("websocket handshake: {e}"))?;
-        Ok(Client { ws, next_id: 1, sandbox: None })
+        Ok(Client { ws, next_id: 1, cwd: "/", sandbox: None })
+    }
+
+    /// A client for `server`'s processes (its `cwd`).
+    fn connect_to(server: &Server) -> BenchResult<Client> {
+        Ok(Client { cwd: server.cwd, ..Client::connect(server.addr)? })
     }
 
     fn send(&mut self, text: String) -> BenchResult<()> {
@@ -458,8 +526,9 @@ impl Client {
 
     fn start_process(&mut self, process_id: &str, argv: &[&str]) -> BenchResult<i64> {
         let id = self.next_id();
-        let mut params =
-            json!({"processId": process_id, "argv": argv, "cwd": "/", "env": {}, "tty": false});
+        let mut params = json!({
+            "processId": process_id, "argv": argv, "cwd": self.cwd, "env": {}, "tty": false
+        });
         if let Some(sandbox) = &self.sandbox {
             params["sandbox"] = sandbox.clone();
         }
@@ -589,115 +658,525 @@ fn echo_connection(stream: TcpStream) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Scenarios
+// Figures, rows and tables
 // ---------------------------------------------------------------------------------------
+
+/// The unit a figure is kept in; the JSON report carries the number in this unit.
+#[derive(Clone, Copy, PartialEq)]
+enum Unit {
+    Ms,
+    MibPerSec,
+    Mib,
+    Bytes,
+    Count,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Ms => "ms",
+            Unit::MibPerSec => "MiB/s",
+            Unit::Mib => "MiB",
+            Unit::Bytes => "bytes",
+            Unit::Count => "count",
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Copy)]
+struct Fig {
+    v: f64,
+    unit: Unit,
+}
+
+impl Fig {
+    fn ms(d: Duration) -> Fig {
+        Fig { v: d.as_secs_f64() * 1e3, unit: Unit::Ms }
+    }
+
+    fn rate(mib_per_sec: f64) -> Fig {
+        Fig { v: mib_per_sec, unit: Unit::MibPerSec }
+    }
+
+    fn kib(kib: u64) -> Fig {
+        Fig { v: kib as f64 / 1024.0, unit: Unit::Mib }
+    }
+
+    fn bytes(n: u64) -> Fig {
+        Fig { v: n as f64, unit: Unit::Bytes }
+    }
+
+    fn count(n: usize) -> Fig {
+        Fig { v: n as f64, unit: Unit::Count }
+    }
+}
+
+impl std::fmt::Display for Fig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.unit {
+            Unit::Ms if self.v < 1.0 => write!(f, "{:.1} us", self.v * 1e3),
+            Unit::Ms => write!(f, "{:.2} ms", self.v),
+            Unit::MibPerSec => write!(f, "{:.0} MiB/s", self.v),
+            Unit::Mib => write!(f, "{:.1} MiB", self.v),
+            Unit::Bytes => write!(f, "{:.0} bytes", self.v),
+            Unit::Count => write!(f, "{:.0}", self.v),
+        }
+    }
+}
+
+/// The issue's target for a row: the value (or its ratio to the floor) at most or at least
+/// `threshold`, in the value's unit.
+#[derive(Clone)]
+struct Bar {
+    text: &'static str,
+    at_most: bool,
+    threshold: f64,
+    of_ratio: bool,
+}
+
+impl Bar {
+    fn at_most(text: &'static str, threshold: f64) -> Bar {
+        Bar { text, at_most: true, threshold, of_ratio: false }
+    }
+
+    fn at_least(text: &'static str, threshold: f64) -> Bar {
+        Bar { text, at_most: false, threshold, of_ratio: false }
+    }
+
+    fn ratio_at_most(text: &'static str, threshold: f64) -> Bar {
+        Bar { text, at_most: true, threshold, of_ratio: true }
+    }
+
+    fn ratio_at_least(text: &'static str, threshold: f64) -> Bar {
+        Bar { text, at_most: false, threshold, of_ratio: true }
+    }
+}
 
 struct Row {
     metric: String,
-    value: String,
-    floor: String,
-    ratio: String,
-    /// The issue's bar for this figure and whether the value meets it.
-    bar: String,
+    value: BenchResult<Fig>,
+    /// None where the row has no floor (printed `-`).
+    floor: Option<BenchResult<Fig>>,
+    bar: Option<Bar>,
 }
 
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        let (Ok(v), Some(Ok(f))) = (&self.value, &self.floor) else { return None };
+        (f.v > 0.0).then(|| v.v / f.v)
+    }
+
+    /// Whether the value meets the bar; None without a bar or without a figure.
+    fn pass(&self) -> Option<bool> {
+        let bar = self.bar.as_ref()?;
+        let x = if bar.of_ratio { self.ratio()? } else { self.value.as_ref().ok()?.v };
+        Some(if bar.at_most { x <= bar.threshold } else { x >= bar.threshold })
+    }
+}
+
+#[derive(Default)]
 struct Table {
     rows: Vec<Row>,
     notes: Vec<String>,
 }
 
 impl Table {
-    fn row(
-        &mut self,
-        metric: &str,
-        value: BenchResult<String>,
-        floor: BenchResult<String>,
-        ratio: Option<f64>,
-    ) {
-        let value = self.cell(value);
-        let floor = self.cell(floor);
-        self.rows.push(Row {
-            metric: metric.into(),
-            value,
-            floor,
-            ratio: ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}x")),
-            bar: String::new(),
-        });
+    fn row(&mut self, metric: &str, value: BenchResult<Fig>, floor: Option<BenchResult<Fig>>) {
+        self.rows.push(Row { metric: metric.into(), value, floor, bar: None });
     }
 
-    /// Sets the bar of the last row; `ok` is None when the value is missing.
-    fn bar(&mut self, bar: &str, ok: Option<bool>) {
-        let verdict = match ok {
-            Some(true) => "ok",
-            Some(false) => "MISS",
-            None => "?",
-        };
+    /// Sets the bar of the last row.
+    fn bar(&mut self, bar: Bar) {
         if let Some(row) = self.rows.last_mut() {
-            row.bar = format!("{bar} {verdict}");
+            row.bar = Some(bar);
         }
     }
 
-    /// A figure, or `error N` with the message once among the notes.
-    fn cell(&mut self, result: BenchResult<String>) -> String {
-        let Err(e) = result else { return result.unwrap_or_default() };
-        let note = format!("error: {e}");
-        let n = match self.notes.iter().position(|n| *n == note) {
-            Some(n) => n,
-            None => {
-                self.notes.push(note);
-                self.notes.len() - 1
+    /// p50 and p99 rows of sorted samples against sorted floor samples; the bar on p50.
+    fn percentiles(
+        &mut self,
+        metric: &str,
+        ours: &BenchResult<Vec<Duration>>,
+        floor: &BenchResult<Vec<Duration>>,
+        bar: Bar,
+    ) {
+        for (q, name) in [(50, "p50"), (99, "p99")] {
+            let pick = |r: &BenchResult<Vec<Duration>>| {
+                r.as_ref().map(|v| Fig::ms(percentile(v, q))).map_err(Clone::clone)
+            };
+            self.row(&format!("{metric}, {name}"), pick(ours), Some(pick(floor)));
+            if q == 50 {
+                self.bar(bar.clone());
             }
-        };
-        format!("error [{}]", n + 1)
+        }
+    }
+
+    fn append(&mut self, other: Table) {
+        self.rows.extend(other.rows);
+        for note in other.notes {
+            if !self.notes.contains(&note) {
+                self.notes.push(note);
+            }
+        }
+    }
+
+    /// The rounds of one scenario as one table: each figure the median of its rounds.
+    fn merge(mut parts: Vec<Table>) -> Table {
+        if parts.len() <= 1 {
+            return parts.pop().unwrap_or_default();
+        }
+        let mut merged = Table::default();
+        for (j, first) in parts[0].rows.iter().enumerate() {
+            let same: Vec<&Row> = parts
+                .iter()
+                .filter_map(|p| p.rows.get(j))
+                .filter(|r| r.metric == first.metric)
+                .collect();
+            let value = median_fig(same.iter().map(|r| &r.value));
+            let floor = first
+                .floor
+                .as_ref()
+                .map(|_| median_fig(same.iter().filter_map(|r| r.floor.as_ref())));
+            merged.rows.push(Row {
+                metric: first.metric.clone(),
+                value,
+                floor,
+                bar: first.bar.clone(),
+            });
+        }
+        let rounds = parts.len();
+        for part in parts {
+            merged.append(Table { rows: Vec::new(), notes: part.notes });
+        }
+        merged.notes.push(format!("rows above: medians of {rounds} rounds"));
+        merged
     }
 
     fn print(&self, target: &Target) {
         println!();
         println!("== {} ({}{}) ==", target.name, target.bin.display(), file_size(&target.bin));
-        let width = self.rows.iter().map(|r| r.metric.chars().count()).max().unwrap_or(0);
-        let vw = self.rows.iter().map(|r| r.value.chars().count()).max().unwrap_or(0).max(5);
-        let fw = self.rows.iter().map(|r| r.floor.chars().count()).max().unwrap_or(0).max(5);
-        println!("{:<width$}  {:>vw$}  {:>fw$}  {:>7}  bar", "metric", "value", "floor", "ratio");
-        for r in &self.rows {
-            println!(
-                "{:<width$}  {:>vw$}  {:>fw$}  {:>7}  {}",
-                r.metric, r.value, r.floor, r.ratio, r.bar
-            );
-        }
-        for (n, note) in self.notes.iter().enumerate() {
+        // Errors become numbered notes after the table's own.
+        let mut notes = self.notes.clone();
+        let cells: Vec<[String; 5]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let floor = r.floor.as_ref().map_or_else(|| "-".into(), |f| cell(f, &mut notes));
+                let verdict = match r.pass() {
+                    Some(true) => "PASS",
+                    Some(false) => "MISS",
+                    None => "?",
+                };
+                [
+                    r.metric.clone(),
+                    cell(&r.value, &mut notes),
+                    floor,
+                    r.ratio().map_or_else(|| "-".into(), |x| format!("{x:.2}x")),
+                    r.bar.as_ref().map_or_else(String::new, |b| format!("{} {verdict}", b.text)),
+                ]
+            })
+            .collect();
+        let header = ["metric", "value", "floor", "ratio", "target"].map(String::from);
+        print_columns(&header, &cells);
+        for (n, note) in notes.iter().enumerate() {
             println!("  [{}] {note}", n + 1);
         }
         println!("  floors: {FLOORS}");
     }
 }
 
+/// A figure, or `error [n]` with the message once among `notes`.
+fn cell(result: &BenchResult<Fig>, notes: &mut Vec<String>) -> String {
+    let e = match result {
+        Ok(fig) => return fig.to_string(),
+        Err(e) => e,
+    };
+    let note = format!("error: {e}");
+    let n = notes.iter().position(|n| *n == note).unwrap_or_else(|| {
+        notes.push(note);
+        notes.len() - 1
+    });
+    format!("error [{}]", n + 1)
+}
+
+/// Left-aligned first column and last column, right-aligned figures between.
+fn print_columns(header: &[String; 5], rows: &[[String; 5]]) {
+    let mut width = [0usize; 5];
+    for r in std::iter::once(header).chain(rows) {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(header).chain(rows) {
+        println!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3]
+        );
+    }
+}
+
+fn median_fig<'a>(results: impl Iterator<Item = &'a BenchResult<Fig>>) -> BenchResult<Fig> {
+    let mut ok = Vec::new();
+    let mut err = None;
+    for r in results {
+        match r {
+            Ok(f) => ok.push(*f),
+            Err(e) => {
+                err.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+    ok.sort_by(|a, b| a.v.total_cmp(&b.v));
+    let n = ok.len();
+    match n {
+        0 => Err(err.unwrap_or_else(|| "no figure".into())),
+        // An even count: the mean of the middle two.
+        _ if n % 2 == 0 => Ok(Fig { v: (ok[n / 2 - 1].v + ok[n / 2].v) / 2.0, unit: ok[0].unit }),
+        _ => Ok(ok[n / 2]),
+    }
+}
+
+/// Current against base, row by row (matched by metric): above 1 is slower for times,
+/// bigger for sizes and counts, faster for rates.
+fn compare_rows(current: &Table, base: &Table) -> Vec<(String, String, String, Option<f64>)> {
+    current
+        .rows
+        .iter()
+        .map(|c| {
+            let b = base.rows.iter().find(|b| b.metric == c.metric);
+            let bv = b.map(|b| &b.value);
+            let ratio = match (&c.value, bv) {
+                (Ok(c), Some(Ok(b))) if b.v > 0.0 => Some(c.v / b.v),
+                _ => None,
+            };
+            let show = |v: Option<&BenchResult<Fig>>| match v {
+                Some(Ok(f)) => f.to_string(),
+                Some(Err(_)) => "error".into(),
+                None => "-".into(),
+            };
+            (c.metric.clone(), show(Some(&c.value)), show(bv), ratio)
+        })
+        .collect()
+}
+
+fn print_compare(current: &Target, ct: &Table, base: &Target, bt: &Table) {
+    println!();
+    println!("== {} / {} (current / base) ==", current.name, base.name);
+    let verdict = |metric: &str| {
+        let row = ct.rows.iter().find(|r| r.metric == metric)?;
+        let bar = row.bar.as_ref()?;
+        Some(format!("{} {}", bar.text, if row.pass()? { "PASS" } else { "MISS" }))
+    };
+    let cells: Vec<[String; 5]> = compare_rows(ct, bt)
+        .into_iter()
+        .map(|(metric, c, b, ratio)| {
+            let target = verdict(&metric).unwrap_or_default();
+            [metric, c, b, ratio.map_or_else(|| "-".into(), |x| format!("{x:.3}x")), target]
+        })
+        .collect();
+    let header = ["metric", "current", "base", "cur/base", "current target"].map(String::from);
+    print_columns(&header, &cells);
+    println!("  cur/base above 1: slower for times, bigger for sizes and counts, faster for rates");
+}
+
 fn file_size(path: &Path) -> String {
     std::fs::metadata(path).map_or_else(|_| String::new(), |m| format!(", {} bytes", m.len()))
 }
 
-fn machine_line() -> String {
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+/// The machine the run is on, with its load when the run began.
+struct Machine {
+    cpus: usize,
+    model: String,
+    kernel: String,
+    load: String,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("model name")
+                        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+                })
+            })
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        Machine {
+            cpus: thread::available_parallelism().map_or(0, |n| n.get()),
+            model,
+            kernel: kernel.trim().to_owned(),
+            load: load_average(),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "exec-server perf: {} CPUs ({}), Linux {}, load {}",
+            self.cpus, self.model, self.kernel, self.load
+        )
+    }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+// ---------------------------------------------------------------------------------------
+// The JSON report
+// ---------------------------------------------------------------------------------------
+
+fn json_report(
+    machine: &Machine,
+    rounds: usize,
+    targets: &[Target],
+    tables: &[Table],
+    compare: bool,
+) -> Value {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let targets_json: Vec<Value> = targets
+        .iter()
+        .zip(tables)
+        .map(|(t, table)| {
+            json!({
+                "name": t.name,
+                "bin": t.bin.display().to_string(),
+                "sizeBytes": std::fs::metadata(&t.bin).ok().map(|m| m.len()),
+                "rows": table.rows.iter().map(row_json).collect::<Vec<_>>(),
+                "notes": table.notes,
             })
         })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("exec-server perf: {cpus} CPUs ({model}), Linux {}", kernel.trim())
+        .collect();
+    let mut report = json!({
+        "unixTime": unix,
+        "machine": {
+            "cpus": machine.cpus,
+            "model": machine.model,
+            "kernel": machine.kernel,
+            "loadAtStart": machine.load,
+            "loadAtEnd": load_average(),
+        },
+        "rounds": rounds,
+        "benchOnly": std::env::var("BENCH_ONLY").ok(),
+        "floors": FLOORS,
+        "targets": targets_json,
+    });
+    if compare {
+        let rows: Vec<Value> = compare_rows(&tables[0], &tables[1])
+            .into_iter()
+            .map(|(metric, _, _, ratio)| {
+                let value = |t: &Table| {
+                    t.rows
+                        .iter()
+                        .find(|r| r.metric == metric)
+                        .and_then(|r| r.value.as_ref().ok().map(|f| f.v))
+                };
+                json!({"metric": metric, "current": value(&tables[0]), "base": value(&tables[1]),
+                       "ratio": ratio})
+            })
+            .collect();
+        report["compare"] =
+            json!({"current": targets[0].name, "base": targets[1].name, "rows": rows});
+    }
+    report
 }
+
+fn row_json(r: &Row) -> Value {
+    let fig = |f: &BenchResult<Fig>| f.as_ref().ok().map(|f| f.v);
+    let unit = r
+        .value
+        .as_ref()
+        .ok()
+        .or_else(|| r.floor.as_ref().and_then(|f| f.as_ref().ok()))
+        .map(|f| f.unit.name());
+    json!({
+        "metric": r.metric,
+        "value": fig(&r.value),
+        "unit": unit,
+        "error": r.value.as_ref().err(),
+        "floor": r.floor.as_ref().and_then(fig),
+        "ratio": r.ratio(),
+        "target": r.bar.as_ref().map(|b| json!({
+            "text": b.text,
+            "op": if b.at_most { "<=" } else { ">=" },
+            "threshold": b.threshold,
+            "of": if b.of_ratio { "ratio" } else { "value" },
+        })),
+        "pass": r.pass(),
+    })
+}
+
+/// Writes the report to `BENCH_JSON`, or to target/bench/perf-<unix time>.json and
+/// target/bench/latest.json; returns the paths written.
+fn write_json(report: &Value) -> BenchResult<String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    let write = |path: &Path| -> BenchResult<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    if let Some(path) = std::env::var_os("BENCH_JSON").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        write(&path)?;
+        return Ok(path.display().to_string());
+    }
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"), PathBuf::from)
+        .join("bench");
+    let unix = report["unixTime"].as_u64().unwrap_or(0);
+    let path = dir.join(format!("perf-{unix}.json"));
+    let latest = dir.join("latest.json");
+    write(&path)?;
+    write(&latest)?;
+    Ok(format!("{} (and {})", path.display(), latest.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
 
 /// What each floor column measured.
 const FLOORS: &str = "startup = the echo child; round trip = the tungstenite echo child, \
 pinned the same way; one-shot = fork/exec/wait of /bin/true here; streaming = the same command's \
-pipe read here; files = std::fs here; 200 connections = 200 echo connections, one round trip each";
+pipe read here; spool = the same server's live stream; files = std::fs here; 200 connections = \
+200 echo connections, one round trip each; 1000 processes = the same 1000 commands spawned and \
+read here; fds/threads = the daemon's own count before the 10,000 starts; size = the budget";
 
-/// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from.
-const SCENARIOS: [&str; 9] =
-    ["startup", "rtt", "oneshot", "oneshot-sandboxed", "stream", "spool", "files", "crowd", "slow"];
+/// The scenarios, by the names `BENCH_ONLY` (comma-separated) selects from, in run order.
+const SCENARIOS: [&str; 13] = [
+    "size",
+    "startup",
+    "rtt",
+    "oneshot",
+    "oneshot-sandboxed",
+    "stream",
+    "spool",
+    "files",
+    "crowd",
+    "conns200proc",
+    "true10k",
+    "procs1000",
+    "slow",
+];
+
+/// Most `BENCH_ROUNDS`: every round runs every scenario once per server.
+const MAX_ROUNDS: usize = 20;
 
 fn wanted(scenario: &str) -> bool {
     match std::env::var("BENCH_ONLY") {
@@ -706,292 +1185,304 @@ fn wanted(scenario: &str) -> bool {
     }
 }
 
-fn run_all(target: &Target, echo: &Target) -> Table {
-    let mut table = Table { rows: Vec::new(), notes: Vec::new() };
-    eprintln!("perf: {} ...", target.name);
+/// One target under test: its long-lived server (shared by the scenarios that need no
+/// server of their own) and its table so far.
+struct Run<'a> {
+    target: &'a Target,
+    server: BenchResult<Server>,
+    table: Table,
+}
 
-    if wanted("startup") {
-        // Against the echo child's spawn → URL line.
-        let ours = startup(target);
-        let floor = startup(echo);
-        let ok = ours.as_ref().ok().map(|d| *d <= Duration::from_millis(3));
-        table.row(
-            "startup: spawn -> URL line (median of 10)",
-            ours.clone().map(fmt_dur),
-            floor.clone().map(fmt_dur),
-            ratio(&ours, &floor),
-        );
-        table.bar("<= 3 ms", ok);
+/// Every wanted scenario in turn; within a scenario the targets run back to back, and with
+/// `rounds` > 1 as A B, B A, A B, … with each figure the median of its rounds, so that a
+/// comparison of two builds sees the same machine conditions on both sides.
+fn run_all(targets: &[Target], echo: &Target, rounds: usize) -> Vec<Table> {
+    let mut runs: Vec<Run> = targets
+        .iter()
+        .map(|target| {
+            let server = launch(target, None).map(|(s, _)| s);
+            let mut table = Table::default();
+            let idle = server.as_ref().map_err(Clone::clone).and_then(Server::rss_kib);
+            table.row("RSS idle (after startup)", idle.map(Fig::kib), None);
+            table.bar(Bar::at_most("<= 4 MiB", 4.0));
+            if let Err(e) = &server {
+                table.notes.push(format!("server did not start: {e}"));
+            }
+            Run { target, server, table }
+        })
+        .collect();
+    for &scenario in SCENARIOS.iter().filter(|s| wanted(s)) {
+        let mut parts: Vec<Vec<Table>> = runs.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            let mut order: Vec<usize> = (0..runs.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let run = &runs[i];
+                let of = if rounds > 1 {
+                    format!(" (round {}/{rounds})", round + 1)
+                } else {
+                    String::new()
+                };
+                eprintln!("perf: {scenario} on {}{of} ...", run.target.name);
+                let mut part = Table::default();
+                run_scenario(scenario, run, echo, &mut part);
+                parts[i].push(part);
+            }
+        }
+        for (run, parts) in runs.iter_mut().zip(parts) {
+            run.table.append(Table::merge(parts));
+        }
     }
-
-    if wanted("rtt") {
-        // Pinned to one CPU and across two, against the echo child pinned the same way.
-        for (label, server_cpu) in [("1 CPU", &[0usize][..]), ("2 CPUs", &[1usize][..])] {
-            let ours = round_trips(target, server_cpu);
-            let floor = round_trips(echo, server_cpu);
-            for (q, name) in [(50, "p50"), (99, "p99")] {
-                let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-                let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-                let r = ratio(&o, &f);
-                table.row(
-                    &format!("fs/getMetadata round trip, {label}, {name} of 5000"),
-                    o.map(fmt_dur),
-                    f.map(fmt_dur),
-                    r,
-                );
-                if q == 50 {
-                    table.bar("<= 1.3x floor", r.map(|r| r <= 1.3));
+    runs.into_iter()
+        .map(|mut run| {
+            if let Ok(server) = &mut run.server {
+                match server.stop() {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => run
+                        .table
+                        .notes
+                        .push(format!("after SIGTERM the server exited with {status}")),
+                    Err(e) => run.table.notes.push(format!("stop: {e}")),
                 }
             }
+            run.table
+        })
+        .collect()
+}
+
+/// The rows of one scenario for one target.
+fn run_scenario(scenario: &str, run: &Run, echo: &Target, t: &mut Table) {
+    let target = run.target;
+    // Scenarios that start servers of their own.
+    match scenario {
+        "size" => {
+            let size = std::fs::metadata(&target.bin)
+                .map(|m| Fig::bytes(m.len()))
+                .map_err(|e| format!("{}: {e}", target.bin.display()));
+            t.row("binary size (floor = budget)", size, Some(Ok(Fig::bytes(SIZE_BUDGET_BYTES))));
+            if target.kind == Kind::Ours {
+                t.bar(Bar::at_most("<= 3,000,000 bytes", SIZE_BUDGET_BYTES as f64));
+            }
+            return;
         }
+        "startup" => {
+            // Against the echo child's spawn → URL line.
+            let ours = startup(target).map(Fig::ms);
+            let floor = startup(echo).map(Fig::ms);
+            t.row("startup: spawn -> URL line (median of 10)", ours, Some(floor));
+            t.bar(Bar::at_most("<= 3 ms", 3.0));
+            return;
+        }
+        "rtt" => {
+            // Pinned to one CPU and across two, against the echo child pinned the same way.
+            for (label, server_cpu) in [("1 CPU", &[0usize][..]), ("2 CPUs", &[1usize][..])] {
+                let ours = round_trips(target, server_cpu);
+                let floor = round_trips(echo, server_cpu);
+                t.percentiles(
+                    &format!("fs/getMetadata round trip, {label}, of {RTT_SAMPLES}"),
+                    &ours,
+                    &floor,
+                    Bar::ratio_at_most("<= 1.3x floor", 1.3),
+                );
+            }
+            return;
+        }
+        "spool" => {
+            if target.kind == Kind::Ours {
+                spool_rows(run, t);
+            }
+            return;
+        }
+        "conns200proc" => {
+            // A fresh server: 200 connections, each initialize + one short command with
+            // output, read to its end; against the echo crowd.
+            let ours = launch(target, None).and_then(|(s, _)| connections(&s, Work::Print));
+            let floor = launch(echo, None).and_then(|(s, _)| connections(&s, Work::EchoFloor));
+            crowd_rows(t, "200 connections on a fresh server: init + echo, wall", &ours, &floor);
+            return;
+        }
+        "true10k" => {
+            true_starts_rows(target, t);
+            return;
+        }
+        "procs1000" => {
+            let ours = many_processes(target);
+            let floor = many_processes_floor().map(Fig::ms);
+            let wall = ours.as_ref().map(|p| Fig::ms(p.wall)).map_err(Clone::clone);
+            t.row(&format!("{PROCS} processes x 64 KiB, one connection: wall"), wall, Some(floor));
+            let lost = ours.as_ref().map(|p| Fig::bytes(p.lost)).map_err(Clone::clone);
+            t.row(&format!("{PROCS} processes: bytes lost"), lost, None);
+            t.bar(Bar::at_most("0", 0.0));
+            let peak = ours.as_ref().map(|p| Fig::kib(p.peak_kib)).map_err(Clone::clone);
+            t.row(&format!("{PROCS} processes: daemon RSS max (VmHWM)"), peak, None);
+            if let Ok(p) = &ours {
+                t.notes.push(format!(
+                    "{PROCS} processes: {} bytes received, {} processes with a wrong count, \
+                     {} with a non-zero byte; at most {PROCS_WINDOW} starts in flight{}",
+                    p.received,
+                    p.wrong,
+                    p.nonzero,
+                    p.first_wrong.as_ref().map_or_else(String::new, |w| format!("; first: {w}"))
+                ));
+            }
+            return;
+        }
+        _ => {}
     }
-
-    let (mut server, _) = match launch(target, None) {
-        Ok(s) => s,
-        Err(e) => {
-            table.notes.push(format!("server did not start: {e}"));
-            return table;
-        }
-    };
-    let idle = server.rss_kib();
-    let ok = idle.as_ref().ok().map(|&kib| kib <= 4 << 10);
-    table.row("RSS idle (after startup)", idle.map(fmt_kib), Ok("-".into()), None);
-    table.bar("<= 4 MiB", ok);
-
-    if wanted("oneshot") {
-        // Against fork/exec/wait of /bin/true in this process.
-        let ours = one_shot(&server, None);
-        let floor = one_shot_floor();
-        for (q, name) in [(50, "p50"), (99, "p99")] {
-            let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-            let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-            let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(2));
-            let r = ratio(&o, &f);
-            table.row(
-                &format!("process/start /bin/true -> closed, {name} of 300"),
-                o.map(fmt_dur),
-                f.map(fmt_dur),
-                r,
+    // Scenarios on the target's long-lived server.
+    let Ok(server) = &run.server else { return };
+    match scenario {
+        "oneshot" => {
+            // Against fork/exec/wait of /bin/true in this process.
+            let ours = one_shot(server, None);
+            let floor = one_shot_floor();
+            t.percentiles(
+                &format!("process/start /bin/true -> closed, of {ONESHOT_SAMPLES}"),
+                &ours,
+                &floor,
+                Bar::at_most("<= 2 ms", 2.0),
             );
-            if q == 50 {
-                table.bar("<= 2 ms", ok);
+        }
+        "oneshot-sandboxed" => {
+            // The same under the client's workspace-write sandbox (Landlock, seccomp, a mount
+            // namespace for the read-only .git), against the same floor.
+            let workspace = std::env::temp_dir().join(format!("perf-ws-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(workspace.join(".git"));
+            let ours = one_shot(server, Some(workspace_write(&workspace)));
+            let floor = one_shot_floor();
+            let _ = std::fs::remove_dir_all(&workspace);
+            t.percentiles(
+                &format!("/bin/true under workspace-write -> closed, of {ONESHOT_SAMPLES}"),
+                &ours,
+                &floor,
+                Bar::at_most("<= 3 ms", 3.0),
+            );
+        }
+        "stream" => {
+            // Against reading the same command's pipe directly.
+            let streamed = streaming(server);
+            let floor = streaming_floor().map(Fig::rate);
+            let rate = streamed.as_ref().map(|s| Fig::rate(s.mib_per_sec)).map_err(Clone::clone);
+            t.row(STREAM_METRIC, rate, Some(floor));
+            t.bar(Bar::at_least(">= 800 MiB/s", 800.0));
+            let peak = streamed.as_ref().map(|s| Fig::kib(s.peak_kib)).map_err(Clone::clone);
+            t.row("RSS peak during streaming", peak, None);
+            if let Ok(s) = &streamed {
+                t.notes.push(format!(
+                    "streaming: the client used {} CPU in {} wall",
+                    Fig::ms(s.client_cpu),
+                    Fig::ms(s.elapsed)
+                ));
             }
         }
-    }
-
-    if wanted("oneshot-sandboxed") {
-        // The same under the client's workspace-write sandbox (Landlock, seccomp, a mount
-        // namespace for the read-only .git), against the same floor.
-        let workspace = std::env::temp_dir().join(format!("perf-ws-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(workspace.join(".git"));
-        let ours = one_shot(&server, Some(workspace_write(&workspace)));
-        let floor = one_shot_floor();
-        let _ = std::fs::remove_dir_all(&workspace);
-        for (q, name) in [(50, "p50"), (99, "p99")] {
-            let o = ours.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-            let f = floor.as_ref().map(|v| percentile(v, q)).map_err(Clone::clone);
-            let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(3));
-            let r = ratio(&o, &f);
-            table.row(
-                &format!("/bin/true under workspace-write -> closed, {name} of 300"),
-                o.map(fmt_dur),
-                f.map(fmt_dur),
-                r,
-            );
-            if q == 50 {
-                table.bar("<= 3 ms", ok);
+        "files" => {
+            // Against std::fs in this process.
+            let mut size = FILE_BYTES;
+            let mut files = file_io(server, size);
+            if let Err(e) = &files {
+                t.notes.push(format!(
+                    "fs at {} MiB failed ({e}); measured at {} MiB instead",
+                    FILE_BYTES >> 20,
+                    FALLBACK_FILE_BYTES >> 20
+                ));
+                size = FALLBACK_FILE_BYTES;
+                files = file_io(server, size);
+            }
+            let floor = file_io_floor(&server.home.path, size);
+            for (i, name, bar) in [
+                (0, "fs/writeFile", Bar::at_least(">= 600 MiB/s", 600.0)),
+                (1, "fs/readFile", Bar::at_least(">= 800 MiB/s", 800.0)),
+            ] {
+                let pick = |r: &BenchResult<[f64; 2]>| {
+                    r.as_ref().map(|f| Fig::rate(f[i])).map_err(Clone::clone)
+                };
+                t.row(
+                    &format!("{name} {} MiB, MiB/s", size >> 20),
+                    pick(&files),
+                    Some(pick(&floor)),
+                );
+                t.bar(bar);
             }
         }
-    }
-
-    if wanted("stream") {
-        // Against reading the same command's pipe directly.
-        let streamed = streaming(&server);
-        let floor = streaming_floor();
-        let o = streamed.as_ref().map(|s| s.mib_per_sec).map_err(Clone::clone);
-        let ok = o.as_ref().ok().map(|&r| r >= 600.0);
-        let r = ratio(&o, &floor);
-        table.row("stream head -c 256MiB, MiB/s decoded", o.map(fmt_rate), floor.map(fmt_rate), r);
-        table.bar(">= 600 MiB/s", ok);
-        table.row(
-            "RSS peak during streaming",
-            streamed.as_ref().map(|s| fmt_kib(s.peak_kib)).map_err(Clone::clone),
-            Ok("-".into()),
-            None,
-        );
-        if let Ok(s) = &streamed {
-            table.notes.push(format!(
-                "streaming: the client used {} CPU in {} wall",
-                fmt_dur(s.client_cpu),
-                fmt_dur(s.elapsed)
-            ));
+        "crowd" => {
+            // Against 200 echo connections with one round trip each.
+            let ours = connections(server, Work::BinTrue);
+            let floor = launch(echo, None).and_then(|(s, _)| connections(&s, Work::EchoFloor));
+            crowd_rows(t, "200 connections: init + /bin/true, wall", &ours, &floor);
+            let rss =
+                |f: fn(&Crowd) -> u64| ours.as_ref().map(|c| Fig::kib(f(c))).map_err(Clone::clone);
+            t.row("RSS with 200 connections open", rss(|c| c.rss_open_kib), None);
+            t.row("RSS after the 200 connections closed", rss(|c| c.rss_after_kib), None);
         }
-    }
-
-    if wanted("spool") && target.kind == Kind::Ours {
-        // Against the same server's live stream when that row ran (the issue's bar: 80 %).
-        let live = table
-            .rows
-            .iter()
-            .find(|r| r.metric.starts_with("stream head"))
-            .and_then(|r| r.value.split_whitespace().next()?.parse::<f64>().ok());
-        let back = spool_read_back(target);
-        if let Ok((_, peak_kib)) = &back {
-            table.notes.push(format!("spool read-back: server RSS peak {}", fmt_kib(*peak_kib)));
+        "slow" => {
+            let slow = slow_reader(server);
+            let max = slow.as_ref().map(|s| Fig::kib(s.max_kib)).map_err(Clone::clone);
+            t.row("RSS during slow reader (max over 10 s)", max, None);
+            t.bar(Bar::at_most("<= 32 MiB", 32.0));
+            if let Ok(s) = &slow {
+                t.notes.push(format!(
+                    "slow reader: read {:.1} MiB in {:.1} s, RSS at end {}{}",
+                    s.bytes as f64 / 1048576.0,
+                    s.elapsed.as_secs_f64(),
+                    Fig::kib(s.end_kib),
+                    if s.aborted { ", stopped early: RSS passed the abort limit" } else { "" }
+                ));
+            }
         }
-        let back = back.map(|(rate, _)| rate);
-        let ok = back.as_ref().ok().zip(live).map(|(&b, l)| b >= 0.8 * l);
-        let r = live.and_then(|l| back.as_ref().ok().map(|b| b / l));
-        let floor = live.map(fmt_rate).ok_or_else(|| "no stream row".to_string());
-        table.row("spool: 256 MiB burst read back, MiB/s", back.map(fmt_rate), floor, r);
-        table.bar(">= 0.8x live stream", ok);
-    }
-
-    if wanted("files") {
-        // Against std::fs in this process.
-        let mut size = FILE_BYTES;
-        let mut files = file_io(&server, size);
-        if let Err(e) = &files {
-            table.notes.push(format!(
-                "fs at {} MiB failed ({e}); measured at {} MiB instead",
-                FILE_BYTES >> 20,
-                FALLBACK_FILE_BYTES >> 20
-            ));
-            size = FALLBACK_FILE_BYTES;
-            files = file_io(&server, size);
-        }
-        let floor = file_io_floor(&server.home.path, size);
-        for (i, name) in [(0, "fs/writeFile"), (1, "fs/readFile")] {
-            let o = files.as_ref().map(|f| f[i]).map_err(Clone::clone);
-            let f = floor.as_ref().map(|f| f[i]).map_err(Clone::clone);
-            let ok = o.as_ref().ok().map(|&r| r >= 500.0);
-            let r = ratio(&o, &f);
-            table.row(
-                &format!("{name} {} MiB, MiB/s", size >> 20),
-                o.map(fmt_rate),
-                f.map(fmt_rate),
-                r,
-            );
-            table.bar(">= 500 MiB/s", ok);
-        }
-    }
-
-    if wanted("crowd") {
-        // Against 200 echo connections with one round trip each.
-        let ours = connections(&server, true);
-        let floor =
-            launch(echo, None).and_then(|(echo_server, _)| connections(&echo_server, false));
-        let wall = |r: &BenchResult<Crowd>| r.as_ref().map(|c| c.wall).map_err(Clone::clone);
-        let (o, f) = (wall(&ours), wall(&floor));
-        let ok = o.as_ref().ok().map(|d| *d <= Duration::from_millis(250));
-        let r = ratio(&o, &f);
-        table.row("200 connections: init + /bin/true, wall", o.map(fmt_dur), f.map(fmt_dur), r);
-        table.bar("<= 250 ms", ok);
-        let failures = ours.as_ref().map(|c| c.failures).map_err(Clone::clone);
-        let ok = failures.as_ref().ok().map(|&n| n == 0);
-        table.row(
-            "200 connections: failures",
-            failures.map(|n| n.to_string()),
-            Ok("-".into()),
-            None,
-        );
-        table.bar("0", ok);
-        table.row(
-            "RSS with 200 connections open",
-            ours.as_ref().map(|c| fmt_kib(c.rss_open_kib)).map_err(Clone::clone),
-            Ok("-".into()),
-            None,
-        );
-        table.row(
-            "RSS after the 200 connections closed",
-            ours.as_ref().map(|c| fmt_kib(c.rss_after_kib)).map_err(Clone::clone),
-            Ok("-".into()),
-            None,
-        );
-        if let Ok(c) = &ours {
-            table.notes.push(format!(
-                "200 connections: slowest connect {}, initialize {}, process {}",
-                fmt_dur(c.slowest[0]),
-                fmt_dur(c.slowest[1]),
-                fmt_dur(c.slowest[2])
-            ));
-        }
-        if let Some(e) = ours.as_ref().ok().and_then(|c| c.first_error.as_ref()) {
-            table.notes.push(format!("first connection failure: {e}"));
-        }
-    }
-
-    if wanted("slow") {
-        let slow = slow_reader(&server);
-        let ok = slow.as_ref().ok().map(|s| s.max_kib <= 32 << 10);
-        table.row(
-            "RSS during slow reader (max over 10 s)",
-            slow.as_ref().map(|s| fmt_kib(s.max_kib)).map_err(Clone::clone),
-            Ok("-".into()),
-            None,
-        );
-        table.bar("<= 32 MiB", ok);
-        if let Ok(s) = &slow {
-            table.notes.push(format!(
-                "slow reader: read {:.1} MiB in {:.1} s, RSS at end {}{}",
-                s.bytes as f64 / 1048576.0,
-                s.elapsed.as_secs_f64(),
-                fmt_kib(s.end_kib),
-                if s.aborted { ", stopped early: RSS passed the abort limit" } else { "" }
-            ));
-        }
-    }
-
-    match server.stop() {
-        Ok(status) if status.success() => {}
-        Ok(status) => table.notes.push(format!("after SIGTERM the server exited with {status}")),
-        Err(e) => table.notes.push(format!("stop: {e}")),
-    }
-    table
-}
-
-fn ratio(
-    value: &BenchResult<impl Into<Measure> + Clone>,
-    floor: &BenchResult<impl Into<Measure> + Clone>,
-) -> Option<f64> {
-    let (Ok(v), Ok(f)) = (value, floor) else { return None };
-    let (v, f) = (v.clone().into().0, f.clone().into().0);
-    (f > 0.0).then(|| v / f)
-}
-
-/// A figure as f64 so durations and rates share `ratio`.
-struct Measure(f64);
-
-impl From<Duration> for Measure {
-    fn from(d: Duration) -> Measure {
-        Measure(d.as_secs_f64())
+        _ => {}
     }
 }
 
-impl From<f64> for Measure {
-    fn from(v: f64) -> Measure {
-        Measure(v)
+/// The live stream row's metric, which the spool row compares with.
+const STREAM_METRIC: &str = "stream head -c 256MiB, MiB/s decoded";
+
+/// The budget of the static musl binary (issue 19).
+const SIZE_BUDGET_BYTES: u64 = 3_000_000;
+
+/// Against the same server's live stream when that row ran (the issue's bar: 80 %).
+fn spool_rows(run: &Run, t: &mut Table) {
+    let live = run
+        .table
+        .rows
+        .iter()
+        .find(|r| r.metric == STREAM_METRIC)
+        .and_then(|r| r.value.as_ref().ok().copied());
+    let back = spool_read_back(run.target);
+    if let Ok((_, peak_kib)) = &back {
+        t.notes.push(format!("spool read-back: server RSS peak {}", Fig::kib(*peak_kib)));
+    }
+    let back = back.map(|(rate, _)| Fig::rate(rate));
+    let floor = live.ok_or_else(|| "no stream row (add stream to BENCH_ONLY)".to_string());
+    t.row("spool: 256 MiB burst read back, MiB/s (floor = live)", back, Some(floor));
+    t.bar(Bar::ratio_at_least(">= 0.8x live stream", 0.8));
+}
+
+/// Wall time (bar 250 ms) and failures (bar 0) of a crowd, with its notes.
+fn crowd_rows(t: &mut Table, metric: &str, ours: &BenchResult<Crowd>, floor: &BenchResult<Crowd>) {
+    let wall = |r: &BenchResult<Crowd>| r.as_ref().map(|c| Fig::ms(c.wall)).map_err(Clone::clone);
+    t.row(metric, wall(ours), Some(wall(floor)));
+    t.bar(Bar::at_most("<= 250 ms", 250.0));
+    let failures = ours.as_ref().map(|c| Fig::count(c.failures)).map_err(Clone::clone);
+    let short = metric.split(':').next().unwrap_or(metric);
+    t.row(&format!("{short}: failures"), failures, None);
+    t.bar(Bar::at_most("0", 0.0));
+    if let Ok(c) = ours {
+        t.notes.push(format!(
+            "{short}: slowest connect {}, initialize {}, process {}",
+            Fig::ms(c.slowest[0]),
+            Fig::ms(c.slowest[1]),
+            Fig::ms(c.slowest[2])
+        ));
+        if let Some(e) = &c.first_error {
+            t.notes.push(format!("{short}: first failure: {e}"));
+        }
     }
 }
 
 fn percentile(sorted: &[Duration], q: usize) -> Duration {
     sorted[(sorted.len() * q / 100).min(sorted.len() - 1)]
-}
-
-fn fmt_dur(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} us", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.2} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-fn fmt_rate(mib_per_sec: f64) -> String {
-    format!("{mib_per_sec:.0} MiB/s")
-}
-
-fn fmt_kib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 fn startup(target: &Target) -> BenchResult<Duration> {
@@ -1071,7 +1562,7 @@ fn workspace_write(root: &std::path::Path) -> Value {
 }
 
 fn one_shot(server: &Server, sandbox: Option<Value>) -> BenchResult<Vec<Duration>> {
-    let mut client = Client::connect(server.addr)?;
+    let mut client = Client::connect_to(server)?;
     client.sandbox = sandbox;
     client.initialize()?;
     let mut times = Vec::with_capacity(ONESHOT_SAMPLES);
@@ -1135,7 +1626,7 @@ fn find_program(name: &str) -> BenchResult<String> {
 fn streaming(server: &Server) -> BenchResult<Streamed> {
     let head = find_program("head")?;
     let count = STREAM_BYTES.to_string();
-    let mut client = Client::connect(server.addr)?;
+    let mut client = Client::connect_to(server)?;
     client.initialize()?;
     let sampler = RssSampler::start(server.pid);
     let exact_peak = server.reset_peak();
@@ -1207,7 +1698,7 @@ fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
     let head = find_program("head")?;
     let count = STREAM_BYTES.to_string();
     let deadline = Instant::now() + SCENARIO_DEADLINE;
-    let mut client = Client::connect(server.addr)?;
+    let mut client = Client::connect_to(&server)?;
     let init = client.call("initialize", json!({"clientName": "exec-server-perf"}))?;
     let session = init["sessionId"].as_str().ok_or("initialize: no sessionId")?.to_owned();
     client.send(json!({"method": "initialized", "params": {}}).to_string())?;
@@ -1222,7 +1713,7 @@ fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    let mut reader = Client::connect(server.addr)?;
+    let mut reader = Client::connect_to(&server)?;
     let resume = json!({"clientName": "exec-server-perf", "resumeSessionId": session});
     // The resume succeeds once the server has noticed the first connection is gone.
     while let Err(e) = reader.call("initialize", resume.clone()) {
@@ -1376,7 +1867,7 @@ fn file_io(server: &Server, size: usize) -> BenchResult<[f64; 2]> {
     let data = test_data(size);
     let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
     let path = server.home.path.join("perf-file.bin").display().to_string();
-    let mut client = Client::connect(server.addr)?;
+    let mut client = Client::connect_to(server)?;
     client.initialize()?;
     let mut writes = Vec::new();
     let mut reads = Vec::new();
@@ -1461,16 +1952,30 @@ struct Crowd {
     slowest: [Duration; 3],
 }
 
-/// `CONNECTIONS` clients released at once; each initializes and runs `/bin/true` to closed
-/// (`protocol`), or makes one echo round trip (the floor). Wall time runs from the release
-/// until the last client is done; RSS is read while all are still open and after all closed.
-fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
+/// What each client of a crowd does once connected.
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    /// One echo round trip (the floor).
+    EchoFloor,
+    /// `initialize`, then `/bin/true` run to closed.
+    BinTrue,
+    /// `initialize`, then `echo conn-<i>` run to closed, its output counted.
+    Print,
+}
+
+/// `CONNECTIONS` clients released at once, each doing `work`. Wall time runs from the
+/// release until the last client is done; RSS is read while all are still open and after
+/// all closed.
+fn connections(server: &Server, work: Work) -> BenchResult<Crowd> {
+    let echo = if work == Work::Print { find_program("echo")? } else { String::new() };
     let go = Arc::new(Barrier::new(CONNECTIONS + 1));
     let done = Arc::new(Barrier::new(CONNECTIONS + 1));
     let release = Arc::new(Barrier::new(CONNECTIONS + 1));
     let mut handles = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
         let (go, done, release, addr) = (go.clone(), done.clone(), release.clone(), server.addr);
+        let cwd = server.cwd;
+        let echo = echo.clone();
         let handle = thread::Builder::new()
             .stack_size(CONNECTION_THREAD_STACK_BYTES)
             .spawn(move || {
@@ -1479,18 +1984,29 @@ fn connections(server: &Server, protocol: bool) -> BenchResult<Crowd> {
                 // When the websocket was up and when initialize was answered.
                 let mut marks: [Option<Instant>; 2] = [None, None];
                 let result = (|| -> BenchResult<()> {
-                    let c = client.insert(Client::connect(addr)?);
+                    let c = client.insert(Client { cwd, ..Client::connect(addr)? });
                     marks[0] = Some(Instant::now());
-                    if protocol {
+                    if work != Work::EchoFloor {
                         c.initialize()?;
                         marks[1] = Some(Instant::now());
-                        let outcome = c.run_process(
-                            &format!("crowd-{i}"),
-                            &["/bin/true"],
-                            Instant::now() + SCENARIO_DEADLINE,
-                        )?;
+                        let text = format!("conn-{i}");
+                        let (argv, expected) = match work {
+                            Work::Print => {
+                                (vec![echo.as_str(), text.as_str()], text.len() as u64 + 1)
+                            }
+                            _ => (vec!["/bin/true"], 0),
+                        };
+                        let id = format!("crowd-{i}");
+                        let deadline = Instant::now() + SCENARIO_DEADLINE;
+                        let outcome = c.run_process(&id, &argv, deadline)?;
                         if outcome.exit_code != Some(0) {
-                            return Err(format!("/bin/true exited with {:?}", outcome.exit_code));
+                            return Err(format!("{id}: exited with {:?}", outcome.exit_code));
+                        }
+                        if outcome.bytes != expected {
+                            return Err(format!(
+                                "{id}: {} bytes of output, not {expected}",
+                                outcome.bytes
+                            ));
                         }
                     } else {
                         c.send("{\"id\":1,\"method\":\"echo\"}".into())?;
@@ -1550,7 +2066,7 @@ struct SlowRead {
 /// the server's shutdown kills the child).
 fn slow_reader(server: &Server) -> BenchResult<SlowRead> {
     let cat = find_program("cat")?;
-    let mut client = Client::connect(server.addr)?;
+    let mut client = Client::connect_to(server)?;
     client.initialize()?;
     let start_id = client.start_process("slow", &[&cat, "/dev/zero"])?;
     let start = Instant::now();
@@ -1624,4 +2140,340 @@ impl RssSampler {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or(0)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale rows (issue 19)
+// ---------------------------------------------------------------------------------------
+
+/// Processes of the `procs1000` row, each printing `PROC_OUTPUT_BYTES`.
+const PROCS: usize = 1000;
+const PROC_OUTPUT_BYTES: u64 = 64 << 10;
+/// `process/start` requests the `procs1000` client keeps in flight while it reads.
+const PROCS_WINDOW: usize = 64;
+/// Room for the 1,000 (the entries of exited processes count until they are removed).
+const PROCS_MAX_PROCESSES: &str = "1100";
+/// Starts of the `true10k` row, after `TRUE_WARMUP` unmeasured ones.
+const TRUE_STARTS: usize = 10_000;
+/// The reference server takes ~45 ms a start: 10,000 would pass `TRUE_DEADLINE`.
+const TRUE_STARTS_REFERENCE: usize = 1_000;
+const TRUE_WARMUP: usize = 20;
+/// The `true10k` loop's deadline (10,000 starts at ~1 ms each, on a loaded machine).
+const TRUE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long the daemon gets to come back to its baseline fds and threads.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
+/// Poll interval of a /proc condition (there is no event to wait for).
+const PROC_POLL: Duration = Duration::from_millis(10);
+
+/// A copy of `target` with `extra` arguments before `--listen`.
+fn with_args(target: &Target, extra: &[&str]) -> Target {
+    Target {
+        name: target.name.clone(),
+        kind: target.kind,
+        bin: target.bin.clone(),
+        args: target.args.iter().cloned().chain(extra.iter().map(OsString::from)).collect(),
+    }
+}
+
+/// Whether `target` is ours and its `--help` lists `flag` (a base revision may predate it).
+fn supports_flag(target: &Target, flag: &str) -> bool {
+    if target.kind != Kind::Ours {
+        return false;
+    }
+    let Ok(mut child) = Command::new(&target.bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let Some(mut out) = child.stdout.take() else { return false };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = out.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    let text = rx.recv_timeout(URL_LINE_TIMEOUT).unwrap_or_default();
+    // Already exited after printing; a hung one is killed so the wait returns.
+    let _ = child.kill();
+    let _ = child.wait();
+    text.contains(flag)
+}
+
+/// A target with each supported flag pair of `flags` added.
+fn with_supported(target: &Target, flags: &[[&str; 2]]) -> Target {
+    let extra: Vec<&str> =
+        flags.iter().filter(|[flag, _]| supports_flag(target, flag)).flatten().copied().collect();
+    with_args(target, &extra)
+}
+
+struct ManyProcs {
+    wall: Duration,
+    peak_kib: u64,
+    received: u64,
+    /// Expected minus received, summed over the processes that got less.
+    lost: u64,
+    /// Processes whose byte count is not exactly `PROC_OUTPUT_BYTES`.
+    wrong: usize,
+    first_wrong: Option<String>,
+    /// Processes with a byte that is not the zero `/dev/zero` gives.
+    nonzero: usize,
+}
+
+/// `procs1000`: `PROCS` processes of `head -c 65536 /dev/zero` started on one connection of
+/// a fresh server (at most `PROCS_WINDOW` starts unanswered at once, so many run at the
+/// same time), all output taken from the `process/output` notifications until every one is
+/// closed. Wall time from the first start to the last close; the daemon's VmHWM over it.
+fn many_processes(target: &Target) -> BenchResult<ManyProcs> {
+    let head = find_program("head")?;
+    let target = with_supported(target, &[["--max-processes", PROCS_MAX_PROCESSES]]);
+    let (server, _) = launch(&target, None)?;
+    let mut client = Client::connect_to(&server)?;
+    client.initialize()?;
+    let count = PROC_OUTPUT_BYTES.to_string();
+    let argv = [head.as_str(), "-c", &count, "/dev/zero"];
+    let mut got = vec![0u64; PROCS];
+    let mut nonzero = vec![false; PROCS];
+    let (mut started, mut answered, mut closed) = (0usize, 0usize, 0usize);
+    let mut scratch = Vec::new();
+    let sampler = RssSampler::start(server.pid);
+    let exact_peak = server.reset_peak();
+    let start = Instant::now();
+    let deadline = start + SCENARIO_DEADLINE;
+    while closed < PROCS {
+        while started < PROCS && started - answered < PROCS_WINDOW {
+            client.start_process(&format!("p{started}"), &argv)?;
+            started += 1;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{closed} of {PROCS} processes closed before the deadline"));
+        }
+        client.recv(|msg| {
+            let Some(method) = msg.method else {
+                // Every response on this connection now answers a process/start.
+                if msg.id.is_some() {
+                    response(msg, "process/start")?;
+                    answered += 1;
+                }
+                return Ok(());
+            };
+            let Some(params) = msg.params else { return Ok(()) };
+            let index = params
+                .process_id
+                .and_then(|id| id.strip_prefix('p'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&i| i < PROCS);
+            let Some(i) = index else { return Ok(()) };
+            match method {
+                "process/output" => {
+                    got[i] += decoded_len(params.chunk, &mut scratch)?;
+                    nonzero[i] |= scratch.iter().any(|&b| b != 0);
+                }
+                "process/closed" => closed += 1,
+                _ => {}
+            }
+            Ok(())
+        })?;
+    }
+    let wall = start.elapsed();
+    let sampled = sampler.stop();
+    let peak_kib = if exact_peak { server.peak_kib()?.max(sampled) } else { sampled };
+    let wrong: Vec<usize> = (0..PROCS).filter(|&i| got[i] != PROC_OUTPUT_BYTES).collect();
+    Ok(ManyProcs {
+        wall,
+        peak_kib,
+        received: got.iter().sum(),
+        lost: got.iter().map(|&g| PROC_OUTPUT_BYTES.saturating_sub(g)).sum(),
+        wrong: wrong.len(),
+        first_wrong: wrong.first().map(|&i| format!("p{i} sent {} bytes", got[i])),
+        nonzero: nonzero.iter().filter(|&&n| n).count(),
+    })
+}
+
+/// The floor of `procs1000`: the same `PROCS` commands spawned here with piped stdout, then
+/// each pipe read to its end and the child reaped.
+fn many_processes_floor() -> BenchResult<Duration> {
+    let head = find_program("head")?;
+    let count = PROC_OUTPUT_BYTES.to_string();
+    let start = Instant::now();
+    let mut children = Vec::with_capacity(PROCS);
+    for _ in 0..PROCS {
+        let child = Command::new(&head)
+            .args(["-c", &count, "/dev/zero"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn {head}: {e}"))?;
+        children.push(child);
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    for child in &mut children {
+        let mut out = child.stdout.take().expect("stdout was configured as a pipe");
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        child.wait().map_err(|e| e.to_string())?;
+    }
+    let expected = PROCS as u64 * PROC_OUTPUT_BYTES;
+    if total != expected {
+        return Err(format!("read {total} of {expected} bytes"));
+    }
+    Ok(start.elapsed())
+}
+
+/// What the daemon holds: open fds, threads (`Threads:`), and of those the pool workers
+/// (started on demand and kept; `worker` is their thread name).
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Census {
+    fds: usize,
+    threads: usize,
+    workers: usize,
+}
+
+/// One count of a census, for its rows.
+type CensusField = fn(&Census) -> usize;
+
+fn census(pid: i32) -> BenchResult<Census> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("/proc/{pid}/fd: {e}"))?
+        .count();
+    let threads = proc_status_kib(pid, "Threads:")? as usize;
+    let workers = thread_names(pid)?.iter().filter(|n| *n == "worker").count();
+    Ok(Census { fds, threads, workers })
+}
+
+fn thread_names(pid: i32) -> BenchResult<Vec<String>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    Ok(tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect())
+}
+
+/// Polls `/proc` until `done` holds or `deadline` passes; returns whether it held.
+fn poll_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(PROC_POLL);
+    }
+}
+
+/// `true10k`: `TRUE_STARTS` (`TRUE_STARTS_REFERENCE` for the reference) sequential
+/// `/bin/true` runs to closed on one connection of a fresh server that drops a finished
+/// process's entry at once (`--exited-retention-secs 0`, as the soak; the default keeps
+/// each for 30 s, and 10,000 of them would pass `--max-processes`). The daemon's fds and
+/// threads are counted before (after a warm-up, with no child and no per-process thread
+/// left) and after (once back at the baseline, or at `SETTLE_DEADLINE`).
+fn true_starts_rows(target: &Target, t: &mut Table) {
+    let n = if target.kind == Kind::Reference { TRUE_STARTS_REFERENCE } else { TRUE_STARTS };
+    let metric = format!("{n} sequential /bin/true -> closed");
+    let floor = one_shot_floor();
+    let ours = true_starts(target, n);
+    let times = ours.as_ref().map(|r| r.times.clone()).map_err(Clone::clone);
+    t.percentiles(&metric, &times, &floor, Bar::at_most("<= 2 ms", 2.0));
+    let pick = |f: CensusField, after: bool| {
+        ours.as_ref()
+            .map(|r| Fig::count(f(if after { &r.after } else { &r.before })))
+            .map_err(Clone::clone)
+    };
+    // Pool workers start on demand (up to `--workers`) and are kept, so they are counted
+    // but not held to the baseline.
+    let rows: [(&str, CensusField, bool); 3] = [
+        ("open fds", |c| c.fds, true),
+        ("threads", |c| c.threads, false),
+        ("threads other than pool workers", |c| c.threads - c.workers, true),
+    ];
+    for (name, f, bar) in rows {
+        t.row(
+            &format!("after {n} starts: daemon {name} (floor = before)"),
+            pick(f, true),
+            Some(pick(f, false)),
+        );
+        if bar {
+            t.bar(Bar::ratio_at_most("= before", 1.0));
+        }
+    }
+    if let Ok(r) = &ours {
+        t.notes.push(format!(
+            "{n} starts: {} wall; before fds {} threads {} ({} pool workers), after \
+             fds {} threads {} ({} pool workers){}",
+            Fig::ms(r.wall),
+            r.before.fds,
+            r.before.threads,
+            r.before.workers,
+            r.after.fds,
+            r.after.threads,
+            r.after.workers,
+            if r.settled { "" } else { "; not back at the baseline within 10 s" }
+        ));
+    }
+}
+
+struct TrueStarts {
+    times: Vec<Duration>,
+    wall: Duration,
+    before: Census,
+    after: Census,
+    settled: bool,
+}
+
+fn true_starts(target: &Target, n: usize) -> BenchResult<TrueStarts> {
+    let target =
+        with_supported(target, &[["--exited-retention-secs", "0"], ["--max-processes", "20000"]]);
+    let (server, _) = launch(&target, None)?;
+    let pid = server.pid;
+    let mut client = Client::connect_to(&server)?;
+    client.initialize()?;
+    let deadline = Instant::now() + TRUE_DEADLINE;
+    let mut run = |i: usize| -> BenchResult<Duration> {
+        let start = Instant::now();
+        let outcome = client.run_process(&format!("t{i}"), &["/bin/true"], deadline)?;
+        if outcome.exit_code != Some(0) {
+            return Err(format!("/bin/true exited with {:?}", outcome.exit_code));
+        }
+        Ok(start.elapsed())
+    };
+    for i in 0..TRUE_WARMUP {
+        run(i)?;
+    }
+    // Idle: no child, and no per-process thread (a drain thread can outlive its child).
+    let quiet = || {
+        !has_children(pid)
+            && thread_names(pid).is_ok_and(|n| !n.iter().any(|n| n.starts_with("process-")))
+    };
+    if !poll_until(Instant::now() + SETTLE_DEADLINE, quiet) {
+        return Err("not idle after the warm-up".into());
+    }
+    let before = census(pid)?;
+    let start = Instant::now();
+    let mut times = Vec::with_capacity(n);
+    for i in TRUE_WARMUP..TRUE_WARMUP + n {
+        times.push(run(i)?);
+    }
+    let wall = start.elapsed();
+    times.sort();
+    let mut after = before;
+    let settled = poll_until(Instant::now() + SETTLE_DEADLINE, || {
+        after = census(pid).unwrap_or(after);
+        quiet()
+            && after.fds <= before.fds
+            && after.threads - after.workers <= before.threads - before.workers
+    });
+    Ok(TrueStarts { times, wall, before, after, settled })
 }
