@@ -12,12 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use toml::{Table, Value};
-
 use crate::environment;
 use crate::error::RpcError;
+use crate::toml::{self, Table, Value};
 use crate::uri::{AbsolutePath, Uri};
+use serde::{Deserialize, Serialize};
 
 /// Where system-wide codex files live on Linux.
 const SYSTEM_DIR: &str = "/etc/codex";
@@ -154,9 +153,7 @@ fn layers(sources: &[Source], paths: &[Vec<String>]) -> Result<Layers, RpcError>
         if selected.is_empty() {
             continue;
         }
-        let toml = toml::to_string(&selected).map_err(|e| {
-            RpcError::internal(format!("failed to load executor-local config: {e}"))
-        })?;
+        let toml = toml::to_string(&selected);
         let base_dir = source.file.parent().unwrap_or(Path::new("/")).to_path_buf();
         out.layers.push(Layer { source: source.label.clone(), base_dir: Uri(base_dir), toml });
         if source.before_cloud {
@@ -179,12 +176,12 @@ fn load(file: &Path) -> Result<Table, RpcError> {
             )))
         }
     };
-    text.parse::<Table>().map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |span| line_column(&text, span.start));
+    toml::parse(&text).map_err(|e| {
+        let (line, column) = line_column(&text, e.offset);
         RpcError::internal(format!(
             "failed to load executor-local config: {}:{line}:{column}: {}",
             file.display(),
-            e.message()
+            e.message
         ))
     })
 }

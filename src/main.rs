@@ -12,6 +12,7 @@ mod logfmt;
 mod outbound;
 mod recycle;
 mod shutdown;
+mod toml;
 mod uri;
 mod wire;
 
