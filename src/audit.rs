@@ -43,6 +43,29 @@ fn sha256_hex(bytes: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Opens the log at `path` (as `open`) and records `daemonStarted` with the daemon's
+/// version, pid and operator `limits`.
+pub fn start(path: &Path, limits: Value) -> io::Result<()> {
+    open(path)?;
+    record(
+        "daemonStarted",
+        json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "limits": limits}),
+    );
+    Ok(())
+}
+
+/// `exec-server audit verify PATH` as text and exit code: the number of lines (0) or the
+/// first broken one (1) on stdout, or why the file cannot be read (1) on stderr.
+pub fn verify_report(path: &Path) -> (i32, String, String) {
+    match verify(path) {
+        Ok(Ok(count)) => (0, format!("ok: {count} lines\n"), String::new()),
+        Ok(Err(broken)) => {
+            (1, format!("broken at line {}: {}\n", broken.line, broken.why), String::new())
+        }
+        Err(e) => (1, String::new(), format!("cannot read `{}`: {e}", path.display())),
+    }
+}
+
 /// Opens (creating, mode 0600) the log at `path` for appending, continuing the chain of
 /// what it already holds. Called once at startup.
 pub fn open(path: &Path) -> io::Result<()> {

@@ -72,7 +72,9 @@ fn run(args: &[String]) -> Result<(), Exit> {
     let (mode, config) = cli::parse(args)?;
     logfmt::init(log_format);
     if let Mode::AuditVerify(path) = &mode {
-        return audit_verify(path);
+        let (code, out, err) = audit::verify_report(path);
+        print!("{out}");
+        return if code == 0 { Ok(()) } else { Err(Exit { code, message: err }) };
     }
     if let Mode::Doctor(args) = &mode {
         let code = cloud::doctor::run(args, &|key| std::env::var(key).ok());
@@ -91,14 +93,9 @@ fn run(args: &[String]) -> Result<(), Exit> {
         log::info!("operator limits on every process: {}", config.limits.to_json());
     }
     if let Some(path) = &config.audit_log {
-        audit::open(path).map_err(|e| {
+        audit::start(path, config.limits.to_json()).map_err(|e| {
             Exit::usage(format!("audit log `{}` cannot be opened: {e}", path.display()))
         })?;
-        audit::record(
-            "daemonStarted",
-            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(),
-                "limits": config.limits.to_json()}),
-        );
     }
     shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
     process::prepare_spool(&config);
@@ -155,21 +152,11 @@ fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exi
 /// Cloud mode v2 (codex 0.171: environment registry + Noise relay; cloud::noise). The
 /// bearer may come from stdin's first line; `--exit-on-stdin-close` then watches the rest.
 fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(), Exit> {
-    use std::io::BufRead;
-    let mut stdin_line = || {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).ok().map(|_| line)
-    };
-    let cfg = cloud::noise::validate(args, &|k| std::env::var(k).ok(), &mut stdin_line)
-        .map_err(|e| Exit { code: e.code, message: e.message })?;
+    let cfg =
+        cloud::noise::validate(args, &|k| std::env::var(k).ok(), &mut cloud::noise::stdin_line)
+            .map_err(|e| Exit { code: e.code, message: e.message })?;
     if cfg.exit_on_stdin_close {
-        std::thread::Builder::new()
-            .name("stdin-watch".into())
-            .spawn(|| {
-                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-                log::info!("stdin closed; shutting down");
-                shutdown::trigger();
-            })
+        cloud::noise::watch_stdin()
             .map_err(|e| internal(format!("cannot start the stdin watcher: {e}")))?;
     }
     let server = Server::new(config);
@@ -213,22 +200,6 @@ fn stop(server: &Server) {
     server.wait_closed(SHUTDOWN_GRACE);
     audit::record("daemonStopped", serde_json::json!({}));
     audit::flush();
-}
-
-/// `exec-server audit verify PATH`: the number of lines (exit 0) or the first broken one
-/// (exit 1).
-fn audit_verify(path: &std::path::Path) -> Result<(), Exit> {
-    match audit::verify(path) {
-        Ok(Ok(count)) => {
-            println!("ok: {count} lines");
-            Ok(())
-        }
-        Ok(Err(broken)) => {
-            println!("broken at line {}: {}", broken.line, broken.why);
-            Err(Exit { code: 1, message: String::new() })
-        }
-        Err(e) => Err(Exit { code: 1, message: format!("cannot read `{}`: {e}", path.display()) }),
-    }
 }
 
 fn internal(message: String) -> Exit {

@@ -89,6 +89,24 @@ fn is_loopback(host: &str) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The first line of stdin (`--registration-bearer-stdin`), if it can be read.
+pub fn stdin_line() -> Option<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok().map(|_| line)
+}
+
+/// `--exit-on-stdin-close`: a thread that reads stdin to its end, then starts the daemon's
+/// shutdown.
+pub fn watch_stdin() -> std::io::Result<()> {
+    std::thread::Builder::new().name("stdin-watch".into()).spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        log::info!("stdin closed; shutting down");
+        crate::shutdown::trigger();
+    })?;
+    Ok(())
+}
+
 /// Validates everything before any request. `stdin_line` reads the bearer line when
 /// `--registration-bearer-stdin` is given.
 pub fn validate(
