@@ -93,6 +93,16 @@ fn children(pid: u32) -> usize {
 /// Starts `params` on a new session and drops the connection at once: the session
 /// detaches with the process running and nobody reading. Once the process is gone (reaped
 /// by the daemon), resumes the session on a new connection and waits there for the exit.
+/// The daemon's threads named `name` (e.g. the per-process output readers).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
 fn run_detached(daemon: &Daemon, params: Value) -> Client {
     let id = params["processId"].clone();
     let (mut client, session) = daemon.session();
@@ -100,6 +110,12 @@ fn run_detached(daemon: &Daemon, params: Value) -> Client {
     assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
     drop(client);
     eventually("the process to end while detached", || children(daemon.pid()) == 0);
+    // Its pipes may still hold output when it is reaped: once the readers are gone, all of
+    // it is numbered while detached (a chunk read after the resume would be sent to the
+    // resumed connection, count as delivered, and not be spooled).
+    eventually("the output to be read while detached", || {
+        threads_named(daemon.pid(), "process-output") == 0
+    });
     let mut resumed = daemon.connect();
     let mut response = Value::Null;
     eventually("the session to be detached", || {
