@@ -263,7 +263,13 @@ fn define_table(root: &mut Node, keys: &[Key], array: bool) -> Result<(), Error>
             node.entries.push((key.clone(), Item::Tables(vec![Node::new(Kind::Header)])))
         }
         (Some(i), false) => match &mut node.entries[i].1 {
-            Item::Table(n) if n.kind == Kind::Implicit => n.kind = Kind::Header,
+            Item::Table(n) if n.kind == Kind::Implicit => {
+                // As the toml crate orders it: a table named before only as part of a
+                // longer header moves to where its own header is (its parent's end).
+                n.kind = Kind::Header;
+                let entry = node.entries.remove(i);
+                node.entries.push(entry);
+            }
             Item::Value(v @ Value::Table(_)) => return Err(extend_error(v, *at)),
             _ => return Err(Error::new(*at, DUPLICATE_KEY)),
         },

@@ -134,6 +134,14 @@ fn headers_and_arrays_of_tables() {
 }
 
 #[test]
+fn a_table_named_first_in_a_longer_header_takes_its_own_headers_place() {
+    // Found by `mutated_documents_agree`: `b` moves behind `a` once `[b]` appears.
+    let text = "[b.a]\na = []\n[a]\n[b]";
+    assert_eq!(written(text), "[a]\n\n[b.a]\na = []\n");
+    assert_eq!(our_result(text), crate_result(text));
+}
+
+#[test]
 fn crlf_bom_and_comments() {
     assert_eq!(written("\u{feff}# c\r\na = 1 # c\r\n\r\n[b] # c\r\n"), "a = 1\n\n[b]\n");
     assert!(parse("a = 1\rb = 2").is_err());
