@@ -66,13 +66,14 @@ e2e:
 e2e-cloud:
 	$(CARGO) test --test e2e_cloud -- --ignored --test-threads=1
 
-# Property tests of the decoders, base64 and seq paging with many cases (src/rpc/proptests.rs,
-# src/process/proptests.rs); `make test` runs the same properties with 1,024 cases each.
+# Property tests of the decoders, base64, seq paging and TOML against the toml crate with many
+# fresh random cases (src/rpc/proptests.rs, src/process/proptests.rs, src/toml/tests.rs);
+# `make test` runs the same properties on one fixed seed, 1,024-2,048 cases each.
 # FUZZ_CASES=n changes the count; minutes at the default.
 FUZZ_CASES ?= 200000
 .PHONY: fuzz
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --bin exec-server proptests -- --test-threads=2
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --bin exec-server -- proptests toml::tests --test-threads=2
 
 # Leak soak (tests/soak.rs) at full size: 10,000 sequential starts mixed with PTYs, reads,
 # writes, terminates and session drops, then fds/threads/children back to idle and RSS

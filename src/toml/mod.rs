@@ -209,7 +209,7 @@ pub fn parse(text: &str) -> Result<Table, Error> {
                 p.end_of_line()?;
             }
             Some(_) => {
-                let (keys, value) = p.key_value(current.len())?;
+                let (keys, value) = p.key_value(current.len(), false)?;
                 let table = node_at(&mut root, &current);
                 insert_dotted(table, &keys, value)?;
                 p.skip_ws();
@@ -440,9 +440,13 @@ impl Parser<'_> {
         }
     }
 
-    /// `key = value`, for a table `depth` levels below the root.
-    fn key_value(&mut self, depth: usize) -> Result<(Vec<Key>, Value), Error> {
+    /// `key = value`, for a table `depth` levels below the root. Inside an inline table
+    /// (`inline`) newlines and comments may surround the `=`, as the toml crate accepts.
+    fn key_value(&mut self, depth: usize, inline: bool) -> Result<(Vec<Key>, Value), Error> {
         let keys = self.key()?;
+        if inline {
+            self.skip_blank()?;
+        }
         let depth = depth + keys.len();
         if depth > MAX_DEPTH {
             return Err(Error::new(keys[0].1, too_deep()));
@@ -451,7 +455,11 @@ impl Parser<'_> {
             return Err(Error::new(self.pos, "key with no value, expected `=`"));
         }
         self.pos += 1;
-        self.skip_ws();
+        if inline {
+            self.skip_blank()?;
+        } else {
+            self.skip_ws();
+        }
         let value = self.value(depth)?;
         Ok((keys, value))
     }
@@ -513,7 +521,7 @@ impl Parser<'_> {
                 None => return Err(Error::new(self.pos, "unclosed inline table, expected `}`")),
                 _ => {}
             }
-            let (keys, value) = self.key_value(depth)?;
+            let (keys, value) = self.key_value(depth, true)?;
             insert_dotted(&mut node, &keys, value)?;
             self.skip_blank()?;
             match self.peek() {
