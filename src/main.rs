@@ -10,6 +10,8 @@ mod error;
 mod limits;
 mod logfmt;
 mod outbound;
+#[cfg(test)]
+mod proptest_config;
 mod recycle;
 mod shutdown;
 mod toml;

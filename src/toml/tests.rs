@@ -12,19 +12,7 @@ use super::{parse, to_string, Table, Value, MAX_DEPTH};
 const DEFAULT_CASES: u32 = 2048;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok());
-    // `make test` replays one fixed sequence, so a run never fails by chance; `make fuzz`
-    // (PROPTEST_CASES set) draws new cases every time.
-    let rng_seed = match cases {
-        Some(_) => proptest::test_runner::RngSeed::Random,
-        None => proptest::test_runner::RngSeed::Fixed(0x65786563),
-    };
-    ProptestConfig {
-        cases: cases.unwrap_or(DEFAULT_CASES),
-        rng_seed,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    crate::proptest_config::config(DEFAULT_CASES)
 }
 
 /// What the crate makes of `text`: the written table, or the error's offset and message.
