@@ -12,7 +12,6 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use ureq::http::{Response, StatusCode};
-use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 use uuid::Uuid;
 
 /// Where the bearer token comes from when `--token-file` is not given.
@@ -193,16 +192,7 @@ pub struct Registry {
 /// The HTTPS agent of both registries (v1 here, v2 in registry_v2.rs): our TLS provider and
 /// trust list, a deadline on every request, no redirects, statuses as answers.
 pub(super) fn agent(roots: &[CertificateDer<'static>], proxy: Option<ureq::Proxy>) -> ureq::Agent {
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(crate::transport::tls::provider())
-        .root_certs(RootCerts::new_with_certs(
-            &roots
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
-                .collect::<Vec<_>>(),
-        ))
-        .build();
+    let tls = crate::transport::tls::ureq_config(roots);
     ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
         .max_redirects(0)

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use ureq::config::AutoHeaderValue;
 use ureq::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
 use super::url::{Url, UrlError};
 
@@ -71,16 +70,7 @@ fn agent() -> &'static ureq::Agent {
             log::warn!("http/request: {e}; using the bundled and system roots");
             crate::transport::tls::trust_roots(None).unwrap_or_default()
         });
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(crate::transport::tls::provider())
-            .root_certs(RootCerts::new_with_certs(
-                &roots
-                    .iter()
-                    .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
-                    .collect::<Vec<_>>(),
-            ))
-            .build();
+        let tls = crate::transport::tls::ureq_config(&roots);
         ureq::Agent::config_builder()
             .max_redirects(0)
             .max_redirects_will_error(false)

@@ -169,6 +169,18 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// The TLS configuration of a ureq agent (the registries, `http/request`): our provider
+/// and exactly the `roots` given.
+pub fn ureq_config(roots: &[CertificateDer<'static>]) -> ureq::tls::TlsConfig {
+    let certs: Vec<_> =
+        roots.iter().map(|c| ureq::tls::Certificate::from_der(c).to_owned()).collect();
+    ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(provider())
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build()
+}
+
 /// The ring crypto provider, less its private-key loading: the daemon authenticates with a
 /// bearer token and never presents a certificate, and leaving the signing code out saves
 /// ~25 KB of the static binary.
