@@ -45,14 +45,18 @@ pub struct Config {
     pub audit_log: Option<std::path::PathBuf>,
 }
 
-/// The default spool directory: `$TMPDIR` (or `/tmp`) / `exec-server-spool-<euid>`, so
-/// users on one host never share one. An empty or relative `$TMPDIR` counts as unset
-/// (`std::env::temp_dir` would return it as it is, and the spool would land in the cwd).
+/// `$TMPDIR` when it is an absolute path; an empty or relative one counts as unset
+/// (`std::env::temp_dir` would return it as it is, and files would land in the cwd).
+pub fn tmpdir() -> Option<PathBuf> {
+    std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| p.is_absolute())
+}
+
+/// The default spool directory: `tmpdir()` (or `/tmp`) / `exec-server-spool-<euid>`, so
+/// users on one host never share one.
 pub fn default_spool_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let tmp = std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| p.is_absolute());
-    tmp.unwrap_or_else(|| PathBuf::from("/tmp")).join(format!("exec-server-spool-{uid}"))
+    tmpdir().unwrap_or_else(|| PathBuf::from("/tmp")).join(format!("exec-server-spool-{uid}"))
 }
 
 impl Default for Config {

@@ -170,9 +170,8 @@ pub fn status(_: NoParams) -> Result<StatusResponse, RpcError> {
 
 /// The environment info of this daemon now.
 fn current() -> EnvironmentInfo {
-    let tmpdir = std::env::var_os("TMPDIR").filter(|t| Path::new(t).is_absolute());
-    // `std::env::temp_dir` would return an empty or relative `$TMPDIR` as it is.
-    let temp_dir = tmpdir.as_ref().map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let tmpdir = crate::config::tmpdir();
+    let temp_dir = tmpdir.clone().unwrap_or_else(|| PathBuf::from("/tmp"));
     EnvironmentInfo {
         shell: detect_shell(
             passwd_shell().as_deref(),
@@ -186,7 +185,7 @@ fn current() -> EnvironmentInfo {
         platform_os: "linux",
         prepend_path_dirs: Vec::new(),
         // Upstream lists `$TMPDIR` here when it is set, and nothing otherwise.
-        temporary_directories: tmpdir.iter().map(|t| Uri(PathBuf::from(t))).collect(),
+        temporary_directories: tmpdir.into_iter().map(Uri).collect(),
         temp_dir: Uri(temp_dir),
         capabilities: Capabilities::implemented(),
     }

@@ -105,8 +105,7 @@ pub struct Env {
 
 impl Env {
     pub fn current() -> Env {
-        let tmpdir = std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| p.is_absolute());
-        Env { tmpdir }
+        Env { tmpdir: crate::config::tmpdir() }
     }
 }
 
