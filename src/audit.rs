@@ -15,7 +15,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -102,7 +102,7 @@ pub fn record(event: &str, fields: Value) {
     let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
     let mut body = format!(
         "{{\"ts\":{},\"seq\":{},\"prev\":\"{}\",\"event\":{}",
-        json!(timestamp(SystemTime::now())),
+        json!(crate::logfmt::timestamp(SystemTime::now())),
         log.seq + 1,
         log.prev,
         json!(event)
@@ -259,41 +259,19 @@ fn verify_text(text: &[u8]) -> Result<u64, Broken> {
     Ok(count)
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-12-04T16:47:16.123Z`.
-fn timestamp(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
+    /// The audit log's `ts` is the log lines' timestamp (logfmt.rs).
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let t = UNIX_EPOCH + std::time::Duration::from_millis(1_796_402_836_123);
-        assert_eq!(timestamp(t), "2026-12-04T16:47:16.123Z");
-        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(crate::logfmt::timestamp(t), "2026-12-04T16:47:16.123Z");
+        assert_eq!(crate::logfmt::timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
-        assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+        assert_eq!(crate::logfmt::timestamp(leap), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]
