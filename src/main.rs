@@ -18,6 +18,10 @@ mod toml;
 mod uri;
 mod wire;
 
+// Outbound connections: proxies, TLS, dialing and HTTP/1.1 for the cloud legs,
+// `http/request` and `doctor`.
+mod net;
+
 // Handlers: what the methods do (they never import `rpc`).
 mod envconfig;
 mod environment;

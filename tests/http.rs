@@ -1,10 +1,12 @@
 //! Verifies `http/request` and `http/request/bodyDelta` over the real binary against a
 //! local HTTP server on a thread: buffered and streamed bodies (deltas after the response,
 //! numbered from 1, a final `done`), redirects followed and stopped, timeouts, headers from
-//! the daemon's environment (never logged), and upstream 0.171's exact errors for bad
-//! input, after which the daemon keeps serving.
+//! the daemon's environment (never logged), the proxy variables (a CONNECT tunnel, `NO_PROXY`
+//! bypass), and upstream 0.171's exact errors for bad input, after which the daemon keeps
+//! serving.
 
 mod common;
+mod netfakes;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -651,4 +653,46 @@ fn https_uses_the_daemons_trust_list() {
         )
     );
     let _ = std::fs::remove_file(&ca_file);
+}
+
+#[test]
+fn requests_tunnel_through_the_environments_proxy_unless_no_proxy_names_the_host() {
+    let server = Server::start();
+    let proxy = netfakes::ConnectProxy::start(Some(("user", "pa:ss")));
+    let proxy_url = format!("http://user:pa%3Ass@127.0.0.1:{}", proxy.port);
+    let daemon = Daemon::start_raw(
+        &["--listen", "ws://127.0.0.1:0"],
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "localhost"), ("RUST_LOG", "debug")],
+    );
+    let (mut client, _) = daemon.session();
+    let r = client.call("http/request", params(&server.url("/hello"), json!({})));
+    assert_eq!(body(result(&r)), b"hello");
+    assert_eq!(server.seen().path, "/hello");
+    assert_eq!(proxy.tunnels(), [format!("127.0.0.1:{}", server.port)]);
+
+    let direct = format!("http://localhost:{}/hello", server.port);
+    let r = client.call("http/request", params(&direct, json!({})));
+    assert_eq!(body(result(&r)), b"hello");
+    assert_eq!(proxy.tunnels().len(), 1, "NO_PROXY host went through the proxy");
+
+    // A proxy that refuses the credentials fails the request, never goes direct.
+    let refusing = netfakes::ConnectProxy::start(Some(("user", "other")));
+    let daemon = Daemon::start_raw(
+        &["--listen", "ws://127.0.0.1:0"],
+        &[("HTTP_PROXY", &format!("http://user:pa%3Ass@127.0.0.1:{}", refusing.port))],
+    );
+    let (mut client, _) = daemon.session();
+    let r = client.call("http/request", params(&server.url("/hello"), json!({})));
+    assert_eq!(
+        error(&r),
+        (
+            -32603,
+            format!(
+                "http/request failed: error sending request for url ({})",
+                server.url("/hello")
+            )
+        )
+    );
+    assert_eq!(refusing.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(!daemon.stderr().contains("pa:ss") && !daemon.stderr().contains("pa%3Ass"));
 }

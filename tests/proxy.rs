@@ -220,6 +220,8 @@ fn json_logs_carry_ts_level_target_msg_and_no_secrets() {
     registry.next_request();
     rendezvous.accept_and_initialize();
     daemon.wait_line("connected to rendezvous");
+    // The per-request line is written once the response is out, so after the client saw it.
+    daemon.wait_line(r#""method":"initialize""#);
     let log = daemon.stderr();
     assert_no_secrets(&log);
     let mut requests = Vec::new();

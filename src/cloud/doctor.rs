@@ -5,7 +5,7 @@
 //! the pieces are cloud mode's own (validation, proxy selection, tunnel, dial). It never
 //! prints the token, a proxy password or the rendezvous URL's query string.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,19 +14,20 @@ use rustls::pki_types::CertificateDer;
 use rustls::ClientConfig;
 use serde_json::json;
 
-use super::proxy;
-use super::proxy::Proxies;
 use super::registry::{without_query, Registry};
 use super::registry_v2::{self, Bearer};
 use super::{CloudArgs, CA_DIR_ENV, CA_FILE_ENV};
-use crate::transport::tls::{self, Stream, TlsStream};
+use crate::net;
+use crate::net::http1::{self, Client, Target};
+use crate::net::proxy::{self, Proxies};
+use crate::net::tls::{self, Stream, TlsStream};
 
 /// Each check's deadline unless `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clock skew from the registry's `Date` beyond this is a warning.
 const SKEW_WARN_SECS: i64 = 60;
 /// Largest registration response read, in bytes.
-const RESPONSE_LIMIT_BYTES: usize = 1 << 20;
+const RESPONSE_LIMIT_BYTES: u64 = 1 << 20;
 
 /// `doctor`'s options.
 #[derive(Clone, Debug, Default)]
@@ -175,8 +176,7 @@ fn plan_v1(
         &cfg.executor_id,
         &cfg.name,
         cfg.token.clone(),
-        &cfg.roots,
-        None,
+        Client { proxies: cfg.proxies.clone(), tls: cfg.tls.clone() },
     );
     let (endpoint, body) = registry.request();
     let ca_file = cloud.ca_file.clone().or_else(|| env(CA_FILE_ENV));
@@ -261,7 +261,7 @@ fn walk(
         return report.skip_rest(ALL_CHECKS, failed);
     };
     let (endpoint, body) = (plan.endpoint.as_str(), plan.body.as_str());
-    let Some(target) = Target::parse(endpoint) else {
+    let Ok(target) = Target::parse(endpoint) else {
         report.add("dns", Status::Fail, "registry URL has no host");
         return report.skip_rest(ALL_CHECKS, "dns");
     };
@@ -276,7 +276,7 @@ fn walk(
     let started = Instant::now();
     let addrs = report.check(
         "dns",
-        super::dial::resolve(&dns_host, dns_port, Instant::now() + timeout).map(|addrs| {
+        net::dial::resolve(&dns_host, dns_port, Instant::now() + timeout).map(|addrs| {
             let shown = addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
             let what = if via.is_some() { "proxy host" } else { "registry host" };
             (addrs, format!("{what} {dns_host} -> {shown} ({} ms)", started.elapsed().as_millis()))
@@ -287,7 +287,7 @@ fn walk(
     let started = Instant::now();
     let tcp = report.check(
         "tcp",
-        super::dial::connect_any(&addrs, Instant::now() + timeout).map(|tcp| {
+        net::dial::connect_any(&addrs, Instant::now() + timeout).map(|tcp| {
             let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             (tcp, format!("connected to {peer} in {} ms", started.elapsed().as_millis()))
         }),
@@ -314,7 +314,7 @@ fn walk(
         }
     };
 
-    let mut stream = if target.secure {
+    let stream = if target.secure {
         let result =
             TlsStream::connect(tcp, &target.host, plan.tls.clone(), Instant::now() + timeout)
                 .map_err(|e| format!("handshake with {}: {e}", target.host))
@@ -332,7 +332,7 @@ fn walk(
         Stream::Plain(tcp)
     };
 
-    let response = exchange(&mut stream, &target, body, &plan.authorization, timeout);
+    let response = exchange(stream, &target, body, &plan.authorization, timeout);
     let response = match response {
         Ok(r) => r,
         Err(reason) => {
@@ -393,124 +393,41 @@ fn walk(
     report.check("websocket", result.map(|detail| ((), detail)));
 }
 
-/// The registry endpoint's parts.
-struct Target {
-    secure: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Option<Target> {
-        let uri: tungstenite::http::Uri = url.parse().ok()?;
-        let secure = uri.scheme_str()? == "https";
-        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let path = uri.path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned());
-        Some(Target { secure, host, port, path })
-    }
-
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
 struct Response {
     status: u16,
     date: Option<String>,
     body: Vec<u8>,
 }
 
-/// One registration POST on `stream` (`Connection: close`), read to the end.
+/// One registration POST on `stream`, its body read whole (at most 1 MiB).
 fn exchange(
-    stream: &mut Stream,
+    stream: Stream,
     target: &Target,
     body: &str,
     authorization: &str,
     timeout: Duration,
 ) -> Result<Response, String> {
-    let deadline = Instant::now() + timeout;
-    super::dial::set_deadline(stream.tcp(), deadline)?;
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: exec-server-doctor\r\n\r\n{body}",
-        target.path,
-        target.authority(),
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.flush())
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        super::dial::set_deadline(stream.tcp(), deadline)?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // A server that closes without close_notify: what arrived is the answer.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !data.is_empty() => break,
-            Err(e) => return Err(format!("reading the response: {e}")),
-        }
-        if data.len() > RESPONSE_LIMIT_BYTES {
-            return Err("response larger than 1 MiB".to_owned());
-        }
-        if complete(&data) {
-            break;
-        }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(&data) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err("the registry's answer is not an HTTP response".to_owned()),
+    let headers: [(&str, &[u8]); 3] = [
+        ("authorization", authorization.as_bytes()),
+        ("content-type", b"application/json"),
+        ("user-agent", b"exec-server-doctor"),
+    ];
+    let host = target.host_header();
+    let request = http1::Request {
+        method: "POST",
+        authority: &host,
+        target: &target.path,
+        headers: &headers,
+        body: Some(body.as_bytes()),
     };
-    let header = |name: &str| {
-        parsed
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-    };
-    let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    let raw = &data[head_len..];
-    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
-    Ok(Response { status: parsed.code.unwrap_or(0), date: header("date"), body })
-}
-
-/// Whether `data` holds a whole response with a `Content-Length` body (servers that keep
-/// the connection open despite `Connection: close`); otherwise reading goes on to EOF.
-fn complete(data: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(data) else { return false };
-    let length = parsed
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
-    length.is_some_and(|length| data.len() >= head_len + length)
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..line_end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size.filter(|s| *s > 0) else { break };
-        let start = line_end + 2;
-        let Some(chunk) = raw.get(start..start + size) else { break };
-        out.extend_from_slice(chunk);
-        raw = raw.get(start + size + 2..).unwrap_or_default();
-    }
-    out
+    let mut response = http1::send(stream, &request, Some(Instant::now() + timeout))
+        .map_err(|e| format!("sending the request or reading the answer: {e}"))?;
+    let body = response
+        .body
+        .read_to_vec(RESPONSE_LIMIT_BYTES)
+        .map_err(|e| format!("reading the response body: {e}"))?;
+    let date = response.header("date").map(str::to_owned);
+    Ok(Response { status: response.status, date, body })
 }
 
 /// Dials the rendezvous as cloud mode does, then closes it and waits for the close reply.
@@ -525,7 +442,7 @@ fn websocket(url: &str, plan: &Plan, timeout: Duration) -> Result<String, String
     let mut ws = dialed.map_err(|e| format!("dial {shown}: {e}"))?;
     let upgraded = started.elapsed().as_millis();
     let deadline = Instant::now() + timeout;
-    super::dial::set_deadline(ws.get_ref().tcp(), deadline)?;
+    net::dial::set_deadline(ws.get_ref().tcp(), deadline)?;
     ws.close(None).map_err(|e| format!("close {shown}: {e}"))?;
     loop {
         match ws.read() {
@@ -653,10 +570,5 @@ mod tests {
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
         assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(parse_http_date("yesterday"), None);
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
     }
 }

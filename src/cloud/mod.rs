@@ -6,7 +6,6 @@
 
 mod dial;
 pub mod doctor;
-pub mod proxy;
 mod registry;
 
 use std::fmt;
@@ -14,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::CertificateDer;
 use rustls::ClientConfig;
 use tungstenite::WebSocket;
 
-use crate::transport::tls::{self, Stream};
+use crate::net::http1::Client;
+use crate::net::proxy::Proxies;
+use crate::net::tls::{self, Stream};
 use dial::{dial, RENDEZVOUS_CONNECT_TIMEOUT};
-use proxy::{Proxies, ProxyUrl};
 use registry::{without_query, Backoff, RegisterError, Registry, TokenSource};
 
 // Cloud mode v2 (codex 0.171: environment registry + Noise relay), beside v1.
@@ -158,7 +157,7 @@ impl CloudArgs {
         }
         let tls = tls::client_config(&roots);
         let proxies = Proxies::from_env(self.proxy.as_deref(), env)?;
-        Ok(CloudConfig { base_url, executor_id, name, token, roots, tls, proxies })
+        Ok(CloudConfig { base_url, executor_id, name, token, tls, proxies })
     }
 }
 
@@ -169,9 +168,7 @@ pub struct CloudConfig {
     pub executor_id: String,
     pub name: String,
     pub token: TokenSource,
-    /// The §8.7 trust list, for the registry client.
-    pub roots: Vec<CertificateDer<'static>>,
-    /// The same trust list as a rustls configuration, for `wss://`.
+    /// The §8.7 trust list as a rustls configuration, for both legs.
     pub tls: Arc<ClientConfig>,
     /// Direct or through which proxy, for both legs.
     pub proxies: Proxies,
@@ -184,7 +181,6 @@ impl fmt::Debug for CloudConfig {
             .field("executor_id", &self.executor_id)
             .field("name", &self.name)
             .field("token", &self.token)
-            .field("roots", &self.roots.len())
             .finish_non_exhaustive()
     }
 }
@@ -211,8 +207,7 @@ pub fn run(
         &cfg.executor_id,
         &cfg.name,
         cfg.token.clone(),
-        &cfg.roots,
-        cfg.proxies.for_url(&cfg.base_url).and_then(ProxyUrl::to_ureq),
+        Client { proxies: cfg.proxies.clone(), tls: cfg.tls.clone() },
     );
     if let Some(proxy) = cfg.proxies.for_url(&cfg.base_url) {
         log::info!("registry requests go through proxy {proxy}");
@@ -275,7 +270,7 @@ impl fmt::Display for Tenths {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::tls::test_pki;
+    use crate::net::tls::test_pki;
     use httpmock::prelude::*;
     use std::cell::RefCell;
     use std::io::{Read, Write};
@@ -571,7 +566,6 @@ mod tests {
             executor_id: "exec-1".to_owned(),
             name: "codex-exec-server".to_owned(),
             token: TokenSource::File(PathBuf::from(token)),
-            roots: Vec::new(),
             tls: tls::client_config(&[]),
             proxies: Proxies::default(),
         }

@@ -1,18 +1,19 @@
 //! Talking to the executor registry (PROTOCOL.md §8.2–§8.5): the bearer token source, the
 //! registration POST, the classification of its outcome into retry / give up (exit 2) /
 //! authentication failure (exit 3), and the backoff schedule between rounds. It imports
-//! nothing of ours but the TLS provider (transport/tls.rs) and never touches the rendezvous
+//! nothing of ours but the HTTP client (net/http1.rs) and never touches the rendezvous
 //! socket; it never logs or formats the token.
 
 use std::fmt;
 use std::fs;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustls::pki_types::CertificateDer;
 use serde::Serialize;
-use ureq::http::{Response, StatusCode};
+use tungstenite::http::StatusCode;
 use uuid::Uuid;
+
+use crate::net::http1::{Client, Response, Target};
 
 /// Where the bearer token comes from when `--token-file` is not given.
 pub const TOKEN_ENV: &str = "CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN";
@@ -182,49 +183,24 @@ impl fmt::Display for RegisterError {
 /// The registration client: one per run, holding the run's registration UUID.
 #[derive(Debug)]
 pub struct Registry {
-    agent: ureq::Agent,
+    client: Client,
     endpoint: String,
     executor_id: String,
     body: String,
     token: TokenSource,
 }
 
-/// The HTTPS agent of both registries (v1 here, v2 in registry_v2.rs): our TLS provider and
-/// trust list, a deadline on every request, no redirects, statuses as answers.
-pub(super) fn agent(roots: &[CertificateDer<'static>], proxy: Option<ureq::Proxy>) -> ureq::Agent {
-    let tls = crate::transport::tls::ureq_config(roots);
-    ureq::Agent::config_builder()
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        .max_redirects(0)
-        .http_status_as_error(false)
-        // Always set: ureq would otherwise read the proxy variables itself (cloud/proxy.rs
-        // decides, once, for both legs).
-        .proxy(proxy)
-        .tls_config(tls)
-        .build()
-        .new_agent()
-}
-
 impl Registry {
-    /// `base_url` is already validated (scheme, trailing `/` removed); `roots` is the §8.7
-    /// trust list. A fresh registration UUID is drawn for this run.
+    /// `base_url` is already validated (scheme, trailing `/` removed); `client` carries the
+    /// §8.7 trust list and the run's proxies. A fresh registration UUID is drawn for this run.
     pub fn new(
         base_url: &str,
         executor_id: &str,
         name: &str,
         token: TokenSource,
-        roots: &[CertificateDer<'static>],
-        proxy: Option<ureq::Proxy>,
+        client: Client,
     ) -> Registry {
-        Registry::with_registration_id(
-            base_url,
-            executor_id,
-            name,
-            token,
-            roots,
-            proxy,
-            Uuid::new_v4(),
-        )
+        Registry::with_registration_id(base_url, executor_id, name, token, client, Uuid::new_v4())
     }
 
     /// [`Registry::new`] with a chosen registration UUID, so tests can check the recipe.
@@ -233,11 +209,9 @@ impl Registry {
         executor_id: &str,
         name: &str,
         token: TokenSource,
-        roots: &[CertificateDer<'static>],
-        proxy: Option<ureq::Proxy>,
+        client: Client,
         registration_id: Uuid,
     ) -> Registry {
-        let agent = agent(roots, proxy);
         let idempotency_id = idempotency_id(executor_id, name, registration_id);
         let body = serde_json::to_string(&RegisterBody {
             idempotency_id: &idempotency_id,
@@ -248,7 +222,7 @@ impl Registry {
         })
         .expect("a struct of strings serializes");
         Registry {
-            agent,
+            client,
             endpoint: format!("{base_url}/cloud/executor/{executor_id}/register"),
             executor_id: executor_id.to_owned(),
             body,
@@ -299,17 +273,15 @@ impl Registry {
             .token
             .read()
             .map_err(|reason| Attempt::Done(RegisterError::Retry { after: None, reason }))?;
-        let response = self
-            .agent
-            .post(&self.endpoint)
-            .header("Authorization", token.header_value())
-            .header("Content-Type", "application/json")
-            .send(self.body.as_bytes());
-        match response {
+        let target = Target::parse(&self.endpoint).map_err(|e| {
+            Attempt::Done(RegisterError::Fatal(format!("executor registry URL: {e}")))
+        })?;
+        let authorization = token.header_value();
+        let headers: [(&str, &[u8]); 2] =
+            [("authorization", authorization.as_bytes()), ("content-type", b"application/json")];
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        match self.client.request(&target, "POST", &headers, Some(self.body.as_bytes()), deadline) {
             Ok(response) => classify(response, &self.executor_id),
-            Err(err @ (ureq::Error::BadUri(_) | ureq::Error::Http(_))) => Err(Attempt::Done(
-                RegisterError::Fatal(format!("executor registry request failed: {err}")),
-            )),
             Err(err) => Err(Attempt::Done(RegisterError::Retry {
                 after: None,
                 reason: format!("executor registry request failed: {err}"),
@@ -337,37 +309,22 @@ impl Attempt {
     }
 }
 
-fn classify(
-    mut response: Response<ureq::Body>,
-    executor_id: &str,
-) -> Result<Registration, Attempt> {
-    let status = response.status();
+fn classify(mut response: Response, executor_id: &str) -> Result<Registration, Attempt> {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
     if status.is_success() {
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(SUCCESS_BODY_LIMIT_BYTES)
-            .read_to_vec()
-            .map_err(|err| {
-                retry(None, format!("executor registry response could not be read: {err}"))
-            })?;
+        let body = response.body.read_to_vec(SUCCESS_BODY_LIMIT_BYTES).map_err(|err| {
+            retry(None, format!("executor registry response could not be read: {err}"))
+        })?;
         return parse_success(&body, executor_id).ok_or_else(|| {
             retry(None, "executor registry response has no usable `url`".to_owned())
         });
     }
     let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
+        .header("retry-after")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|secs| Duration::from_secs(secs).min(RETRY_AFTER_MAX));
     // An unreadable error body leaves only the status to report.
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(ERROR_BODY_LIMIT_BYTES)
-        .read_to_vec()
-        .unwrap_or_default();
+    let body = response.body.read_to_vec(ERROR_BODY_LIMIT_BYTES).unwrap_or_default();
     let body = String::from_utf8_lossy(&body);
     let status_text = status_text(status);
     let error = ErrorBody::parse(&body);
@@ -554,8 +511,10 @@ mod tests {
             "exec-123",
             "codex-exec-server",
             token,
-            &[],
-            None,
+            Client {
+                proxies: crate::net::proxy::Proxies::default(),
+                tls: crate::net::tls::client_config(&[]),
+            },
             Uuid::parse_str(REG_ID).unwrap(),
         )
     }

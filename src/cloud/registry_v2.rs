@@ -7,12 +7,14 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Instant;
 
-use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
-use ureq::http::StatusCode;
+use tungstenite::http::StatusCode;
 
 use super::noise::channel::PublicKey;
+use super::registry::REQUEST_TIMEOUT;
+use crate::net::http1::{Client, Response, Target};
 
 /// The security profile of the Noise relay, sent and expected back.
 pub const SECURITY_PROFILE: &str = "noise_hybrid_ik_v1";
@@ -125,10 +127,10 @@ struct ErrorDetail {
     code: Option<String>,
 }
 
-/// The registry client for one environment. Cheap to clone (the agent is shared).
+/// The registry client for one environment. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryV2 {
-    agent: ureq::Agent,
+    client: Client,
     base: String,
     environment_id: String,
     bearer: Bearer,
@@ -144,45 +146,41 @@ impl fmt::Debug for RegistryV2 {
 }
 
 impl RegistryV2 {
-    /// `base` is validated (scheme, trailing `/` removed); `roots` the trust list.
-    pub fn new(
-        base: &str,
-        environment_id: &str,
-        bearer: Bearer,
-        roots: &[CertificateDer<'static>],
-        proxy: Option<ureq::Proxy>,
-    ) -> RegistryV2 {
-        let agent = super::registry::agent(roots, proxy);
+    /// `base` is validated (scheme, trailing `/` removed); `client` has the trust list and
+    /// the proxies.
+    pub fn new(base: &str, environment_id: &str, bearer: Bearer, client: Client) -> RegistryV2 {
         RegistryV2 {
-            agent,
+            client,
             base: base.to_string(),
             environment_id: environment_id.to_string(),
             bearer,
         }
     }
 
-    fn post(&self, path: &str, body: &str) -> Result<ureq::http::Response<ureq::Body>, String> {
+    fn post(&self, path: &str, body: &str) -> Result<Response, String> {
         let token = self.bearer.read()?;
         let url = format!("{}/cloud/environment/{}/{path}", self.base, self.environment_id);
-        self.agent
-            .post(&url)
-            .header("Authorization", format!("Bearer {token}"))
-            .header("Content-Type", "application/json")
-            .send(body.as_bytes())
-            .map_err(|e| format!("environment registry request failed: error sending request for url ({url}): {e}"))
+        let failed = |e: String| {
+            format!(
+                "environment registry request failed: error sending request for url ({url}): {e}"
+            )
+        };
+        let target = Target::parse(&url).map_err(failed)?;
+        let authorization = format!("Bearer {token}");
+        let headers: [(&str, &[u8]); 2] =
+            [("authorization", authorization.as_bytes()), ("content-type", b"application/json")];
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        self.client
+            .request(&target, "POST", &headers, Some(body.as_bytes()), deadline)
+            .map_err(failed)
     }
 
     /// One registration (0.171 texts; notes/noise-spec.md §2).
     pub fn register(&self, key: &PublicKey) -> Result<Registration, RegisterError> {
         let body = register_body(key);
         let mut response = self.post("register", &body).map_err(RegisterError::Fatal)?;
-        let status = response.status();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(BODY_LIMIT_BYTES)
-            .read_to_string()
-            .unwrap_or_default();
+        let status = status_of(&response);
+        let text = read_text(&mut response).unwrap_or_default();
         if !status.is_success() {
             if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                 return Err(RegisterError::Fatal(format!(
@@ -232,7 +230,7 @@ impl RegistryV2 {
         let mut response = self
             .post("validate", &body)
             .map_err(|_| "environment registry harness key validation failed".to_string())?;
-        let status = response.status();
+        let status = status_of(&response);
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(format!(
                 "environment registry harness key validation authentication failed ({})",
@@ -245,12 +243,8 @@ impl RegistryV2 {
                 status_text(status)
             ));
         }
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(BODY_LIMIT_BYTES)
-            .read_to_string()
-            .map_err(|_| "environment registry harness key validation failed".to_string())?;
+        let text = read_text(&mut response)
+            .ok_or_else(|| "environment registry harness key validation failed".to_string())?;
         match serde_json::from_str::<ValidateAnswer>(&text) {
             Ok(ValidateAnswer { valid: true }) => Ok(()),
             _ => Err("environment registry rejected Noise relay harness key".to_string()),
@@ -282,6 +276,16 @@ fn check_answer(answer: RegisterAnswer, environment_id: &str) -> Result<Registra
 }
 
 /// "404 Not Found", as reqwest prints a status.
+fn status_of(response: &Response) -> StatusCode {
+    StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// The body as text, at most `BODY_LIMIT_BYTES`; `None` when it cannot be read whole.
+fn read_text(response: &mut Response) -> Option<String> {
+    let bytes = response.body.read_to_vec(BODY_LIMIT_BYTES).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 fn status_text(status: StatusCode) -> String {
     match status.canonical_reason() {
         Some(reason) => format!("{} {reason}", status.as_u16()),

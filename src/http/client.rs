@@ -1,5 +1,5 @@
-//! The HTTP exchange behind `http/request`: one shared ureq agent (rustls with the ring
-//! provider and the daemon's trust list, as the registry client uses), redirects followed
+//! The HTTP exchange behind `http/request`: one HTTP/1.1 request per hop over a connection
+//! of net/ (the daemon's trust list and proxies, as the cloud legs use), redirects followed
 //! here hop by hop the way upstream follows them (at most `MAX_REDIRECTS`, 301/302/303 turn
 //! into a bodiless GET, credentials dropped across origins, a `Referer` added), and one
 //! deadline over all hops. It returns the final response with its body unread; it does not
@@ -9,10 +9,12 @@ use std::fmt;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ureq::config::AutoHeaderValue;
-use ureq::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use tungstenite::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 
-use super::url::{Url, UrlError};
+use super::url::{Scheme, Url, UrlError};
+use crate::net::http1::{self, Client, Response};
+use crate::net::proxy::Proxies;
+use crate::net::{dial, tls};
 
 /// Upstream follows at most this many redirects; the next one is an error.
 const MAX_REDIRECTS: usize = 10;
@@ -59,37 +61,35 @@ impl fmt::Display for SendError {
     }
 }
 
-/// The agent every `http/request` shares (it pools connections). Redirects and status codes
-/// are handled here, not by ureq; no `User-Agent` is added, as upstream adds none.
-fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        // The §8.7 trust list: bundled roots, the system bundle, and `SSL_CERT_FILE`.
-        let ca_file = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
-        let roots = crate::transport::tls::trust_roots(ca_file.as_deref()).unwrap_or_else(|e| {
-            log::warn!("http/request: {e}; using the bundled and system roots");
-            crate::transport::tls::trust_roots(None).unwrap_or_default()
-        });
-        let tls = crate::transport::tls::ureq_config(&roots);
-        ureq::Agent::config_builder()
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .http_status_as_error(false)
-            .allow_non_standard_methods(true)
-            .user_agent(AutoHeaderValue::None)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .tls_config(tls)
-            .build()
-            .new_agent()
+/// How every `http/request` reaches servers: the §8.7 trust list (bundled roots, the system
+/// bundle, `SSL_CERT_FILE`, `SSL_CERT_DIR`) and the proxy variables as curl reads them.
+/// A malformed proxy variable fails every request (logged once) rather than going direct.
+fn client() -> &'static Result<Client, String> {
+    static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let env = |name: &str| std::env::var(name).ok();
+        let ca_file = env("SSL_CERT_FILE").filter(|p| !p.trim().is_empty());
+        let mut roots = tls::trust_roots(ca_file.as_deref().map(std::path::Path::new))
+            .unwrap_or_else(|e| {
+                log::warn!("http/request: {e}; using the bundled and system roots");
+                tls::trust_roots(None).unwrap_or_default()
+            });
+        if let Some(dirs) = env("SSL_CERT_DIR").filter(|d| !d.trim().is_empty()) {
+            match tls::cert_dirs(&dirs) {
+                Ok(more) => roots.extend(more),
+                Err(e) => log::warn!("http/request: {e}; SSL_CERT_DIR left out"),
+            }
+        }
+        let proxies = Proxies::from_env(None, &env).map_err(|e| {
+            log::warn!("http/request: {e}; requests fail until it is fixed");
+            e
+        })?;
+        Ok(Client { proxies, tls: tls::client_config(&roots) })
     })
 }
 
 /// Sends `hop`, following redirects when `follow`, all within `timeout` from now.
-pub fn send(
-    mut hop: Hop,
-    follow: bool,
-    timeout: Option<Duration>,
-) -> Result<Response<ureq::Body>, SendError> {
+pub fn send(mut hop: Hop, follow: bool, timeout: Option<Duration>) -> Result<Response, SendError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut redirects = 0;
     loop {
@@ -104,12 +104,11 @@ pub fn send(
             None => None,
         };
         let response = send_one(&hop, left)?;
-        let status = response.status();
+        let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if !follow || !is_redirect(status) {
             return Ok(response);
         }
-        let Some(location) = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok())
-        else {
+        let Some(location) = response.header("location") else {
             return Ok(response);
         };
         let next = match hop.url.join(location) {
@@ -167,32 +166,42 @@ fn redirect(mut hop: Hop, status: StatusCode, next: Url) -> Hop {
     hop
 }
 
-/// One HTTP exchange up to the response head.
-fn send_one(hop: &Hop, left: Option<Duration>) -> Result<Response<ureq::Body>, SendError> {
-    let failed = || SendError::Send(hop.url.to_string());
-    let mut builder = Request::builder().method(hop.method.clone()).uri(hop.url.without_fragment());
-    for (name, value) in &hop.headers {
-        builder = builder.header(name, value);
-    }
-    // ureq sends a bodiless POST, PUT or PATCH chunked; an explicit empty body is the same
-    // message with `Content-Length: 0`, which every server reads as no body at all.
-    let needs_body = [Method::POST, Method::PUT, Method::PATCH].contains(&hop.method);
-    let result = match &hop.body {
-        Some(body) => builder.body(body.as_slice()).map(|r| run(r, left)),
-        None if needs_body => builder.body(&[][..]).map(|r| run(r, left)),
-        None => builder.body(()).map(|r| run(r, left)),
+/// One HTTP exchange up to the response head; `left` bounds it and the body's reading.
+fn send_one(hop: &Hop, left: Option<Duration>) -> Result<Response, SendError> {
+    let failed = |why: &dyn fmt::Display| {
+        log::debug!("http/request to {}: {why}", hop.url.origin());
+        SendError::Send(hop.url.to_string())
     };
-    let outcome = result.unwrap_or_else(|e| Err(ureq::Error::Http(e)));
-    outcome.map_err(|e| {
-        log::debug!("http/request to {}: {e}", hop.url.origin());
-        failed()
-    })
-}
-
-fn run<B: ureq::AsSendBody>(
-    request: Request<B>,
-    left: Option<Duration>,
-) -> Result<Response<ureq::Body>, ureq::Error> {
-    let agent = agent();
-    agent.run(agent.configure_request(request).timeout_global(left).build())
+    let client = client().as_ref().map_err(|e| failed(e))?;
+    let started = Instant::now();
+    let deadline = left.map(|left| started + left);
+    let connect_by =
+        deadline.map_or(started + CONNECT_TIMEOUT, |d| d.min(started + CONNECT_TIMEOUT));
+    let secure = hop.url.scheme == Scheme::Https;
+    let host = hop.url.host.trim_start_matches('[').trim_end_matches(']');
+    let port = hop.url.port.unwrap_or(if secure { 443 } else { 80 });
+    let stream = dial::connect(secure, host, port, &client.proxies, &client.tls, connect_by)
+        .map_err(|e| failed(&e))?;
+    let authority = match hop.url.port {
+        Some(port) => format!("{}:{port}", hop.url.host),
+        None => hop.url.host.clone(),
+    };
+    let target = match &hop.url.query {
+        Some(query) => format!("{}?{query}", hop.url.path),
+        None => hop.url.path.clone(),
+    };
+    let headers: Vec<(&str, &[u8])> =
+        hop.headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())).collect();
+    // A bodiless POST, PUT or PATCH says so with `Content-Length: 0`, which every server
+    // reads as no body at all.
+    let needs_body = [Method::POST, Method::PUT, Method::PATCH].contains(&hop.method);
+    let body = hop.body.as_deref().or(needs_body.then_some(&[][..]));
+    let request = http1::Request {
+        method: hop.method.as_str(),
+        authority: &authority,
+        target: &target,
+        headers: &headers,
+        body,
+    };
+    http1::send(stream, &request, deadline).map_err(|e| failed(&e))
 }

@@ -21,9 +21,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
-use ureq::http::{HeaderName, HeaderValue, Method};
+use tungstenite::http::{HeaderName, HeaderValue, Method};
 
 use crate::error::RpcError;
+use crate::net::http1::{Body, BodyError};
 
 use client::Hop;
 use url::{Url, UrlError};
@@ -180,7 +181,7 @@ struct Notification<P> {
 /// `MAX_STREAMED_RESPONSES` slots until its stream ends.
 pub struct PendingBody {
     request_id: String,
-    body: ureq::Body,
+    body: Body,
     _slot: StreamSlot,
 }
 
@@ -294,19 +295,18 @@ pub fn request(
     let hop = Hop { method, url, headers, body };
     let follow = p.redirect_policy == RedirectPolicy::Follow;
     let response = client::send(hop, follow, timeout).map_err(failed)?;
-    let status = response.status().as_u16();
+    let status = response.status;
     let headers = response
-        .headers()
-        .iter()
+        .headers
+        .into_iter()
         // As upstream: values that are not visible ASCII are left out.
-        .filter_map(|(name, value)| {
-            Some(ResponseHeader {
-                name: name.as_str().to_owned(),
-                value: value.to_str().ok()?.to_owned(),
-            })
+        .filter(|(_, value)| value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .map(|(name, value)| ResponseHeader {
+            name,
+            value: String::from_utf8(value).expect("visible ASCII is UTF-8"),
         })
         .collect();
-    let body = response.into_body();
+    let body = response.body;
     match slot {
         Some(slot) => Ok((
             RequestResponse { status, headers, body_base64: String::new() },
@@ -365,25 +365,16 @@ fn build_headers(headers: Vec<Header>) -> Result<Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A buffered response's body, at most `MAX_BUFFERED_BODY_BYTES`.
-fn read_all(body: ureq::Body) -> Result<Vec<u8>, RpcError> {
-    let mut reader = body.into_with_config().limit(MAX_BUFFERED_BODY_BYTES).reader();
-    let mut bytes = Vec::new();
-    match reader.read_to_end(&mut bytes) {
-        Ok(_) => Ok(bytes),
-        Err(e) => {
-            let limit = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-                .is_some_and(|inner| matches!(inner, ureq::Error::BodyExceedsLimit(_)));
-            let detail = match limit {
-                true => format!(
-                    "response body exceeds {MAX_BUFFERED_BODY_BYTES} bytes; use streamResponse"
-                ),
-                false => BODY_ERROR.to_owned(),
-            };
-            Err(RpcError::internal(format!("failed to read http/request response body: {detail}")))
-        }
-    }
+fn read_all(mut body: Body) -> Result<Vec<u8>, RpcError> {
+    body.read_to_vec(MAX_BUFFERED_BODY_BYTES).map_err(|e| {
+        let detail = match e {
+            BodyError::TooLarge(_) => {
+                format!("response body exceeds {MAX_BUFFERED_BODY_BYTES} bytes; use streamResponse")
+            }
+            BodyError::Io(_) => BODY_ERROR.to_owned(),
+        };
+        RpcError::internal(format!("failed to read http/request response body: {detail}"))
+    })
 }
 
 impl PendingBody {
@@ -403,8 +394,7 @@ impl PendingBody {
     }
 
     fn run(self, notify: &dyn Fn(String) -> bool) {
-        let PendingBody { request_id, body, _slot: slot } = self;
-        let mut reader = body.into_reader();
+        let PendingBody { request_id, body: mut reader, _slot: slot } = self;
         let mut buf = vec![0u8; DELTA_BYTES];
         let mut seq = 1u64;
         let delta = |seq: u64, bytes: &[u8], done: bool, error: Option<&str>| {

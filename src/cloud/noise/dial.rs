@@ -1,5 +1,5 @@
-//! Opening the Noise relay's rendezvous websocket: TCP (`TCP_NODELAY`; direct or through
-//! the proxy tunnel of cloud/proxy.rs), TLS for `wss://`,
+//! Opening the Noise relay's rendezvous websocket: the connection (net/dial.rs: TCP or a
+//! proxy tunnel, TLS for `wss://`),
 //! the upgrade to the registry's URL exactly, with the one header 0.171 adds
 //! (`x-request-id: req_<32 hex>`), all before one deadline. It tells an upgrade the relay
 //! refused (HTTP status, which decides whether to register again) from every other
@@ -14,8 +14,10 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::http::HeaderValue;
 use tungstenite::WebSocket;
 
-use crate::cloud::proxy::Proxies;
-use crate::transport::tls::{Stream, TlsStream};
+use crate::net;
+use crate::net::dial::set_deadline;
+use crate::net::proxy::Proxies;
+use crate::net::tls::Stream;
 
 /// Why a dial failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,23 +61,15 @@ pub fn dial(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let tcp = super::super::dial::open(proxies, secure, &host, port, deadline).map_err(failed)?;
-    tcp.set_nodelay(true).map_err(|e| failed(format!("TCP_NODELAY: {e}")))?;
-    let stream = if secure {
-        let tls = TlsStream::connect(tcp, &host, tls_config.clone(), deadline)
-            .map_err(|e| failed(format!("TLS: {e}")))?;
-        Stream::Tls(Box::new(tls))
-    } else {
-        Stream::Plain(tcp)
-    };
-    super::super::dial::set_deadline(stream.tcp(), deadline).map_err(failed)?;
+    let stream =
+        net::dial::connect(secure, &host, port, proxies, tls_config, deadline).map_err(failed)?;
+    set_deadline(stream.tcp(), deadline).map_err(failed)?;
     let mut attempt = tungstenite::client::client(request, stream);
     let ws = loop {
         match attempt {
             Ok((ws, _response)) => break ws,
             Err(HandshakeError::Interrupted(mid)) => {
-                super::super::dial::set_deadline(mid.get_ref().get_ref().tcp(), deadline)
-                    .map_err(failed)?;
+                set_deadline(mid.get_ref().get_ref().tcp(), deadline).map_err(failed)?;
                 attempt = mid.handshake();
             }
             Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {

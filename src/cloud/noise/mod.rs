@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 
 use super::registry_v2::{self, Bearer, RegisterError, RegistryV2};
-use crate::cloud::proxy::{Proxies, ProxyUrl};
 use crate::cloud::registry::Backoff;
+use crate::net::http1::Client;
+use crate::net::proxy::Proxies;
+use crate::net::tls;
 use crate::rpc::Server;
-use crate::transport::tls;
 
 pub const REGISTRY_URL_ENV: &str = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL";
 pub const ENVIRONMENT_ID_ENV: &str = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID";
@@ -60,7 +61,6 @@ pub struct V2Config {
     pub base_url: String,
     pub environment_id: String,
     pub bearer: Bearer,
-    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub tls: Arc<ClientConfig>,
     /// Direct or through which proxy, for both legs.
     pub proxies: Proxies,
@@ -184,15 +184,7 @@ pub fn validate(
     let proxies = Proxies::from_env(args.proxy.as_deref(), env).map_err(usage)?;
     let exit_on_stdin_close = args.exit_on_stdin_close
         || env(EXIT_ON_STDIN_CLOSE_ENV).is_some_and(|v| matches!(v.trim(), "1" | "true"));
-    Ok(V2Config {
-        base_url: base,
-        environment_id,
-        bearer,
-        roots,
-        tls,
-        proxies,
-        exit_on_stdin_close,
-    })
+    Ok(V2Config { base_url: base, environment_id, bearer, tls, proxies, exit_on_stdin_close })
 }
 
 /// Reads a token file once at startup, so a missing or empty file fails before any
@@ -220,8 +212,7 @@ pub fn run(
         &cfg.base_url,
         &cfg.environment_id,
         cfg.bearer.clone(),
-        &cfg.roots,
-        cfg.proxies.for_url(&cfg.base_url).and_then(ProxyUrl::to_ureq),
+        Client { proxies: cfg.proxies.clone(), tls: cfg.tls.clone() },
     );
     if let Some(proxy) = cfg.proxies.for_url(&cfg.base_url) {
         log::info!("registry requests go through proxy {proxy}");

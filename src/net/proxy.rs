@@ -1,10 +1,9 @@
-//! Egress proxies for both cloud legs, read as curl reads them: `--proxy` over the
+//! Egress proxies for every outbound connection, read as curl reads them: `--proxy` over the
 //! environment (`https_proxy`/`HTTPS_PROXY` for https:// and wss://, `http_proxy`/
 //! `HTTP_PROXY` for http:// and ws://, `all_proxy`/`ALL_PROXY` for both), and `no_proxy`/
 //! `NO_PROXY` exceptions. It owns the one decision "direct or through which proxy" for a
-//! target, and the HTTP CONNECT exchange the websocket dials run on a socket they connected
-//! (dial.rs); the registry leg hands the same decision to ureq as a `ureq::Proxy`. It opens
-//! no connection itself. It never shows a proxy password: `Debug`,
+//! target, and the HTTP CONNECT exchange every dial (dial.rs) runs on a socket it connected.
+//! It opens no connection itself. It never shows a proxy password: `Debug`,
 //! `Display` and every error carry the proxy's host and port only.
 
 use std::fmt;
@@ -90,19 +89,6 @@ impl ProxyUrl {
             return Err(bad("bad host"));
         }
         Ok(ProxyUrl { host, port: port.unwrap_or(DEFAULT_PROXY_PORT), user, password })
-    }
-
-    /// The same proxy for ureq (registry leg): ureq then does CONNECT with basic auth.
-    pub fn to_ureq(&self) -> Option<ureq::Proxy> {
-        let mut builder =
-            ureq::Proxy::builder(ureq::ProxyProtocol::Http).host(&self.host).port(self.port);
-        if let Some(user) = &self.user {
-            builder = builder.username(user);
-        }
-        if let Some(password) = &self.password {
-            builder = builder.password(password);
-        }
-        builder.build().ok()
     }
 
     fn authorization(&self) -> Option<String> {
@@ -226,7 +212,7 @@ fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     (ip >> shift) == (net >> shift)
 }
 
-/// The proxy choice for every cloud connection of this run.
+/// The proxy choice for every outbound connection of this run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Proxies {
     /// For https:// and wss:// targets.
@@ -337,7 +323,7 @@ fn read_status(tcp: &mut TcpStream) -> Result<u16, String> {
             Ok(0) => return Err("proxy closed the connection".to_owned()),
             Ok(_) => head.push(byte[0]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if crate::transport::tls::is_timeout(&e) => return Err("timed out".to_owned()),
+            Err(e) if crate::net::tls::is_timeout(&e) => return Err("timed out".to_owned()),
             Err(e) => return Err(e.to_string()),
         }
     }

@@ -1,7 +1,7 @@
-//! TLS for the cloud legs (PROTOCOL.md §8.7): the one trust list shared by registry HTTPS
-//! and rendezvous `wss://`, the rustls client configuration built from it (ring provider,
-//! verification always on), and the byte streams every websocket runs over — `Stream::Plain`
-//! for local and `ws://` sockets, `Stream::Tls` for `wss://`. It owns no websocket or
+//! TLS for outbound connections (PROTOCOL.md §8.7): the one trust list shared by registry
+//! HTTPS, rendezvous `wss://` and `http/request`, the rustls client configuration built from
+//! it (ring provider, verification always on), and the byte streams they run over —
+//! `Stream::Plain` for `http://` and `ws://`, `Stream::Tls` for `https://` and `wss://`. It owns no websocket or
 //! protocol logic and never logs certificate contents.
 //!
 //! `TlsStream` exists because `rustls::StreamOwned` may read from the socket inside `write`,
@@ -89,8 +89,8 @@ pub fn cert_dirs(dirs: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// trust list of webpki-root-certs 1.0.11, which this one replaced); matched in the subject.
 const REMOVED_ROOTS: &[&[u8]] = &[b"emSign ECC Root CA - C3", b"emSign Root CA - C1"];
 
-/// The bundled Mozilla roots, each anchor wrapped in a minimal certificate: rustls and ureq
-/// take certificates, and reading one back yields exactly the anchor (subject, key, name
+/// The bundled Mozilla roots, each anchor wrapped in a minimal certificate: rustls needs
+/// certificates, and reading one back yields exactly the anchor (subject, key, name
 /// constraints; nothing else of a root certificate is used). The wrapper carries no
 /// signature, validity or other extensions, so it is only ever meaningful as a root.
 fn bundled_roots() -> Vec<CertificateDer<'static>> {
@@ -167,18 +167,6 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Arc<ClientConfig> {
         .with_root_certificates(store)
         .with_no_client_auth();
     Arc::new(config)
-}
-
-/// The TLS configuration of a ureq agent (the registries, `http/request`): our provider
-/// and exactly the `roots` given.
-pub fn ureq_config(roots: &[CertificateDer<'static>]) -> ureq::tls::TlsConfig {
-    let certs: Vec<_> =
-        roots.iter().map(|c| ureq::tls::Certificate::from_der(c).to_owned()).collect();
-    ureq::tls::TlsConfig::builder()
-        .provider(ureq::tls::TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(provider())
-        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-        .build()
 }
 
 /// The ring crypto provider, less its private-key loading: the daemon authenticates with a
