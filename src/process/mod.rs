@@ -438,8 +438,10 @@ impl Processes {
         let Lookup::Running(proc) = self.lookup(&p.process_id) else {
             return Ok(TerminateResponse { running: false });
         };
-        proc.close_stdin();
+        // Killed before its stdin closes: a child that ends at EOF (`cat`) must not exit on
+        // its own in between, which would report it not running and its reason `exited`.
         let running = proc.end_with(EndCause::Terminated);
+        proc.close_stdin();
         if running {
             let deadline = Instant::now() + TERMINATE_REAP_WAIT;
             let (state, reaped) =

@@ -297,7 +297,9 @@ pub(super) fn encode<R: Serialize>(
     result: Result<R, RpcError>,
 ) -> Result<String, RpcError> {
     let value = result?;
-    let mut text = Vec::with_capacity(64);
+    // Room for most results (a metadata result is ~140 bytes): each doubling of the buffer
+    // is a realloc and a copy, the largest cost of encoding a small result.
+    let mut text = Vec::with_capacity(256);
     text.extend_from_slice(b"{\"id\":");
     text.extend_from_slice(id.as_bytes());
     text.extend_from_slice(b",\"result\":");
