@@ -2,16 +2,12 @@
 //! a proxy tunnel, TLS for `wss://`) and the websocket upgrade, all within one deadline. It returns the socket and
 //! keeps nothing; it never logs a URL's query string.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::WebSocket;
 
-use crate::net;
-use crate::net::dial::set_deadline;
-use crate::net::proxy::Proxies;
+use crate::net::dial::{set_deadline, Dialer};
 use crate::net::tls::Stream;
 
 /// TCP connect, TLS and the websocket upgrade together (§8.6).
@@ -21,12 +17,7 @@ pub const RENDEZVOUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// compression offered): TCP with `TCP_NODELAY`, TLS for `wss://`, then the upgrade, all
 /// before one deadline. The socket is returned blocking with no timeouts; the caller sets
 /// it up for serving. Errors are for logs and never include the query string.
-pub fn dial(
-    url: &str,
-    tls_config: &Arc<ClientConfig>,
-    proxies: &Proxies,
-    timeout: Duration,
-) -> Result<WebSocket<Stream>, String> {
+pub fn dial(url: &str, dialer: &Dialer, timeout: Duration) -> Result<WebSocket<Stream>, String> {
     let deadline = Instant::now() + timeout;
     let uri: tungstenite::http::Uri =
         url.parse().map_err(|_| "invalid rendezvous URL".to_owned())?;
@@ -39,7 +30,7 @@ pub fn dial(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let stream = net::dial::connect(secure, &host, port, proxies, tls_config, deadline)?;
+    let stream = dialer.connect(secure, &host, port, deadline)?;
 
     let mut attempt = {
         set_deadline(stream.tcp(), deadline)?;

@@ -6,21 +6,20 @@
 //! prints the token, a proxy password or the rendezvous URL's query string.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use rustls::ClientConfig;
 use serde_json::json;
 
 use super::registry::{without_query, Registry};
 use super::registry_v2::{self, Bearer};
-use super::{CloudArgs, CA_DIR_ENV, CA_FILE_ENV};
+use super::CloudArgs;
 use crate::net;
-use crate::net::http1::{self, Client, Target};
-use crate::net::proxy::{self, Proxies};
-use crate::net::tls::{self, Stream, TlsStream};
+use crate::net::dial::Dialer;
+use crate::net::http1::{self, Target};
+use crate::net::proxy::{self};
+use crate::net::tls::{self, Stream, TlsStream, CA_DIR_ENV, CA_FILE_ENV};
 
 /// Each check's deadline unless `--timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,8 +126,7 @@ struct Plan {
     endpoint: String,
     body: String,
     authorization: String,
-    tls: Arc<ClientConfig>,
-    proxies: Proxies,
+    dialer: Dialer,
     /// `--ca-file` or `SSL_CERT_FILE`, to name the trust source.
     ca_file: Option<String>,
     /// v2 dials the relay with its own header; v1 the rendezvous as given.
@@ -176,7 +174,7 @@ fn plan_v1(
         &cfg.executor_id,
         &cfg.name,
         cfg.token.clone(),
-        Client { proxies: cfg.proxies.clone(), tls: cfg.tls.clone() },
+        cfg.dialer.clone(),
     );
     let (endpoint, body) = registry.request();
     let ca_file = cloud.ca_file.clone().or_else(|| env(CA_FILE_ENV));
@@ -184,8 +182,7 @@ fn plan_v1(
         endpoint: endpoint.to_owned(),
         body: body.to_owned(),
         authorization: token.header_value(),
-        tls: cfg.tls,
-        proxies: cfg.proxies,
+        dialer: cfg.dialer,
         ca_file: ca_file.filter(|p| !p.trim().is_empty()),
         v2: false,
     })
@@ -239,8 +236,7 @@ fn plan_v2(
         endpoint: format!("{}/cloud/environment/{}/register", cfg.base_url, cfg.environment_id),
         body: registry_v2::register_body(&identity.public_key()),
         authorization: format!("Bearer {token}"),
-        tls: cfg.tls,
-        proxies: cfg.proxies,
+        dialer: cfg.dialer,
         ca_file: ca_file.filter(|p| !p.trim().is_empty()),
         v2: true,
     })
@@ -268,7 +264,7 @@ fn walk(
 
     // DNS: the registry host, or the proxy's when one is in use (the proxy resolves the
     // registry host itself).
-    let via = plan.proxies.select(target.secure, &target.host, target.port).cloned();
+    let via = plan.dialer.proxies.select(target.secure, &target.host, target.port).cloned();
     let (dns_host, dns_port) = match &via {
         Some(p) => (p.host.clone(), p.port),
         None => (target.host.clone(), target.port),
@@ -315,14 +311,17 @@ fn walk(
     };
 
     let stream = if target.secure {
-        let result =
-            TlsStream::connect(tcp, &target.host, plan.tls.clone(), Instant::now() + timeout)
-                .map_err(|e| format!("handshake with {}: {e}", target.host))
-                .map(|tls| {
-                    let detail =
-                        describe_chain(&tls.peer_certificates(), plan.ca_file.clone(), env);
-                    (Stream::Tls(Box::new(tls)), detail)
-                });
+        let result = TlsStream::connect(
+            tcp,
+            &target.host,
+            plan.dialer.tls.clone(),
+            Instant::now() + timeout,
+        )
+        .map_err(|e| format!("handshake with {}: {e}", target.host))
+        .map(|tls| {
+            let detail = describe_chain(&tls.peer_certificates(), plan.ca_file.clone(), env);
+            (Stream::Tls(Box::new(tls)), detail)
+        });
         match report.check("tls", result) {
             Some(stream) => stream,
             None => return report.skip_rest(ALL_CHECKS, "tls"),
@@ -435,9 +434,9 @@ fn websocket(url: &str, plan: &Plan, timeout: Duration) -> Result<String, String
     let shown = without_query(url);
     let started = Instant::now();
     let dialed = if plan.v2 {
-        super::noise::dial::dial(url, &plan.tls, &plan.proxies, timeout).map_err(|e| e.to_string())
+        super::noise::dial::dial(url, &plan.dialer, timeout).map_err(|e| e.to_string())
     } else {
-        super::dial::dial(url, &plan.tls, &plan.proxies, timeout)
+        super::dial::dial(url, &plan.dialer, timeout)
     };
     let mut ws = dialed.map_err(|e| format!("dial {shown}: {e}"))?;
     let upgraded = started.elapsed().as_millis();
@@ -453,8 +452,12 @@ fn websocket(url: &str, plan: &Plan, timeout: Duration) -> Result<String, String
             }
         }
     }
-    let via =
-        plan.proxies.for_url(url).map(|p| format!(" via proxy {}", p.host)).unwrap_or_default();
+    let via = plan
+        .dialer
+        .proxies
+        .for_url(url)
+        .map(|p| format!(" via proxy {}", p.host))
+        .unwrap_or_default();
     Ok(format!("{shown} upgraded in {upgraded} ms{via} and closed cleanly"))
 }
 

@@ -9,16 +9,13 @@ pub mod doctor;
 mod registry;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use tungstenite::WebSocket;
 
-use crate::net::http1::Client;
-use crate::net::proxy::Proxies;
-use crate::net::tls::{self, Stream};
+use crate::net::dial::Dialer;
+use crate::net::tls::Stream;
 use dial::{dial, RENDEZVOUS_CONNECT_TIMEOUT};
 use registry::{without_query, Backoff, RegisterError, Registry, TokenSource};
 
@@ -37,9 +34,6 @@ const EXECUTOR_ID_MAX_CHARS: usize = 256;
 
 pub const BASE_URL_ENV: &str = "CODEX_CLOUD_ENVIRONMENTS_BASE_URL";
 pub const ENVIRONMENT_ID_ENV: &str = "CODEX_CLOUD_ENVIRONMENT_ID";
-pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
-/// Colon-separated directories of PEM CA files, added to the trust list as `SSL_CERT_FILE`.
-pub const CA_DIR_ENV: &str = "SSL_CERT_DIR";
 
 /// The cloud options exactly as given on the command line, before any validation. Each
 /// pair holds the two spellings of one option (§8.1).
@@ -149,15 +143,8 @@ impl CloudArgs {
             }
         };
 
-        let ca_file =
-            self.ca_file.clone().or_else(|| env(CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
-        let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
-        if let Some(dirs) = env(CA_DIR_ENV) {
-            roots.extend(tls::cert_dirs(&dirs)?);
-        }
-        let tls = tls::client_config(&roots);
-        let proxies = Proxies::from_env(self.proxy.as_deref(), env)?;
-        Ok(CloudConfig { base_url, executor_id, name, token, tls, proxies })
+        let dialer = Dialer::from_env(self.ca_file.as_deref(), self.proxy.as_deref(), env)?;
+        Ok(CloudConfig { base_url, executor_id, name, token, dialer })
     }
 }
 
@@ -168,10 +155,8 @@ pub struct CloudConfig {
     pub executor_id: String,
     pub name: String,
     pub token: TokenSource,
-    /// The §8.7 trust list as a rustls configuration, for both legs.
-    pub tls: Arc<ClientConfig>,
-    /// Direct or through which proxy, for both legs.
-    pub proxies: Proxies,
+    /// The trust list and proxies, for both legs.
+    pub dialer: Dialer,
 }
 
 impl fmt::Debug for CloudConfig {
@@ -207,9 +192,9 @@ pub fn run(
         &cfg.executor_id,
         &cfg.name,
         cfg.token.clone(),
-        Client { proxies: cfg.proxies.clone(), tls: cfg.tls.clone() },
+        cfg.dialer.clone(),
     );
-    if let Some(proxy) = cfg.proxies.for_url(&cfg.base_url) {
+    if let Some(proxy) = cfg.dialer.proxies.for_url(&cfg.base_url) {
         log::info!("registry requests go through proxy {proxy}");
     }
     let mut backoff = Backoff::new(uuid::Uuid::new_v4().as_u64_pair().0);
@@ -219,7 +204,7 @@ pub fn run(
         match registry.register() {
             Ok(registration) => {
                 let shown = without_query(&registration.url);
-                match dial(&registration.url, &cfg.tls, &cfg.proxies, RENDEZVOUS_CONNECT_TIMEOUT) {
+                match dial(&registration.url, &cfg.dialer, RENDEZVOUS_CONNECT_TIMEOUT) {
                     Ok(ws) => {
                         log::info!("connected to rendezvous {shown}");
                         let audited =
@@ -270,15 +255,23 @@ impl fmt::Display for Tenths {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::tls::test_pki;
+    use crate::net::proxy::Proxies;
+    use crate::net::tls::{self, test_pki, CA_FILE_ENV};
     use httpmock::prelude::*;
     use std::cell::RefCell;
     use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::path::Path;
+    use std::sync::Arc;
     use std::thread;
     use tungstenite::Message;
 
     const WAIT: Duration = Duration::from_secs(10);
+
+    /// A dialer without proxies.
+    fn direct(tls: Arc<rustls::ClientConfig>) -> Dialer {
+        Dialer { proxies: Proxies::default(), tls }
+    }
 
     struct TempDir(PathBuf);
     impl TempDir {
@@ -498,13 +491,8 @@ mod tests {
     fn dial_connects_plain_and_tls_rendezvous_within_the_deadline() {
         let (port, server) = rendezvous(None);
         let config = tls::client_config(&[]);
-        let mut ws = dial(
-            &format!("ws://127.0.0.1:{port}/rv/1?sig=abc"),
-            &config,
-            &Proxies::default(),
-            WAIT,
-        )
-        .unwrap();
+        let mut ws =
+            dial(&format!("ws://127.0.0.1:{port}/rv/1?sig=abc"), &direct(config), WAIT).unwrap();
         assert_eq!(round_trip(&mut ws), "pong:hi");
         assert_eq!(server.join().unwrap(), "/rv/1?sig=abc");
 
@@ -515,8 +503,7 @@ mod tests {
         let (port, server) = rendezvous(Some(pki.server.clone()));
         let mut ws = dial(
             &format!("wss://localhost:{port}/secure"),
-            &tls::client_config(&roots),
-            &Proxies::default(),
+            &direct(tls::client_config(&roots)),
             WAIT,
         )
         .unwrap();
@@ -529,14 +516,9 @@ mod tests {
         let handle = thread::spawn(move || {
             let _ = server.join();
         });
-        let err = dial(
-            &format!("wss://127.0.0.1:{port}/"),
-            &tls::client_config(&[]),
-            &Proxies::default(),
-            WAIT,
-        )
-        .err()
-        .unwrap();
+        let err = dial(&format!("wss://127.0.0.1:{port}/"), &direct(tls::client_config(&[])), WAIT)
+            .err()
+            .unwrap();
         assert!(err.starts_with("TLS: "), "{err}");
         drop(handle);
     }
@@ -549,8 +531,7 @@ mod tests {
         let started = Instant::now();
         let err = dial(
             &format!("ws://127.0.0.1:{port}/"),
-            &tls::client_config(&[]),
-            &Proxies::default(),
+            &direct(tls::client_config(&[])),
             Duration::from_millis(300),
         )
         .err()
@@ -566,8 +547,7 @@ mod tests {
             executor_id: "exec-1".to_owned(),
             name: "codex-exec-server".to_owned(),
             token: TokenSource::File(PathBuf::from(token)),
-            tls: tls::client_config(&[]),
-            proxies: Proxies::default(),
+            dialer: direct(tls::client_config(&[])),
         }
     }
 

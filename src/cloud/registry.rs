@@ -13,7 +13,8 @@ use serde::Serialize;
 use tungstenite::http::StatusCode;
 use uuid::Uuid;
 
-use crate::net::http1::{Client, Response, Target};
+use crate::net::dial::Dialer;
+use crate::net::http1::{self, Response, Target};
 
 /// Where the bearer token comes from when `--token-file` is not given.
 pub const TOKEN_ENV: &str = "CODEX_EXEC_SERVER_REMOTE_BEARER_TOKEN";
@@ -183,7 +184,7 @@ impl fmt::Display for RegisterError {
 /// The registration client: one per run, holding the run's registration UUID.
 #[derive(Debug)]
 pub struct Registry {
-    client: Client,
+    dialer: Dialer,
     endpoint: String,
     executor_id: String,
     body: String,
@@ -191,16 +192,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// `base_url` is already validated (scheme, trailing `/` removed); `client` carries the
+    /// `base_url` is already validated (scheme, trailing `/` removed); `dialer` carries the
     /// §8.7 trust list and the run's proxies. A fresh registration UUID is drawn for this run.
     pub fn new(
         base_url: &str,
         executor_id: &str,
         name: &str,
         token: TokenSource,
-        client: Client,
+        dialer: Dialer,
     ) -> Registry {
-        Registry::with_registration_id(base_url, executor_id, name, token, client, Uuid::new_v4())
+        Registry::with_registration_id(base_url, executor_id, name, token, dialer, Uuid::new_v4())
     }
 
     /// [`Registry::new`] with a chosen registration UUID, so tests can check the recipe.
@@ -209,7 +210,7 @@ impl Registry {
         executor_id: &str,
         name: &str,
         token: TokenSource,
-        client: Client,
+        dialer: Dialer,
         registration_id: Uuid,
     ) -> Registry {
         let idempotency_id = idempotency_id(executor_id, name, registration_id);
@@ -222,7 +223,7 @@ impl Registry {
         })
         .expect("a struct of strings serializes");
         Registry {
-            client,
+            dialer,
             endpoint: format!("{base_url}/cloud/executor/{executor_id}/register"),
             executor_id: executor_id.to_owned(),
             body,
@@ -280,7 +281,14 @@ impl Registry {
         let headers: [(&str, &[u8]); 2] =
             [("authorization", authorization.as_bytes()), ("content-type", b"application/json")];
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        match self.client.request(&target, "POST", &headers, Some(self.body.as_bytes()), deadline) {
+        match http1::request(
+            &self.dialer,
+            &target,
+            "POST",
+            &headers,
+            Some(self.body.as_bytes()),
+            deadline,
+        ) {
             Ok(response) => classify(response, &self.executor_id),
             Err(err) => Err(Attempt::Done(RegisterError::Retry {
                 after: None,
@@ -511,7 +519,7 @@ mod tests {
             "exec-123",
             "codex-exec-server",
             token,
-            Client {
+            Dialer {
                 proxies: crate::net::proxy::Proxies::default(),
                 tls: crate::net::tls::client_config(&[]),
             },

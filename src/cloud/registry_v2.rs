@@ -14,7 +14,8 @@ use tungstenite::http::StatusCode;
 
 use super::noise::channel::PublicKey;
 use super::registry::REQUEST_TIMEOUT;
-use crate::net::http1::{Client, Response, Target};
+use crate::net::dial::Dialer;
+use crate::net::http1::{self, Response, Target};
 
 /// The security profile of the Noise relay, sent and expected back.
 pub const SECURITY_PROFILE: &str = "noise_hybrid_ik_v1";
@@ -130,7 +131,7 @@ struct ErrorDetail {
 /// The registry client for one environment. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistryV2 {
-    client: Client,
+    dialer: Dialer,
     base: String,
     environment_id: String,
     bearer: Bearer,
@@ -146,11 +147,11 @@ impl fmt::Debug for RegistryV2 {
 }
 
 impl RegistryV2 {
-    /// `base` is validated (scheme, trailing `/` removed); `client` has the trust list and
+    /// `base` is validated (scheme, trailing `/` removed); `dialer` has the trust list and
     /// the proxies.
-    pub fn new(base: &str, environment_id: &str, bearer: Bearer, client: Client) -> RegistryV2 {
+    pub fn new(base: &str, environment_id: &str, bearer: Bearer, dialer: Dialer) -> RegistryV2 {
         RegistryV2 {
-            client,
+            dialer,
             base: base.to_string(),
             environment_id: environment_id.to_string(),
             bearer,
@@ -170,8 +171,7 @@ impl RegistryV2 {
         let headers: [(&str, &[u8]); 2] =
             [("authorization", authorization.as_bytes()), ("content-type", b"application/json")];
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        self.client
-            .request(&target, "POST", &headers, Some(body.as_bytes()), deadline)
+        http1::request(&self.dialer, &target, "POST", &headers, Some(body.as_bytes()), deadline)
             .map_err(failed)
     }
 

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use tungstenite::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::url::{Scheme, Url, UrlError};
-use crate::net::http1::{self, Client, Response};
-use crate::net::proxy::Proxies;
-use crate::net::{dial, tls};
+use crate::net::dial::Dialer;
+use crate::net::http1::{self, Response};
 
 /// Upstream follows at most this many redirects; the next one is an error.
 const MAX_REDIRECTS: usize = 10;
@@ -62,29 +61,17 @@ impl fmt::Display for SendError {
 }
 
 /// How every `http/request` reaches servers: the §8.7 trust list (bundled roots, the system
-/// bundle, `SSL_CERT_FILE`, `SSL_CERT_DIR`) and the proxy variables as curl reads them.
-/// A malformed proxy variable fails every request (logged once) rather than going direct.
-fn client() -> &'static Result<Client, String> {
-    static CLIENT: OnceLock<Result<Client, String>> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let env = |name: &str| std::env::var(name).ok();
-        let ca_file = env("SSL_CERT_FILE").filter(|p| !p.trim().is_empty());
-        let mut roots = tls::trust_roots(ca_file.as_deref().map(std::path::Path::new))
-            .unwrap_or_else(|e| {
-                log::warn!("http/request: {e}; using the bundled and system roots");
-                tls::trust_roots(None).unwrap_or_default()
-            });
-        if let Some(dirs) = env("SSL_CERT_DIR").filter(|d| !d.trim().is_empty()) {
-            match tls::cert_dirs(&dirs) {
-                Ok(more) => roots.extend(more),
-                Err(e) => log::warn!("http/request: {e}; SSL_CERT_DIR left out"),
-            }
-        }
-        let proxies = Proxies::from_env(None, &env).map_err(|e| {
-            log::warn!("http/request: {e}; requests fail until it is fixed");
+/// bundle, `SSL_CERT_FILE`, `SSL_CERT_DIR`) and the proxy variables as curl reads them, as
+/// cloud mode reads them. When they are unusable (a CA file that cannot be read, a
+/// malformed proxy URL) every request fails, with the reason logged once, rather than
+/// going out with less trust or directly.
+fn dialer() -> &'static Result<Dialer, String> {
+    static DIALER: OnceLock<Result<Dialer, String>> = OnceLock::new();
+    DIALER.get_or_init(|| {
+        Dialer::from_env(None, None, &|name| std::env::var(name).ok()).map_err(|e| {
+            log::warn!("http/request: {e}; every request fails until it is fixed");
             e
-        })?;
-        Ok(Client { proxies, tls: tls::client_config(&roots) })
+        })
     })
 }
 
@@ -172,7 +159,7 @@ fn send_one(hop: &Hop, left: Option<Duration>) -> Result<Response, SendError> {
         log::debug!("http/request to {}: {why}", hop.url.origin());
         SendError::Send(hop.url.to_string())
     };
-    let client = client().as_ref().map_err(|e| failed(e))?;
+    let dialer = dialer().as_ref().map_err(|e| failed(e))?;
     let started = Instant::now();
     let deadline = left.map(|left| started + left);
     let connect_by =
@@ -180,8 +167,7 @@ fn send_one(hop: &Hop, left: Option<Duration>) -> Result<Response, SendError> {
     let secure = hop.url.scheme == Scheme::Https;
     let host = hop.url.host.trim_start_matches('[').trim_end_matches(']');
     let port = hop.url.port.unwrap_or(if secure { 443 } else { 80 });
-    let stream = dial::connect(secure, host, port, &client.proxies, &client.tls, connect_by)
-        .map_err(|e| failed(&e))?;
+    let stream = dialer.connect(secure, host, port, connect_by).map_err(|e| failed(&e))?;
     let authority = match hop.url.port {
         Some(port) => format!("{}:{port}", hop.url.host),
         None => hop.url.host.clone(),

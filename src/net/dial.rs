@@ -5,7 +5,9 @@
 //! proxy and one TLS path serve them all. Errors name the host or proxy, never a query
 //! string or a proxy password.
 
+use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Instant;
@@ -13,27 +15,60 @@ use std::time::Instant;
 use rustls::ClientConfig;
 
 use super::proxy::{self, Proxies};
-use crate::net::tls::{Stream, TlsStream};
+use crate::net::tls::{self, Stream, TlsStream};
 
-/// A connection to `host:port` (`secure`: TLS to it, verified against `tls`), direct or
-/// through the proxy `proxies` selects, with `TCP_NODELAY`. The socket keeps read/write
-/// timeouts for `deadline`; the caller sets its own afterwards.
-pub fn connect(
-    secure: bool,
-    host: &str,
-    port: u16,
-    proxies: &Proxies,
-    tls: &Arc<ClientConfig>,
-    deadline: Instant,
-) -> Result<Stream, String> {
-    let tcp = open(proxies, secure, host, port, deadline)?;
-    tcp.set_nodelay(true).map_err(|err| format!("TCP_NODELAY: {err}"))?;
-    if !secure {
-        return Ok(Stream::Plain(tcp));
+/// How the daemon reaches servers: the run's proxies and TLS trust list. Cheap to clone.
+#[derive(Clone)]
+pub struct Dialer {
+    pub proxies: Proxies,
+    pub tls: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dialer").field("proxies", &self.proxies).finish_non_exhaustive()
     }
-    let tls = TlsStream::connect(tcp, host, tls.clone(), deadline)
-        .map_err(|err| format!("TLS: {err}"))?;
-    Ok(Stream::Tls(Box::new(tls)))
+}
+
+impl Dialer {
+    /// The dialer of a run: the §8.7 trust list (bundled and system roots, `ca_file` or else
+    /// `SSL_CERT_FILE`, and every certificate under `SSL_CERT_DIR`) and the proxies (`proxy`
+    /// over the variables, proxy.rs). A CA file or directory that cannot be used and a
+    /// malformed proxy URL are errors naming them.
+    pub fn from_env(
+        ca_file: Option<&str>,
+        proxy: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Dialer, String> {
+        let ca_file = ca_file.map(str::to_owned).or_else(|| env(tls::CA_FILE_ENV));
+        let ca_file = ca_file.filter(|p| !p.trim().is_empty());
+        let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new))?;
+        if let Some(dirs) = env(tls::CA_DIR_ENV) {
+            roots.extend(tls::cert_dirs(&dirs)?);
+        }
+        let proxies = Proxies::from_env(proxy, env)?;
+        Ok(Dialer { proxies, tls: tls::client_config(&roots) })
+    }
+
+    /// A connection to `host:port` (`secure`: TLS to it, verified against the trust list),
+    /// direct or through the proxy selected for it, with `TCP_NODELAY`. The socket keeps
+    /// read/write timeouts for `deadline`; the caller sets its own afterwards.
+    pub fn connect(
+        &self,
+        secure: bool,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Stream, String> {
+        let tcp = open(&self.proxies, secure, host, port, deadline)?;
+        tcp.set_nodelay(true).map_err(|err| format!("TCP_NODELAY: {err}"))?;
+        if !secure {
+            return Ok(Stream::Plain(tcp));
+        }
+        let tls = TlsStream::connect(tcp, host, self.tls.clone(), deadline)
+            .map_err(|err| format!("TLS: {err}"))?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
 }
 
 /// A TCP connection to `host:port`: direct, or a CONNECT tunnel through the proxy

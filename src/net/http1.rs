@@ -8,12 +8,9 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::ClientConfig;
-
-use super::proxy::Proxies;
+use super::dial::Dialer;
 use crate::net::tls::{self, Stream};
 
 /// Longest response head accepted (status line and headers).
@@ -75,44 +72,21 @@ impl Target {
     }
 }
 
-/// How the daemon reaches HTTP servers: the proxies and the TLS trust of its run.
-#[derive(Clone)]
-pub struct Client {
-    pub proxies: Proxies,
-    pub tls: Arc<ClientConfig>,
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("proxies", &self.proxies).finish_non_exhaustive()
-    }
-}
-
-impl Client {
-    /// Connects to `target` (through its proxy, with TLS for https) and sends `method`,
-    /// `headers` and `body` to it, all before `deadline`, which also bounds reading the
-    /// returned body.
-    pub fn request(
-        &self,
-        target: &Target,
-        method: &str,
-        headers: &[(&str, &[u8])],
-        body: Option<&[u8]>,
-        deadline: Instant,
-    ) -> Result<Response, String> {
-        let stream = super::dial::connect(
-            target.secure,
-            &target.host,
-            target.port,
-            &self.proxies,
-            &self.tls,
-            deadline,
-        )?;
-        let authority = target.host_header();
-        let request =
-            Request { method, authority: &authority, target: &target.path, headers, body };
-        send(stream, &request, Some(deadline)).map_err(|e| e.to_string())
-    }
+/// Connects to `target` (through its proxy, with TLS for https) and sends `method`,
+/// `headers` and `body` to it, all before `deadline`, which also bounds reading the
+/// returned body.
+pub fn request(
+    dialer: &Dialer,
+    target: &Target,
+    method: &str,
+    headers: &[(&str, &[u8])],
+    body: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<Response, String> {
+    let stream = dialer.connect(target.secure, &target.host, target.port, deadline)?;
+    let authority = target.host_header();
+    let request = Request { method, authority: &authority, target: &target.path, headers, body };
+    send(stream, &request, Some(deadline)).map_err(|e| e.to_string())
 }
 
 /// One request as it goes on the wire.

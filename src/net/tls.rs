@@ -23,6 +23,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::SigningKey;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, SignatureScheme};
 
+/// The PEM bundle the trust list adds when `--ca-file` is not given.
+pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+/// Directories (`:`-separated) of PEM files the trust list adds.
+pub const CA_DIR_ENV: &str = "SSL_CERT_DIR";
+
 /// System CA bundles, most common first; the first one that exists is added to the trust
 /// list. They hold the same roots on every distribution that ships one, so one is enough.
 const SYSTEM_BUNDLES: &[&str] = &[

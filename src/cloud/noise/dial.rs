@@ -5,18 +5,14 @@
 //! refused (HTTP status, which decides whether to register again) from every other
 //! failure. It reads no frames.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::http::HeaderValue;
 use tungstenite::WebSocket;
 
-use crate::net;
-use crate::net::dial::set_deadline;
-use crate::net::proxy::Proxies;
+use crate::net::dial::{set_deadline, Dialer};
 use crate::net::tls::Stream;
 
 /// Why a dial failed.
@@ -39,12 +35,7 @@ impl std::fmt::Display for DialError {
     }
 }
 
-pub fn dial(
-    url: &str,
-    tls_config: &Arc<ClientConfig>,
-    proxies: &Proxies,
-    timeout: Duration,
-) -> Result<WebSocket<Stream>, DialError> {
+pub fn dial(url: &str, dialer: &Dialer, timeout: Duration) -> Result<WebSocket<Stream>, DialError> {
     let failed = |s: String| DialError::Failed(s);
     let deadline = Instant::now() + timeout;
     let mut request =
@@ -61,8 +52,7 @@ pub fn dial(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let stream =
-        net::dial::connect(secure, &host, port, proxies, tls_config, deadline).map_err(failed)?;
+    let stream = dialer.connect(secure, &host, port, deadline).map_err(failed)?;
     set_deadline(stream.tcp(), deadline).map_err(failed)?;
     let mut attempt = tungstenite::client::client(request, stream);
     let ws = loop {

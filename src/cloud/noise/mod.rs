@@ -15,13 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
-
 use super::registry_v2::{self, Bearer, RegisterError, RegistryV2};
 use crate::cloud::registry::Backoff;
-use crate::net::http1::Client;
-use crate::net::proxy::Proxies;
-use crate::net::tls;
+use crate::net::dial::Dialer;
 use crate::rpc::Server;
 
 pub const REGISTRY_URL_ENV: &str = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL";
@@ -61,9 +57,8 @@ pub struct V2Config {
     pub base_url: String,
     pub environment_id: String,
     pub bearer: Bearer,
-    pub tls: Arc<ClientConfig>,
-    /// Direct or through which proxy, for both legs.
-    pub proxies: Proxies,
+    /// The trust list and proxies, for both legs.
+    pub dialer: Dialer,
     pub exit_on_stdin_close: bool,
 }
 
@@ -174,17 +169,11 @@ pub fn validate(
             registry_v2::NOISE_TOKEN_ENV
         )));
     };
-    let ca_file =
-        args.ca_file.clone().or_else(|| env(super::CA_FILE_ENV)).filter(|p| !p.trim().is_empty());
-    let mut roots = tls::trust_roots(ca_file.as_deref().map(Path::new)).map_err(usage)?;
-    if let Some(dirs) = env(super::CA_DIR_ENV) {
-        roots.extend(tls::cert_dirs(&dirs).map_err(usage)?);
-    }
-    let tls = tls::client_config(&roots);
-    let proxies = Proxies::from_env(args.proxy.as_deref(), env).map_err(usage)?;
+    let dialer =
+        Dialer::from_env(args.ca_file.as_deref(), args.proxy.as_deref(), env).map_err(usage)?;
     let exit_on_stdin_close = args.exit_on_stdin_close
         || env(EXIT_ON_STDIN_CLOSE_ENV).is_some_and(|v| matches!(v.trim(), "1" | "true"));
-    Ok(V2Config { base_url: base, environment_id, bearer, tls, proxies, exit_on_stdin_close })
+    Ok(V2Config { base_url: base, environment_id, bearer, dialer, exit_on_stdin_close })
 }
 
 /// Reads a token file once at startup, so a missing or empty file fails before any
@@ -208,13 +197,9 @@ pub fn run(
 ) -> Result<(), V2Exit> {
     let identity = channel::Identity::generate()
         .map_err(|e| exit1(format!("failed to generate Noise relay identity: {e}")))?;
-    let registry = RegistryV2::new(
-        &cfg.base_url,
-        &cfg.environment_id,
-        cfg.bearer.clone(),
-        Client { proxies: cfg.proxies.clone(), tls: cfg.tls.clone() },
-    );
-    if let Some(proxy) = cfg.proxies.for_url(&cfg.base_url) {
+    let registry =
+        RegistryV2::new(&cfg.base_url, &cfg.environment_id, cfg.bearer.clone(), cfg.dialer.clone());
+    if let Some(proxy) = cfg.dialer.proxies.for_url(&cfg.base_url) {
         log::info!("registry requests go through proxy {proxy}");
     }
     let mut backoff = Backoff::new(uuid::Uuid::new_v4().as_u64_pair().0);
@@ -248,7 +233,7 @@ pub fn run(
         }
         let Some(reg) = registration.as_ref() else { continue };
         let shown = crate::cloud::registry::without_query(&reg.url).to_string();
-        match dial::dial(&reg.url, &cfg.tls, &cfg.proxies, RELAY_CONNECT_TIMEOUT) {
+        match dial::dial(&reg.url, &cfg.dialer, RELAY_CONNECT_TIMEOUT) {
             Ok(ws) => {
                 log::info!("connected to relay {shown}");
                 let audited =
