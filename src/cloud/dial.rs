@@ -8,6 +8,7 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::WebSocket;
 
 use crate::net::dial::{set_deadline, Dialer};
+use crate::net::http1::Target;
 use crate::net::tls::Stream;
 
 /// TCP connect, TLS and the websocket upgrade together (§8.6).
@@ -19,18 +20,8 @@ pub const RENDEZVOUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// it up for serving. Errors are for logs and never include the query string.
 pub fn dial(url: &str, dialer: &Dialer, timeout: Duration) -> Result<WebSocket<Stream>, String> {
     let deadline = Instant::now() + timeout;
-    let uri: tungstenite::http::Uri =
-        url.parse().map_err(|_| "invalid rendezvous URL".to_owned())?;
-    let secure = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        _ => return Err("rendezvous URL must be ws:// or wss://".to_owned()),
-    };
-    let host = uri.host().ok_or("rendezvous URL has no host")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-
-    let stream = dialer.connect(secure, &host, port, deadline)?;
+    let target = Target::parse_websocket(url).map_err(|e| format!("rendezvous URL: {e}"))?;
+    let stream = dialer.connect(target.secure, &target.host, target.port, deadline)?;
 
     let mut attempt = {
         set_deadline(stream.tcp(), deadline)?;

@@ -24,7 +24,7 @@ const MAX_TRAILER_BYTES: usize = 64 << 10;
 /// Bytes asked of the socket per read while buffering.
 const READ_BYTES: usize = 16 << 10;
 
-/// An `http://` or `https://` URL split for a request.
+/// An `http(s)://` or `ws(s)://` URL split for a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub secure: bool,
@@ -36,12 +36,22 @@ pub struct Target {
 }
 
 impl Target {
+    /// An `http://` or `https://` URL.
     pub fn parse(url: &str) -> Result<Target, String> {
+        Target::parse_as(url, "https", "http")
+    }
+
+    /// A `ws://` or `wss://` URL.
+    pub fn parse_websocket(url: &str) -> Result<Target, String> {
+        Target::parse_as(url, "wss", "ws")
+    }
+
+    fn parse_as(url: &str, secure: &str, plain: &str) -> Result<Target, String> {
         let uri: tungstenite::http::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
         let secure = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("not an http:// or https:// URL".to_owned()),
+            Some(s) if s == secure => true,
+            Some(s) if s == plain => false,
+            _ => return Err(format!("not a {plain}:// or {secure}:// URL")),
         };
         let host = uri.host().ok_or("the URL has no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -638,6 +648,9 @@ mod tests {
             (t.path.as_str(), t.authority().as_str(), t.host_header().as_str()),
             ("/", "h:80", "h")
         );
-        assert!(Target::parse("ftp://h/").is_err());
+        assert_eq!(Target::parse("ftp://h/").unwrap_err(), "not a http:// or https:// URL");
+        let t = Target::parse_websocket("wss://r.example/rv?sig=x").unwrap();
+        assert_eq!((t.secure, t.port, t.path.as_str()), (true, 443, "/rv?sig=x"));
+        assert!(Target::parse_websocket("https://r.example/").is_err());
     }
 }

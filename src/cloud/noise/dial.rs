@@ -13,6 +13,7 @@ use tungstenite::http::HeaderValue;
 use tungstenite::WebSocket;
 
 use crate::net::dial::{set_deadline, Dialer};
+use crate::net::http1::Target;
 use crate::net::tls::Stream;
 
 /// Why a dial failed.
@@ -38,21 +39,16 @@ impl std::fmt::Display for DialError {
 pub fn dial(url: &str, dialer: &Dialer, timeout: Duration) -> Result<WebSocket<Stream>, DialError> {
     let failed = |s: String| DialError::Failed(s);
     let deadline = Instant::now() + timeout;
+    let target =
+        Target::parse_websocket(url).map_err(|e| failed(format!("rendezvous URL: {e}")))?;
     let mut request =
         url.into_client_request().map_err(|_| failed("invalid rendezvous URL".into()))?;
-    let secure = match request.uri().scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        _ => return Err(failed("rendezvous URL must be ws:// or wss://".into())),
-    };
     let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
     let value = HeaderValue::from_str(&request_id).map_err(|e| failed(e.to_string()))?;
     request.headers_mut().insert("x-request-id", value);
-    let host = request.uri().host().ok_or_else(|| failed("rendezvous URL has no host".into()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-    let stream = dialer.connect(secure, &host, port, deadline).map_err(failed)?;
+    let stream =
+        dialer.connect(target.secure, &target.host, target.port, deadline).map_err(failed)?;
     set_deadline(stream.tcp(), deadline).map_err(failed)?;
     let mut attempt = tungstenite::client::client(request, stream);
     let ws = loop {
