@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::outbound::{CloseReason, Closed, Outbound};
 use crate::recycle;
 use crate::rpc::{Flow, Server, Text, Transport};
+use crate::transport::guarded::{wait_for, GuardedSocket, WriteFailed};
 
 /// Outbound messages larger than this go out as several frames, so the socket's write
 /// buffer never holds (or shifts) more than one fragment.
@@ -50,46 +51,27 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
 
 /// A websocket's writing half: the guarded `WebSocket` on a non-blocking socket.
 struct Writer<S> {
-    ws: Mutex<WebSocket<S>>,
+    socket: GuardedSocket<S>,
     /// Held for a whole outbound message, so fragments of two messages never interleave
     /// while the socket lock is released to wait for room.
     turn: Mutex<()>,
-    fd: RawFd,
-    write_stall: Duration,
-    closing: AtomicBool,
 }
 
 impl<S: Read + Write + Send> Writer<S> {
     fn lock(&self) -> MutexGuard<'_, WebSocket<S>> {
-        self.ws.lock().unwrap_or_else(PoisonError::into_inner)
+        self.socket.lock()
     }
 
-    /// Queues one frame and flushes it, waiting for room without holding the lock.
+    /// Queues one frame and flushes it; a peer that accepts nothing for the write-stall
+    /// limit gets the connection closed.
     fn write(&self, message: Message) -> Result<(), Closed> {
-        let mut ws = self.lock();
-        if self.closing.load(Ordering::SeqCst) {
-            return Err(Closed);
-        }
-        match ws.write(message) {
-            Ok(()) => {}
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(Closed),
-        }
-        loop {
-            match ws.flush() {
-                Ok(()) => return Ok(()),
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(Closed),
-            }
-            drop(ws);
-            if !wait_for(self.fd, libc::POLLOUT, Some(self.write_stall)) {
-                log::warn!("peer accepted nothing for {:?}; closing", self.write_stall);
+        match self.socket.write(message) {
+            Ok(()) => Ok(()),
+            Err(WriteFailed::Closed) => Err(Closed),
+            Err(WriteFailed::Stalled) => {
+                log::warn!("peer accepted nothing for {:?}; closing", self.socket.write_stall);
                 self.close(CloseReason::Stalled);
-                return Err(Closed);
-            }
-            ws = self.lock();
-            if self.closing.load(Ordering::SeqCst) {
-                return Err(Closed);
+                Err(Closed)
             }
         }
     }
@@ -97,7 +79,7 @@ impl<S: Read + Write + Send> Writer<S> {
     /// Flushes what is queued (a Close frame) for at most `CLOSE_FLUSH`, then shuts the
     /// socket down.
     fn finish(&self) {
-        self.closing.store(true, Ordering::SeqCst);
+        self.socket.closing.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + CLOSE_FLUSH;
         loop {
             let mut ws = self.lock();
@@ -107,12 +89,12 @@ impl<S: Read + Write + Send> Writer<S> {
             }
             drop(ws);
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || !wait_for(self.fd, libc::POLLOUT, Some(remaining)) {
+            if remaining.is_zero() || !wait_for(&[self.socket.fd], libc::POLLOUT, Some(remaining)) {
                 break;
             }
         }
         // SAFETY: shutting down a socket we own; the descriptor stays open until drop.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RDWR) };
     }
 }
 
@@ -137,7 +119,7 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
     }
 
     fn close(&self, reason: CloseReason) {
-        if self.closing.swap(true, Ordering::SeqCst) {
+        if self.socket.closing.swap(true, Ordering::SeqCst) {
             return;
         }
         let code = match reason {
@@ -150,7 +132,7 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
         let _ = self.lock().close(Some(CloseFrame { code, reason: "".into() }));
         // Wake the reader, which flushes the Close frame and tears the socket down.
         // SAFETY: shutting down the read side of a socket we own.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RD) };
+        unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RD) };
     }
 }
 
@@ -171,11 +153,8 @@ pub fn serve<S>(
         return;
     }
     let writer = Arc::new(Writer {
-        ws: Mutex::new(ws),
+        socket: GuardedSocket::new(ws, fd, server.config.write_stall),
         turn: Mutex::new(()),
-        fd,
-        write_stall: server.config.write_stall,
-        closing: AtomicBool::new(false),
     });
     let conn = server.connect(Arc::clone(&writer) as Arc<dyn Outbound>, transport);
     let mut last_heard = Instant::now();
@@ -188,7 +167,7 @@ pub fn serve<S>(
                 _ => None,
             }
             .map(|at| at.saturating_duration_since(Instant::now()));
-            if !wait_for(fd, libc::POLLIN, timeout) {
+            if !wait_for(&[fd], libc::POLLIN, timeout) {
                 let Some(k) = keepalive else { continue };
                 if last_heard.elapsed() >= k.dead_after {
                     log::warn!("rendezvous link silent for {:?}; closing", k.dead_after);
@@ -279,30 +258,4 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Waits until `fd` is ready for `events` (or hung up); false on timeout.
-fn wait_for(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> bool {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        let ms = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                left.as_millis().clamp(1, i32::MAX as u128) as i32
-            }
-            None => -1,
-        };
-        let mut pfd = libc::pollfd { fd, events, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n > 0 {
-            return true;
-        }
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return true;
-        }
-    }
 }

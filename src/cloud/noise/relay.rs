@@ -28,6 +28,7 @@ use crate::cloud::registry_v2::RegistryV2;
 use crate::outbound::{CloseReason, Closed, Outbound};
 use crate::rpc::{Flow, Server, Transport};
 use crate::shutdown;
+use crate::transport::guarded::{wait_for, GuardedSocket, WriteFailed};
 
 /// Largest websocket message on the link (0.171: 256 KiB); a bigger one ends the link.
 pub const LINK_MESSAGE_MAX_BYTES: usize = 256 << 10;
@@ -57,43 +58,25 @@ pub struct LinkContext {
 
 /// The link's writing half: the guarded websocket on a non-blocking socket.
 struct Link<S> {
-    ws: Mutex<WebSocket<S>>,
-    fd: RawFd,
-    write_stall: Duration,
-    closing: AtomicBool,
+    socket: GuardedSocket<S>,
 }
 
 impl<S: Read + Write> Link<S> {
     fn lock(&self) -> MutexGuard<'_, WebSocket<S>> {
-        self.ws.lock().unwrap_or_else(PoisonError::into_inner)
+        self.socket.lock()
     }
 
-    /// Writes one message and flushes it, waiting for room without holding the lock.
+    /// Writes one message and flushes it; a relay that accepts nothing for the write-stall
+    /// limit loses the link.
     fn write(&self, message: Message) -> Result<(), Closed> {
-        let mut ws = self.lock();
-        if self.closing.load(Ordering::SeqCst) {
-            return Err(Closed);
-        }
-        match ws.write(message) {
-            Ok(()) => {}
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(Closed),
-        }
-        loop {
-            match ws.flush() {
-                Ok(()) => return Ok(()),
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(Closed),
-            }
-            drop(ws);
-            if !wait_for(&[self.fd], libc::POLLOUT, Some(self.write_stall)) {
-                log::warn!("relay accepted nothing for {:?}; dropping the link", self.write_stall);
+        match self.socket.write(message) {
+            Ok(()) => Ok(()),
+            Err(WriteFailed::Closed) => Err(Closed),
+            Err(WriteFailed::Stalled) => {
+                let stall = self.socket.write_stall;
+                log::warn!("relay accepted nothing for {stall:?}; dropping the link");
                 self.close();
-                return Err(Closed);
-            }
-            ws = self.lock();
-            if self.closing.load(Ordering::SeqCst) {
-                return Err(Closed);
+                Err(Closed)
             }
         }
     }
@@ -108,9 +91,9 @@ impl<S: Read + Write> Link<S> {
 
     /// Ends the link: wakes the reader, which tears everything down.
     fn close(&self) {
-        if !self.closing.swap(true, Ordering::SeqCst) {
+        if !self.socket.closing.swap(true, Ordering::SeqCst) {
             // SAFETY: shutting down a socket we own; the descriptor stays open until drop.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RDWR) };
         }
     }
 }
@@ -240,12 +223,7 @@ where
         log::warn!("cannot make the relay socket non-blocking: {e}");
         return;
     }
-    let link = Arc::new(Link {
-        ws: Mutex::new(ws),
-        fd,
-        write_stall: server.config.write_stall,
-        closing: AtomicBool::new(false),
-    });
+    let link = Arc::new(Link { socket: GuardedSocket::new(ws, fd, server.config.write_stall) });
     let shared = Arc::new(Shared {
         link: Arc::clone(&link),
         table: Mutex::new(Table {
@@ -280,7 +258,7 @@ where
     let mut last_heard = Instant::now();
     let mut next_ping = last_heard + ping_every;
     loop {
-        if shutdown::requested() || link.closing.load(Ordering::SeqCst) {
+        if shutdown::requested() || link.socket.is_closing() {
             return;
         }
         let message = {
@@ -314,7 +292,7 @@ where
             }
             let wake = next_ping.min(last_heard + dead_after);
             wait_for(
-                &[link.fd, shutdown::fd()],
+                &[link.socket.fd, shutdown::fd()],
                 libc::POLLIN,
                 Some(wake.saturating_duration_since(now)),
             );
@@ -564,31 +542,4 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Waits until one of `fds` is ready for `events` (or hung up); false on timeout.
-fn wait_for(fds: &[RawFd], events: libc::c_short, timeout: Option<Duration>) -> bool {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events, revents: 0 }).collect();
-    loop {
-        let ms = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                left.as_millis().clamp(1, i32::MAX as u128) as i32
-            }
-            None => -1,
-        };
-        // SAFETY: `pfds` is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if n > 0 {
-            return true;
-        }
-        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return true;
-        }
-    }
 }
