@@ -223,6 +223,11 @@ impl Exit {
     pub fn usage(message: impl Into<String>) -> Exit {
         Exit { code: 2, message: message.into() }
     }
+
+    /// Exit 1: the daemon could not do what it was asked (bind, write, spawn a thread).
+    pub fn internal(message: impl Into<String>) -> Exit {
+        Exit { code: 1, message: message.into() }
+    }
 }
 
 /// `--log-format` (else `EXEC_SERVER_LOG_FORMAT`), read before anything logs; `parse`

@@ -33,25 +33,17 @@ mod sandbox;
 // The request layer: envelope, ordering, sessions and the one dispatch `match`.
 mod rpc;
 
-// What feeds the request layer: transports, cloud mode, and the command line.
+// What feeds the request layer: transports, cloud mode, the command line, and running a
+// mode to its graceful shutdown.
 mod cli;
 mod cloud;
+mod modes;
 mod transport;
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::Duration;
-
 use cli::{Exit, Mode};
-use rpc::{Server, Transport};
-use transport::{listener, websocket};
 
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
-
-/// How long graceful shutdown waits for connections to finish closing (§9.4 asks < 5 s).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 fn main() {
     // The confined filesystem helper (sandbox/fs_child.rs) is this binary run again.
@@ -103,111 +95,14 @@ fn run(args: &[String]) -> Result<(), Exit> {
             Exit::usage(format!("audit log `{}` cannot be opened: {e}", path.display()))
         })?;
     }
-    shutdown::install().map_err(|e| internal(format!("cannot install signal handlers: {e}")))?;
+    shutdown::install()
+        .map_err(|e| Exit::internal(format!("cannot install signal handlers: {e}")))?;
     process::prepare_spool(&config);
     match mode {
         Mode::Version | Mode::AuditVerify(_) | Mode::Doctor(_) => Ok(()),
-        Mode::Listen { addr, token } => {
-            let listener = TcpListener::bind(addr)
-                .map_err(|e| internal(format!("failed to bind {addr}: {e}")))?;
-            let bound = listener.local_addr().map_err(|e| internal(e.to_string()))?;
-            let server = Server::new(config);
-            let mut stdout = std::io::stdout();
-            writeln!(stdout, "ws://{bound}")
-                .and_then(|()| stdout.flush())
-                .map_err(|e| internal(format!("cannot write to stdout: {e}")))?;
-            log::info!("listening on ws://{bound}");
-            let security = listener::Security::new(token.as_deref());
-            listener::accept(listener, &server, security).map_err(|e| internal(e.to_string()))?;
-            stop(&server);
-            Ok(())
-        }
-        Mode::Stdio => {
-            let server = Server::new(config);
-            transport::stdio::serve(&server);
-            stop(&server);
-            Ok(())
-        }
-        Mode::Cloud(flags) => run_cloud(&flags, config),
-        Mode::CloudV2(args) => run_cloud_v2(&args, config),
+        Mode::Listen { addr, token } => modes::listen(addr, token.as_deref(), config),
+        Mode::Stdio => modes::stdio(config),
+        Mode::Cloud(flags) => modes::cloud(&flags, config),
+        Mode::CloudV2(args) => modes::cloud_v2(&args, config),
     }
-}
-
-/// Cloud mode (§8): the registration loop serves each rendezvous socket with the same
-/// code as local connections, and sleeps until the next round unless shutdown comes first.
-fn run_cloud(flags: &cloud::CloudArgs, config: config::Config) -> Result<(), Exit> {
-    let cloud = flags.validate(&|key| std::env::var(key).ok()).map_err(Exit::usage)?;
-    let server = Server::new(config);
-    let done = watch_shutdown(&server)?;
-    let keepalive =
-        websocket::Keepalive { ping_every: cloud::PING_EVERY, dead_after: cloud::DEAD_AFTER };
-    let outcome = cloud::run(
-        cloud,
-        &mut |mut ws| {
-            // The client handshake used tungstenite's defaults; serve with ours.
-            ws.set_config(|c| *c = websocket::ws_config(&server.config));
-            websocket::serve(ws, &server, Transport::Rendezvous, Some(keepalive))
-        },
-        &|delay| shutdown::wait(Some(delay)),
-    );
-    stop(&server);
-    let _ = done.send(());
-    outcome.map_err(|e| Exit { code: e.code, message: e.message })
-}
-
-/// Cloud mode v2 (codex 0.171: environment registry + Noise relay; cloud::noise). The
-/// bearer may come from stdin's first line; `--exit-on-stdin-close` then watches the rest.
-fn run_cloud_v2(args: &cloud::noise::V2Args, config: config::Config) -> Result<(), Exit> {
-    let cfg =
-        cloud::noise::validate(args, &|k| std::env::var(k).ok(), &mut cloud::noise::stdin_line)
-            .map_err(|e| Exit { code: e.code, message: e.message })?;
-    if cfg.exit_on_stdin_close {
-        cloud::noise::watch_stdin()
-            .map_err(|e| internal(format!("cannot start the stdin watcher: {e}")))?;
-    }
-    let server = Server::new(config);
-    let done = watch_shutdown(&server)?;
-    let outcome =
-        cloud::noise::run(cfg, &server, (cloud::PING_EVERY, cloud::DEAD_AFTER), &|delay| {
-            shutdown::wait(Some(delay))
-        });
-    stop(&server);
-    let _ = done.send(());
-    outcome.map_err(|e| Exit { code: e.code, message: e.message })
-}
-
-/// Cloud modes block in `serve` while a link is up, and in a registry request or a dial
-/// (up to 10 s each) otherwise. This thread turns SIGTERM/SIGINT into closing the link; if
-/// the loop is stuck in a request instead, it finishes the shutdown itself so that it stays
-/// within §9.4's few seconds. The loop sends on the returned channel once it has ended.
-fn watch_shutdown(server: &Arc<Server>) -> Result<std::sync::mpsc::Sender<()>, Exit> {
-    let (done, loop_ended) = std::sync::mpsc::channel::<()>();
-    let watcher = Arc::clone(server);
-    std::thread::Builder::new()
-        .name("shutdown".into())
-        .spawn(move || {
-            shutdown::wait(None);
-            watcher.shutdown();
-            if loop_ended.recv_timeout(SHUTDOWN_GRACE).is_err() {
-                watcher.wait_closed(SHUTDOWN_GRACE);
-                log::info!("shutting down during a registry request");
-                std::process::exit(0);
-            }
-        })
-        .map_err(|e| internal(format!("cannot start the shutdown thread: {e}")))?;
-    Ok(done)
-}
-
-/// Graceful shutdown (§9.4): end every session and close every connection.
-fn stop(server: &Server) {
-    log::info!("shutting down");
-    server.shutdown();
-    process::kill_strays();
-    server.wait_closed(SHUTDOWN_GRACE);
-    audit::record("daemonStopped", serde_json::json!({}));
-    audit::flush();
-}
-
-fn internal(message: String) -> Exit {
-    Exit { code: 1, message }
 }
