@@ -147,7 +147,9 @@ fn normalize_path(path: &Path) -> Option<PathBuf> {
     if !path.has_root() {
         return None;
     }
-    let mut out = PathBuf::from("/");
+    // Never longer than the input (plus the root), so one allocation.
+    let mut out = PathBuf::with_capacity(path.as_os_str().len() + 1);
+    out.push("/");
     for component in path.components() {
         match component {
             Component::Normal(name) => out.push(name),
