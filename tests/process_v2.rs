@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{Client, Daemon, DEADLINE};
+use common::{error, merge, start, Client, Daemon, DEADLINE};
 use serde_json::{json, Value};
 
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const THREAD: &str = "3f2b8c1e-0000-4000-8000-000000000001";
 
 fn daemon() -> Daemon {
@@ -24,25 +23,7 @@ fn daemon() -> Daemon {
 }
 
 fn sh(id: &str, script: &str, extra: Value) -> Value {
-    let mut p = json!({"processId": id, "argv": ["sh", "-c", script], "cwd": "/",
-                       "env": {"PATH": PATH}, "tty": false});
-    for (k, v) in extra.as_object().expect("object") {
-        p[k] = v.clone();
-    }
-    p
-}
-
-fn error(response: &Value) -> (i64, String) {
-    let e = &response["error"];
-    assert!(e.is_object(), "expected an error: {response}");
-    (e["code"].as_i64().expect("code"), e["message"].as_str().expect("message").to_string())
-}
-
-/// Starts a process and asserts the exact v2 success response.
-fn start(client: &mut Client, params: Value) {
-    let id = params["processId"].clone();
-    let r = client.call("process/start", params);
-    assert_eq!(r["result"], json!({"processId": id, "sandboxType": "none"}), "{r}");
+    merge(common::sh(id, script), extra)
 }
 
 /// The notifications of `id` up to its closed event (other messages are dropped).

@@ -7,11 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{Client, Daemon, DEADLINE};
+use common::{eventually, read, Client, Daemon, DEADLINE};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -60,20 +60,6 @@ fn data_file(path: &Path, len: usize) -> Vec<u8> {
 
 fn cat(id: &str, path: &Path) -> Value {
     json!({"processId": id, "argv": ["/bin/cat", path], "cwd": "/", "env": {}, "tty": false})
-}
-
-fn read(client: &mut Client, params: Value) -> Value {
-    let response = client.call("process/read", params);
-    response.get("result").cloned().unwrap_or_else(|| panic!("read failed: {response}"))
-}
-
-/// Polls `check` until it holds, for facts no event announces (a descriptor closing).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Children of `pid` (from /proc), zombies included until reaped.

@@ -1,5 +1,7 @@
 //! Test helpers: start the real binary, talk websocket or stdio to it, and wait for exact
-//! messages with a deadline on every wait.
+//! messages with a deadline on every wait; the process-method helpers (start, read, decode,
+//! `/proc` views of the daemon's children) the test files share. Each test crate uses some
+//! of it, hence the allowance for the rest.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -8,8 +10,9 @@ use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
@@ -358,4 +361,104 @@ pub fn v1_exit(mut message: Value) -> Value {
         object.remove(key);
     }
     message
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: the params, the start call, the output, and `/proc` views of what runs.
+
+/// The `PATH` the tests give their processes.
+pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `process/start` params for `argv`, without a TTY.
+pub fn start_params(id: &str, argv: &[&str]) -> Value {
+    json!({"processId": id, "argv": argv, "cwd": "/", "env": {"PATH": PATH}, "tty": false})
+}
+
+/// `process/start` params for `sh -c script`.
+pub fn sh(id: &str, script: &str) -> Value {
+    start_params(id, &["sh", "-c", script])
+}
+
+/// `base` with the members of `extra` set over it.
+pub fn merge(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        base[k] = v.clone();
+    }
+    base
+}
+
+/// Starts a process and asserts the exact success response.
+pub fn start(client: &mut Client, params: Value) {
+    let id = params["processId"].clone();
+    let response = client.call("process/start", params);
+    // v2 (issue 12): `sandboxType` is "none" for an unsandboxed process.
+    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
+}
+
+/// `process/read` with `params`; its result.
+pub fn read(client: &mut Client, params: Value) -> Value {
+    let response = client.call("process/read", params);
+    response.get("result").cloned().unwrap_or_else(|| panic!("read failed: {response}"))
+}
+
+/// The error of a response as code and message.
+pub fn error(response: &Value) -> (i64, String) {
+    let error = &response["error"];
+    assert!(error.is_object(), "expected an error: {response}");
+    (
+        error["code"].as_i64().expect("error code"),
+        error["message"].as_str().expect("message").into(),
+    )
+}
+
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// The bytes of a base64 `chunk` the server sent.
+pub fn decode(chunk: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(chunk.as_str().expect("chunk is a string"))
+        .expect("chunk is base64")
+}
+
+/// `/proc/<pid>/stat` fields after the command: state, ppid, pgrp, session, …
+pub fn stat(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Children of `parent`, with their state letter.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let f = stat(pid)?;
+            (f[1] == parent.to_string()).then(|| (pid, f[0].clone()))
+        })
+        .collect()
+}
+
+/// The number of open descriptors of `pid`.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
+}
+
+/// Polls `check` until it holds, within the deadline. Only for facts no event announces (a
+/// process disappearing from /proc, a thread ending).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
