@@ -1,13 +1,17 @@
 //! Test helpers: start the real binary, talk websocket or stdio to it, and wait for exact
-//! messages with a deadline on every wait; the process-method helpers (start, read, decode,
-//! `/proc` views of the daemon's children) the test files share. Each test crate uses some
-//! of it, hence the allowance for the rest.
+//! messages with a deadline on every wait; the process-method helpers (start, decode,
+//! `/proc` views of the daemon's children) and the temporary directory the test files share.
+//! Each test crate uses some of it, hence the allowance for the rest.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,12 +49,38 @@ impl Daemon {
     /// Starts `program` (the binary, or a wrapper that runs it) with exactly `args`.
     pub fn start_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
+        command.args(args);
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn exec-server");
+        Self::spawn(command).expect("spawn exec-server")
+    }
+
+    /// `exec-server --listen ws://127.0.0.1:0` running as `nobody` (uid and gid 65534, no
+    /// supplementary groups), for permission-denied paths: the tests run as root, which no
+    /// mode bits stop. `None`, with the reason printed, where privileges cannot be dropped.
+    pub fn start_as_nobody() -> Option<Daemon> {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            println!("skipped: starting the daemon as nobody needs root");
+            return None;
+        }
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "ws://127.0.0.1:0"]).uid(NOBODY).gid(NOBODY);
+        match Self::spawn(command) {
+            Ok(daemon) => Some(daemon),
+            Err(e) => {
+                println!("skipped: cannot start the daemon as nobody: {e}");
+                None
+            }
+        }
+    }
+
+    /// Spawns `command` with piped output and reads its URL line within the deadline.
+    fn spawn(mut command: Command) -> std::io::Result<Daemon> {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
+        let mut child = command.spawn()?;
         let stderr = collect(child.stderr.take().expect("stderr piped"));
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
@@ -68,7 +98,7 @@ impl Daemon {
         let url = line.trim_end().to_string();
         assert!(line.ends_with('\n'), "URL line must end with a newline: {line:?}");
         let addr = url.strip_prefix("ws://").expect("ws:// URL").to_string();
-        Daemon { child, url, addr, stderr }
+        Ok(Daemon { child, url, addr, stderr })
     }
 
     pub fn pid(&self) -> u32 {
@@ -103,6 +133,9 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The uid and gid of `nobody`.
+pub const NOBODY: u32 = 65534;
 
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: sending a signal to a child we started.
@@ -460,5 +493,59 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files.
+
+/// A fresh directory under the system temp dir, canonical and mode 0755 (so `nobody` may
+/// read but not write it), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "exec-server-it-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).expect("create temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        TempDir(std::fs::canonicalize(path).expect("canonical temp dir"))
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The wire form of `name` inside this directory.
+    pub fn s(&self, name: &str) -> String {
+        self.join(name).to_str().expect("temp paths are UTF-8").to_owned()
+    }
+
+    /// Writes `contents` to `name` (creating its parents) and returns its path.
+    pub fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.join(name);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create parents");
+        std::fs::write(&path, contents).expect("write temp file");
+        self.s(name)
+    }
+
+    /// The names in the directory, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read temp dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
