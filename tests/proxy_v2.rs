@@ -2,6 +2,7 @@
 //! environment registry request and the relay websocket both go through the test proxy,
 //! chosen by `HTTP_PROXY` as for v1, and the proxy password never reaches the log.
 
+mod common;
 #[path = "support/fake_cloud.rs"]
 mod fake_cloud;
 mod netfakes;
