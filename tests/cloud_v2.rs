@@ -5,20 +5,13 @@
 //! registry and the relay are fakes in this process; the harness is built from the daemon's
 //! own Noise modules (interop with the real 0.171 peer is `make e2e-cloud`).
 
-#[path = "../src/cloud/noise/channel.rs"]
-#[allow(dead_code)]
-mod channel;
 mod common;
 #[path = "support/fake_cloud.rs"]
 mod fake_cloud;
-#[path = "../src/cloud/noise/frame.rs"]
-#[allow(dead_code)]
-mod frame;
-#[path = "../src/cloud/noise/framing.rs"]
-#[allow(dead_code)]
-mod framing;
-#[path = "support/noise_harness.rs"]
-mod noise_harness;
+#[path = "support/noise.rs"]
+mod noise;
+
+use noise::{channel, frame, noise_harness};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,19 +3,12 @@
 //! binary: CODEX_BIN, default the cached 0.171 musl build); each test is `#[ignore]`d and
 //! the make target runs them with `--ignored`.
 
-#[path = "../src/cloud/noise/channel.rs"]
-#[allow(dead_code)]
-mod channel;
 #[path = "support/fake_cloud.rs"]
 mod fake_cloud;
-#[path = "../src/cloud/noise/frame.rs"]
-#[allow(dead_code)]
-mod frame;
-#[path = "../src/cloud/noise/framing.rs"]
-#[allow(dead_code)]
-mod framing;
-#[path = "support/noise_harness.rs"]
-mod noise_harness;
+#[path = "support/noise.rs"]
+mod noise;
+
+use noise::{channel, frame, noise_harness};
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
