@@ -40,55 +40,73 @@ fn assert_registration_request(seen: &Seen) {
     );
 }
 
+/// A daemon in cloud mode under the base path `/prefix/` (its token file has blanks around
+/// the token), with its first registration request checked.
+struct Cloud {
+    _dir: TempDir,
+    rendezvous: FakeRendezvous,
+    registry: FakeRegistry,
+    daemon: Daemon,
+    first: Seen,
+}
+
+impl Cloud {
+    fn start() -> Cloud {
+        let dir = TempDir::new();
+        let token_file = dir.file("token", &format!("  {TOKEN}\n"));
+        let rendezvous = FakeRendezvous::start(None);
+        let registry = FakeRegistry::start(None, 200, registered(&rendezvous.url));
+        let daemon =
+            Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
+        let first = registry.next_request();
+        assert_registration_request(&first);
+        Cloud { _dir: dir, rendezvous, registry, daemon, first }
+    }
+
+    /// Drops `orch`: the daemon notices, registers again with the same idempotency id,
+    /// dials again, and the orchestrator resumes `session` through the new socket.
+    fn resume(&self, orch: Orchestrator, session: &str) -> Orchestrator {
+        drop(orch);
+        let second = self.registry.next_request();
+        assert_eq!(second.body, self.first.body, "one registration id per run");
+        let mut orch = self.rendezvous.accept();
+        assert_eq!(orch.handshake("cloud-it", Some(session)), session, "the session is resumed");
+        orch
+    }
+
+    /// The log says it registered, and shows neither the token nor the URL signature.
+    fn assert_log(&self) -> String {
+        let log = self.daemon.stderr();
+        assert!(
+            log.contains(
+                "codex exec-server remote executor reg-1 registered with executor_id exec-it"
+            ),
+            "{log}"
+        );
+        assert!(!log.contains(TOKEN), "the token leaked to stderr:\n{log}");
+        assert!(!log.contains(SIGNATURE), "the URL signature leaked to stderr:\n{log}");
+        log
+    }
+}
+
 #[test]
 fn a_dropped_rendezvous_re_registers_and_the_session_resumes() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", &format!("  {TOKEN}\n"));
-    let rendezvous = FakeRendezvous::start(None);
-    let url = rendezvous.url.clone();
-    let registry = FakeRegistry::start(None, 200, registered(&url));
-    let daemon =
-        Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
+    let cloud = Cloud::start();
 
-    let first = registry.next_request();
-    assert_registration_request(&first);
-
-    let mut orch = rendezvous.accept();
+    let mut orch = cloud.rendezvous.accept();
     let session = orch.handshake("cloud-it", None);
-    drop(orch);
+    let _orch = cloud.resume(orch, &session);
 
-    // The daemon notices, registers again with the same idempotency id, dials again, and
-    // the orchestrator resumes its session through the new socket.
-    let second = registry.next_request();
-    assert_eq!(second.body, first.body, "one registration id per run");
-    let mut orch = rendezvous.accept();
-    assert_eq!(orch.handshake("cloud-it", Some(&session)), session, "the session is resumed");
-
-    let log = daemon.stderr();
-    assert!(
-        log.contains("codex exec-server remote executor reg-1 registered with executor_id exec-it"),
-        "{log}"
-    );
+    let log = cloud.assert_log();
     assert!(log.contains("/rendezvous/exec-it"), "the rendezvous is logged:\n{log}");
-    assert!(!log.contains(TOKEN), "the token leaked to stderr:\n{log}");
-    assert!(!log.contains(SIGNATURE), "the URL signature leaked to stderr:\n{log}");
 }
 
 #[test]
 fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", &format!("  {TOKEN}\n"));
-    let rendezvous = FakeRendezvous::start(None);
-    let url = rendezvous.url.clone();
-    let registry = FakeRegistry::start(None, 200, registered(&url));
-    let daemon =
-        Daemon::spawn(&cloud_args(&format!("{}/prefix/", registry.base), &token_file), &[]);
-
-    let first = registry.next_request();
-    assert_registration_request(&first);
+    let cloud = Cloud::start();
 
     // The orchestrator side: handshake, run `printf hi`, get output, exited, closed.
-    let mut orch = rendezvous.accept();
+    let mut orch = cloud.rendezvous.accept();
     let session = orch.handshake("cloud-it", None);
     let start = orch.call(
         "process/start",
@@ -127,13 +145,7 @@ fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
         json!({"processId": "p2", "argv": ["sh", "-c", "sleep 0.3; printf late"], "cwd": "/", "env": {}, "tty": false}),
     );
     assert_eq!(start["result"], json!({"processId": "p2", "sandboxType": "none"}), "{start}");
-    drop(orch);
-
-    // The daemon notices, registers again with the same idempotency id, dials again.
-    let second = registry.next_request();
-    assert_eq!(second.body, first.body, "one registration id per run");
-    let mut orch = rendezvous.accept();
-    assert_eq!(orch.handshake("cloud-it", Some(&session)), session, "the session is resumed");
+    let mut orch = cloud.resume(orch, &session);
     let deadline = Instant::now() + STEP;
     let mut output = Vec::new();
     let mut after = 0;
@@ -153,13 +165,7 @@ fn runs_a_process_through_the_rendezvous_and_reads_it_after_a_drop() {
     }
     assert_eq!(output, b"late");
 
-    let log = daemon.stderr();
-    assert!(
-        log.contains("codex exec-server remote executor reg-1 registered with executor_id exec-it"),
-        "{log}"
-    );
-    assert!(!log.contains(TOKEN), "the token leaked to stderr:\n{log}");
-    assert!(!log.contains(SIGNATURE), "the URL signature leaked to stderr:\n{log}");
+    cloud.assert_log();
 }
 
 #[test]
