@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use common::{
-    all_pids, children, decode, error, eventually, fds, merge, read, sh, start, start_params, stat,
-    Client, Daemon, DEADLINE, PATH,
+    all_pids, children, decode, error, eventually, fds, merge, output, read, sh, start,
+    start_params, stat, Client, Daemon, DEADLINE, PATH,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -49,15 +49,6 @@ fn until_closed(client: &mut Client, id: &str) -> Vec<Value> {
             return mine;
         }
     }
-}
-
-/// The output bytes of a list of notifications (or read chunks), concatenated.
-fn output(messages: &[Value]) -> Vec<u8> {
-    messages
-        .iter()
-        .filter(|m| m["method"] == "process/output")
-        .flat_map(|m| decode(&m["params"]["chunk"]))
-        .collect()
 }
 
 /// Live (non-zombie) processes in session `sid`.

@@ -428,6 +428,32 @@ pub fn start(client: &mut Client, params: Value) {
     assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
 }
 
+/// Every notification of `id` up to and including its closed event, in arrival order;
+/// responses and the notifications of other processes are dropped.
+pub fn until_closed(client: &mut Client, id: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let message = client.recv();
+        if message.get("method").is_none() || message["params"]["processId"] != id {
+            continue;
+        }
+        let closed = message["method"] == "process/closed";
+        events.push(message);
+        if closed {
+            return events;
+        }
+    }
+}
+
+/// The output bytes of a list of notifications, concatenated.
+pub fn output(messages: &[Value]) -> Vec<u8> {
+    messages
+        .iter()
+        .filter(|m| m["method"] == "process/output")
+        .flat_map(|m| decode(&m["params"]["chunk"]))
+        .collect()
+}
+
 /// `process/read` with `params`; its result.
 pub fn read(client: &mut Client, params: Value) -> Value {
     let response = client.call("process/read", params);
