@@ -658,17 +658,10 @@ fn process_ids_are_per_session() {
 
 /// A new connection that resumes `session` once its old connection has been noticed gone.
 fn resume(daemon: &Daemon, session: &str) -> Client {
-    let mut client = daemon.connect();
-    let mut response = Value::Null;
-    eventually("the session to be detached", || {
-        response =
-            client.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
-        response.get("error").is_none()
-    });
+    let (client, response) = daemon.resume(session);
     // v2: the resumed session's result carries the environment info too.
     assert_eq!(response["result"]["sessionId"], json!(session));
     assert!(response["result"]["environmentInfo"].is_object());
-    client.send(&json!({"method": "initialized", "params": {}}));
     client
 }
 

@@ -11,11 +11,10 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{Client, Daemon, TempDir, DEADLINE};
+use common::{eventually, Client, Daemon, TempDir};
 
 const ENOENT: &str = "No such file or directory (os error 2)";
 const SANDBOX_REFUSED: &str = "sandboxed filesystem operations are not supported by this executor";
@@ -494,16 +493,6 @@ fn fds_on(pid: u32, path: &Path) -> usize {
         .filter_map(Result::ok)
         .filter(|e| fs::read_link(e.path()).is_ok_and(|target| target == path))
         .count()
-}
-
-/// Waits, within the deadline, for `done`. The session ends on the daemon's reaper thread,
-/// which tells the client nothing, so its effects can only be polled for.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < DEADLINE, "{what} did not happen in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

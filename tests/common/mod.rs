@@ -116,6 +116,21 @@ impl Daemon {
         (client, session)
     }
 
+    /// A new connection that resumes `session` once its old connection has been noticed
+    /// gone (initialize is retried until it is no error), then sends initialized; the client
+    /// and the initialize response.
+    pub fn resume(&self, session: &str) -> (Client, Value) {
+        let mut client = self.connect();
+        let mut response = Value::Null;
+        eventually("the session to be detached", || {
+            response =
+                client.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
+            response.get("error").is_none()
+        });
+        client.send(&json!({"method": "initialized", "params": {}}));
+        (client, response)
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr lock").clone()
     }
