@@ -74,15 +74,9 @@ pub struct Pki {
 
 /// A fresh CA and a server certificate for `localhost` and `127.0.0.1`.
 pub fn pki() -> Pki {
-    pki_named("exec-server proxy-test CA")
-}
-
-/// A fresh CA with the common name `ca_name`, and a server certificate for `localhost` and
-/// `127.0.0.1`.
-pub fn pki_named(ca_name: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+    ca_params.distinguished_name.push(DnType::CommonName, "exec-server proxy-test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let mut leaf =
