@@ -5,20 +5,13 @@
 //! registry and the relay are fakes in this process; the harness is built from the daemon's
 //! own Noise modules (interop with the real 0.171 peer is `make e2e-cloud`).
 
-#[path = "../src/cloud/noise/channel.rs"]
-#[allow(dead_code)]
-mod channel;
 mod common;
 #[path = "support/fake_cloud.rs"]
 mod fake_cloud;
-#[path = "../src/cloud/noise/frame.rs"]
-#[allow(dead_code)]
-mod frame;
-#[path = "../src/cloud/noise/framing.rs"]
-#[allow(dead_code)]
-mod framing;
-#[path = "support/noise_harness.rs"]
-mod noise_harness;
+#[path = "support/noise.rs"]
+mod noise;
+
+use noise::{channel, frame, noise_harness};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use fake_cloud::{FakeRegistry, FakeRelay, Reply, Seen};
+use fake_cloud::{registration, FakeRegistry, FakeRelay, Reply, Seen};
 use noise_harness::{begin, finish, read_frame, DEADLINE};
 
 const ENV: &str = "env-1";
@@ -111,7 +104,7 @@ impl Drop for V2Daemon {
 fn registry(relay_url: String, verdict: Arc<Mutex<Value>>) -> FakeRegistry {
     FakeRegistry::start(move |seen: &Seen| -> Reply {
         if seen.path.ends_with("/register") {
-            let body = json!({"environment_id": ENV, "url": relay_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": REG});
+            let body = registration(&relay_url);
             (200, vec![], body.to_string())
         } else {
             (200, vec![], verdict.lock().expect("lock").to_string())
@@ -370,7 +363,7 @@ fn registration_failures_exit_1_with_the_0_171_texts() {
 #[test]
 fn a_registration_conflict_is_retried() {
     let relay = FakeRelay::start("/r");
-    let ok = json!({"environment_id": ENV, "url": relay.url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": REG});
+    let ok = registration(&relay.url);
     let (reg, script) =
         registry_answering(503, json!({"error": {"code": "registration_conflict"}}));
     script.lock().expect("lock").push((200, ok));

@@ -3,6 +3,7 @@
 //! failure, refused port, 401, proxy 407 — fails with that check named (exit 1). The token
 //! and the proxy password never appear in its output.
 
+mod common;
 mod netfakes;
 
 use netfakes::*;
@@ -30,25 +31,15 @@ fn line<'a>(out: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} line in:\n{out}"))
 }
 
+/// The registry flags of cloud mode, and a short timeout.
 fn args<'a>(base: &'a str, token_file: &'a str) -> Vec<&'a str> {
-    vec![
-        "--cloud-base-url",
-        base,
-        "--cloud-environment-id",
-        "exec-it",
-        "--token-file",
-        token_file,
-        "--timeout",
-        "5",
-    ]
+    [registry_args(base, token_file), vec!["--timeout", "5"]].concat()
 }
 
 #[test]
 fn a_healthy_setup_through_an_authenticated_proxy_passes_every_check() {
     let pki = pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
-    let ca_file = dir.file("ca.pem", &pki.ca_pem);
+    let (_dir, token_file, ca_file) = token_and_ca_file(&pki);
     let rendezvous = FakeRendezvous::start(Some(pki.server.clone()));
     let registry = FakeRegistry::start(Some(pki.server.clone()), 200, registered(&rendezvous.url));
     rendezvous.answer_closes();
@@ -87,13 +78,12 @@ fn a_healthy_setup_through_an_authenticated_proxy_passes_every_check() {
 #[test]
 fn ssl_cert_dir_is_named_as_the_trust_source() {
     let pki = pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (dir, token_file) = token_file();
     dir.file("certs/ca.pem", &pki.ca_pem);
     let rendezvous = FakeRendezvous::start(Some(pki.server.clone()));
     let registry = FakeRegistry::start(Some(pki.server.clone()), 200, registered(&rendezvous.url));
     rendezvous.answer_closes();
-    let certs = dir.path("certs");
+    let certs = dir.s("certs");
     let (code, out) = doctor(&args(&registry.base, &token_file), &[("SSL_CERT_DIR", &certs)]);
     assert_eq!(code, 0, "{out}");
     assert!(line(&out, "tls").contains(&format!("trusted via SSL_CERT_DIR {certs}")), "{out}");
@@ -103,8 +93,7 @@ fn ssl_cert_dir_is_named_as_the_trust_source() {
 fn a_wrong_ca_fails_the_tls_check() {
     let pki = pki();
     let other = netfakes::pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (dir, token_file) = token_file();
     let ca_file = dir.file("other-ca.pem", &other.ca_pem);
     let registry = FakeRegistry::start(Some(pki.server.clone()), 200, registered("wss://x/"));
     let (code, out) = doctor(&args(&registry.base, &token_file), &[("SSL_CERT_FILE", &ca_file)]);
@@ -118,8 +107,7 @@ fn a_wrong_ca_fails_the_tls_check() {
 
 #[test]
 fn a_dns_failure_fails_the_dns_check() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let (code, out) = doctor(&args("https://no-such-host.invalid", &token_file), &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -130,8 +118,7 @@ fn a_dns_failure_fails_the_dns_check() {
 
 #[test]
 fn a_refused_port_fails_the_tcp_check() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let (code, out) = doctor(&args(&base, &token_file), &[]);
@@ -144,8 +131,7 @@ fn a_refused_port_fails_the_tcp_check() {
 
 #[test]
 fn a_401_fails_the_register_check_with_the_registry_message() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let body = r#"{"error":{"code":"unauthorized","message":"token expired"}}"#.to_owned();
     let registry = FakeRegistry::start(None, 401, body);
     let (code, out) = doctor(&args(&registry.base, &token_file), &[]);
@@ -153,13 +139,12 @@ fn a_401_fails_the_register_check_with_the_registry_message() {
     assert!(line(&out, "register").starts_with("FAIL"), "{out}");
     assert!(line(&out, "register").contains("HTTP 401: token expired"), "{out}");
     assert!(line(&out, "clock").starts_with("ok "), "{out}");
-    assert!(registry.next_request().contains(&format!("Bearer {TOKEN}")));
+    assert!(registry.next_request().head.contains(&format!("Bearer {TOKEN}")));
 }
 
 #[test]
 fn a_proxy_407_fails_the_proxy_check_and_a_bad_config_fails_first() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (dir, token_file) = token_file();
     let registry = FakeRegistry::start(None, 200, registered("ws://127.0.0.1:9/"));
     let proxy = ConnectProxy::start(Some(("doc", PASSWORD)));
     let proxy_url = format!("http://doc:wrong@127.0.0.1:{}", proxy.port);
@@ -170,7 +155,7 @@ fn a_proxy_407_fails_the_proxy_check_and_a_bad_config_fails_first() {
         "{out}"
     );
 
-    let (code, out) = doctor(&args(&registry.base, &dir.path("missing-token")), &[]);
+    let (code, out) = doctor(&args(&registry.base, &dir.s("missing-token")), &[]);
     assert_eq!(code, 1, "{out}");
     assert!(line(&out, "config").starts_with("FAIL"), "{out}");
     assert!(line(&out, "websocket").starts_with("skip"), "{out}");

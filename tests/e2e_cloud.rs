@@ -3,19 +3,12 @@
 //! binary: CODEX_BIN, default the cached 0.171 musl build); each test is `#[ignore]`d and
 //! the make target runs them with `--ignored`.
 
-#[path = "../src/cloud/noise/channel.rs"]
-#[allow(dead_code)]
-mod channel;
 #[path = "support/fake_cloud.rs"]
 mod fake_cloud;
-#[path = "../src/cloud/noise/frame.rs"]
-#[allow(dead_code)]
-mod frame;
-#[path = "../src/cloud/noise/framing.rs"]
-#[allow(dead_code)]
-mod framing;
-#[path = "support/noise_harness.rs"]
-mod noise_harness;
+#[path = "support/noise.rs"]
+mod noise;
+
+use noise::{channel, frame, noise_harness};
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -23,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use fake_cloud::{FakeRegistry, FakeRelay, Seen};
+use fake_cloud::{registration, FakeRegistry, FakeRelay, Seen};
 use noise_harness::{begin, finish};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -75,7 +68,7 @@ fn start_upstream_executor(base: &str, env_id: &str) -> Upstream {
 fn registry_for(relay_url: String) -> FakeRegistry {
     FakeRegistry::start(move |seen: &Seen| {
         if seen.path.ends_with("/register") {
-            let body = json!({"environment_id": "env-1", "url": relay_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"});
+            let body = registration(&relay_url);
             (200, vec![], body.to_string())
         } else if seen.path.ends_with("/validate") {
             (200, vec![], json!({"valid": true}).to_string())
@@ -188,10 +181,12 @@ fn upstream_harness_talks_to_our_executor() {
         let body: Value = serde_json::from_str(&seen.body).unwrap_or(Value::Null);
         if seen.path.ends_with("/register") {
             *key.lock().expect("lock") = Some(body["executor_public_key"].clone());
-            let r = json!({"environment_id": "env-1", "url": exec_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"});
+            let r = registration(&exec_url);
             (200, vec![], r.to_string())
         } else if seen.path.ends_with("/connect") {
-            let r = json!({"environment_id": "env-1", "url": harness_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1", "executor_public_key": key.lock().expect("lock").clone(), "harness_key_authorization": "authz-e2e"});
+            let mut r = registration(&harness_url);
+            r["executor_public_key"] = json!(key.lock().expect("lock").clone());
+            r["harness_key_authorization"] = json!("authz-e2e");
             (200, vec![], r.to_string())
         } else if seen.path.ends_with("/validate") {
             let ok = body["harness_key_authorization"] == "authz-e2e";

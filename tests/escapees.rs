@@ -5,23 +5,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Client, Daemon, DEADLINE};
-use serde_json::{json, Value};
-
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-fn sh(id: &str, script: &str) -> Value {
-    json!({"processId": id, "argv": ["sh", "-c", script], "cwd": "/", "env": {"PATH": PATH},
-           "tty": false})
-}
-
-fn start(client: &mut Client, params: Value) {
-    let id = params["processId"].clone();
-    let response = client.call("process/start", params);
-    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
-}
+use common::{all_pids, children, eventually, sh, start, stat, Client, Daemon, PATH};
+use serde_json::json;
 
 /// A sleep duration unique to this test run and `n` (so strays of an earlier, failed run
 /// are never counted): `1<pid>.<n>` seconds.
@@ -33,21 +18,6 @@ fn tag(n: &str) -> String {
 /// exits at once), then runs `then` in the leader.
 fn escapee_script(tag: &str, then: &str) -> String {
     format!("setsid sh -c 'sleep {tag} >/dev/null 2>&1 </dev/null &'; {then}")
-}
-
-/// `/proc/<pid>/stat` fields after the command: state, ppid, pgrp, session, …
-fn stat(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 /// Live (non-zombie) processes running `sleep <duration>` with a duration starting with
@@ -64,27 +34,6 @@ fn with_cmdline(prefix: &str) -> Vec<u32> {
                 && stat(pid).is_some_and(|f| f[0] != "Z")
         })
         .collect()
-}
-
-/// Children of `parent`, with their state letter.
-fn children(parent: u32) -> Vec<(u32, String)> {
-    all_pids()
-        .into_iter()
-        .filter_map(|pid| {
-            let f = stat(pid)?;
-            (f[1] == parent.to_string()).then(|| (pid, f[0].clone()))
-        })
-        .collect()
-}
-
-/// Polls `check` until it holds, within the deadline. Only for facts no event announces
-/// (a process disappearing from /proc).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The one live process running `sleep <tag>`, once it runs.

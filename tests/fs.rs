@@ -7,17 +7,13 @@ mod common;
 
 use std::ffi::{CString, OsStr};
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use base64::Engine as _;
+use common::{b64, TempDir};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -28,43 +24,8 @@ const RELATIVE_PATH: &str = "invalid URI: relative URL without a base";
 /// machine move it at a few MiB/s, and the default deadline is meant for small requests.
 const LARGE_DEADLINE: Duration = Duration::from_secs(300);
 
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
 fn unb64(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(text).expect("the server sends valid base64")
-}
-
-/// A fresh directory under the system temp dir (readable and traversable by everyone),
-/// removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "exec-server-fs-it-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(fs::canonicalize(path).unwrap())
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    /// The wire form of `name` inside this directory.
-    fn s(&self, name: &str) -> String {
-        self.join(name).to_str().expect("temp paths are UTF-8").to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 fn mkfifo(path: &Path) {
@@ -77,65 +38,23 @@ fn mkfifo(path: &Path) {
 struct Conn {
     client: common::Client,
     /// Killed when the test ends.
-    _daemon: Running,
-}
-
-enum Running {
-    Daemon { _daemon: common::Daemon },
-    Child(Child),
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Running::Child(child) = self {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    _daemon: common::Daemon,
 }
 
 impl Conn {
     fn open() -> Conn {
         let daemon = common::Daemon::start(&[]);
         let client = Conn::initialized(&daemon.url);
-        Conn { client, _daemon: Running::Daemon { _daemon: daemon } }
+        Conn { client, _daemon: daemon }
     }
 
     /// A daemon running as `nobody` (uid and gid 65534, no supplementary groups), for
     /// permission-denied paths: these tests run as root, which no mode bits stop. `None`,
     /// with the reason printed, where privileges cannot be dropped.
     fn open_as_nobody() -> Option<Conn> {
-        // SAFETY: getuid has no preconditions.
-        if unsafe { libc::getuid() } != 0 {
-            println!("skipped: permission-denied paths need root to start the daemon as nobody");
-            return None;
-        }
-        let mut command = Command::new(common::BIN);
-        command
-            .args(["--listen", "ws://127.0.0.1:0"])
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                println!("skipped: cannot start the daemon as nobody: {e}");
-                return None;
-            }
-        };
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let running = Running::Child(child);
-        let line = rx.recv_timeout(common::DEADLINE).expect("URL line in time");
-        let client = Conn::initialized(line.trim_end());
-        Some(Conn { client, _daemon: running })
+        let daemon = common::Daemon::start_as_nobody()?;
+        let client = Conn::initialized(&daemon.url);
+        Some(Conn { client, _daemon: daemon })
     }
 
     fn initialized(url: &str) -> common::Client {
@@ -161,8 +80,6 @@ impl Conn {
         }
     }
 }
-
-const NOBODY: u32 = 65534;
 
 fn err(code: i64, message: &str) -> Result<Value, (i64, String)> {
     Err((code, message.to_owned()))

@@ -7,60 +7,12 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::process::Command;
 
-use base64::Engine as _;
+use common::{b64, Daemon, TempDir, NOBODY};
 use serde_json::{json, Value};
-
-const NOBODY: u32 = 65534;
-
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// A fresh directory (mode 0755, so `nobody` may read but not write it), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "exec-server-atomic-it-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(fs::canonicalize(path).unwrap())
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.join(name).to_str().expect("temp paths are UTF-8").to_owned()
-    }
-    /// The names in the directory, sorted: proves no temporary file was left.
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Sends `fs/writeFile` and returns its result, or its error's code and message.
 fn write(c: &mut common::Client, path: &str, data: &[u8]) -> Result<Value, (i64, String)> {
@@ -83,7 +35,7 @@ fn umask_of_self() -> u32 {
 
 #[test]
 fn replaces_atomically_keeping_mode_and_owner() {
-    let daemon = common::Daemon::start(&[]);
+    let daemon = Daemon::start(&[]);
     let (mut c, _) = daemon.session();
     let dir = TempDir::new();
     let f = dir.join("f");
@@ -121,7 +73,7 @@ fn replaces_atomically_keeping_mode_and_owner() {
 
 #[test]
 fn symlinks_are_written_through_to_their_target() {
-    let daemon = common::Daemon::start(&[]);
+    let daemon = Daemon::start(&[]);
     let (mut c, _) = daemon.session();
     let dir = TempDir::new();
     fs::create_dir(dir.join("sub")).unwrap();
@@ -161,7 +113,7 @@ fn symlinks_are_written_through_to_their_target() {
 
 #[test]
 fn hard_links_are_written_in_place() {
-    let daemon = common::Daemon::start(&[]);
+    let daemon = Daemon::start(&[]);
     let (mut c, _) = daemon.session();
     let dir = TempDir::new();
     fs::write(dir.join("a"), b"old").unwrap();
@@ -175,50 +127,27 @@ fn hard_links_are_written_in_place() {
     assert_eq!(dir.names(), ["a", "b"]);
 }
 
-/// A daemon running as `nobody`, or `None` (with the reason printed) where that is impossible.
-fn daemon_as_nobody() -> Option<(Child, String)> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
-        println!("skipped: starting the daemon as nobody needs root");
-        return None;
-    }
-    let mut child = Command::new(common::BIN)
-        .args(["--listen", "ws://127.0.0.1:0"])
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(common::DEADLINE).expect("URL line in time");
-    Some((child, line.trim_end().to_owned()))
-}
-
-#[test]
-fn unwritable_directory_falls_back_to_in_place() {
-    let Some((mut child, url)) = daemon_as_nobody() else {
-        return;
-    };
-    let dir = TempDir::new();
+/// `shared` in `dir`, holding `old`, mode 0666 (anyone may write it): its path and inode.
+fn shared_file(dir: &TempDir) -> (PathBuf, u64) {
     let f = dir.join("shared");
     fs::write(&f, b"old").unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
     let inode = fs::metadata(&f).unwrap().ino();
-    let mut c = common::Client::connect(&url);
-    c.initialize();
+    (f, inode)
+}
+
+#[test]
+fn unwritable_directory_falls_back_to_in_place() {
+    let Some(daemon) = Daemon::start_as_nobody() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let (f, inode) = shared_file(&dir);
+    let (mut c, _) = daemon.session();
     // nobody may write the file but not its directory (root's, 0755).
     let result = write(&mut c, &dir.s("shared"), b"in place");
     let denied_new = write(&mut c, &dir.s("new"), b"x");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     assert_eq!(result, Ok(json!({})));
     assert_eq!(fs::read(&f).unwrap(), b"in place");
     assert_eq!(fs::metadata(&f).unwrap().ino(), inode);
@@ -228,7 +157,7 @@ fn unwritable_directory_falls_back_to_in_place() {
 
 #[test]
 fn a_read_only_file_in_a_writable_directory_stays_refused() {
-    let Some((mut child, url)) = daemon_as_nobody() else {
+    let Some(daemon) = Daemon::start_as_nobody() else {
         return;
     };
     let dir = TempDir::new();
@@ -237,8 +166,7 @@ fn a_read_only_file_in_a_writable_directory_stays_refused() {
     fs::write(&f, b"keep").unwrap();
     chown(&f, NOBODY, NOBODY);
     fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
-    let mut c = common::Client::connect(&url);
-    c.initialize();
+    let (mut c, _) = daemon.session();
     // A rename could replace it, but the write was refused before and still is.
     let result = write(&mut c, &dir.s("ro"), b"changed");
     // A file the daemon's user may write is replaced atomically, keeping mode and owner.
@@ -247,8 +175,7 @@ fn a_read_only_file_in_a_writable_directory_stays_refused() {
     fs::set_permissions(dir.join("rw"), fs::Permissions::from_mode(0o640)).unwrap();
     let inode = fs::metadata(dir.join("rw")).unwrap().ino();
     let replaced = write(&mut c, &dir.s("rw"), b"new");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     assert_eq!(result, Err((-32600, "Permission denied (os error 13)".to_owned())));
     assert_eq!(fs::read(&f).unwrap(), b"keep");
     assert_eq!(replaced, Ok(json!({})));
@@ -292,7 +219,7 @@ fn disk_full_keeps_the_old_file_and_leaves_no_temporary() {
             return;
         }
     };
-    let daemon = common::Daemon::start(&[]);
+    let daemon = Daemon::start(&[]);
     let (mut c, _) = daemon.session();
     let old: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let f = disk.0.join("f");
@@ -319,21 +246,16 @@ fn disk_full_keeps_the_old_file_and_leaves_no_temporary() {
 
 #[test]
 fn another_users_file_in_a_sticky_directory_is_written_in_place() {
-    let Some((mut child, url)) = daemon_as_nobody() else {
+    let Some(daemon) = Daemon::start_as_nobody() else {
         return;
     };
     let dir = TempDir::new();
     fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777)).unwrap();
-    let f = dir.join("shared");
-    fs::write(&f, b"old").unwrap();
-    fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
-    let inode = fs::metadata(&f).unwrap().ino();
-    let mut c = common::Client::connect(&url);
-    c.initialize();
+    let (f, inode) = shared_file(&dir);
+    let (mut c, _) = daemon.session();
     // nobody may write root's file, but the sticky bit forbids replacing it by a rename.
     let result = write(&mut c, &dir.s("shared"), b"in place");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     assert_eq!(result, Ok(json!({})));
     let meta = fs::metadata(&f).unwrap();
     assert_eq!((meta.ino(), meta.uid()), (inode, 0));

@@ -572,29 +572,10 @@ fn concurrent_requests_do_not_wait_for_each_other() {
 /// An HTTPS server on 127.0.0.1:0 with a certificate from a fresh CA; answers every
 /// connection with 200 `ok`. Returns the port and the CA in PEM.
 fn tls_server() -> (u16, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    use rustls::{ServerConfig, ServerConnection, StreamOwned};
+    use rustls::{ServerConnection, StreamOwned};
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "exec-server http test CA");
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let leaf_key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf");
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![leaf.der().clone()], key)
-            .expect("server config");
-    let config = Arc::new(config);
+    let pki = netfakes::pki();
+    let config = pki.server;
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
@@ -620,7 +601,7 @@ fn tls_server() -> (u16, String) {
             });
         }
     });
-    (port, ca.pem())
+    (port, pki.ca_pem)
 }
 
 #[test]

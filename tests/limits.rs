@@ -6,9 +6,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use common::{Client, Daemon, BIN};
+use common::{decode, output, until_closed, Client, Daemon, BIN};
 use serde_json::{json, Value};
 
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -20,36 +18,12 @@ fn start(client: &mut Client, id: &str, argv: &[&str], tty: bool) {
     assert_eq!(response["result"]["processId"], id, "{response}");
 }
 
-/// Every notification of `id` up to its closed event (the client sees no other process).
-fn until_closed(client: &mut Client, id: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    loop {
-        let message = client.recv();
-        if message.get("method").is_none() || message["params"]["processId"] != id {
-            continue;
-        }
-        let closed = message["method"] == "process/closed";
-        events.push(message);
-        if closed {
-            return events;
-        }
-    }
-}
-
 fn exited(events: &[Value]) -> Value {
     events
         .iter()
         .find(|m| m["method"] == "process/exited")
         .map(|m| m["params"].clone())
         .expect("an exited event")
-}
-
-fn output_bytes(events: &[Value]) -> Vec<u8> {
-    events
-        .iter()
-        .filter(|m| m["method"] == "process/output")
-        .flat_map(|m| BASE64.decode(m["params"]["chunk"].as_str().expect("chunk")).expect("b64"))
-        .collect()
 }
 
 fn ms(report: &Value, key: &str) -> u64 {
@@ -126,7 +100,7 @@ fn an_output_bomb_stops_at_the_limit() {
     let (mut client, _) = daemon.session();
     start(&mut client, "bomb", &["yes", "0123456789abcdef"], false);
     let events = until_closed(&mut client, "bomb");
-    let output = output_bytes(&events);
+    let output = output(&events);
     assert_eq!(output.len(), LIMIT, "delivered exactly up to the limit");
     assert!(output.starts_with(b"0123456789abcdef\n0123456789abcdef\n"));
     let report = exited(&events);
@@ -136,12 +110,8 @@ fn an_output_bomb_stops_at_the_limit() {
     assert_eq!(report["stderrBytes"], 0, "{report}");
     // Retention holds what was delivered, not more.
     let read = client.call("process/read", json!({"processId": "bomb"}))["result"].clone();
-    let retained: usize = read["chunks"]
-        .as_array()
-        .expect("chunks")
-        .iter()
-        .map(|c| BASE64.decode(c["chunk"].as_str().expect("chunk")).expect("b64").len())
-        .sum();
+    let retained: usize =
+        read["chunks"].as_array().expect("chunks").iter().map(|c| decode(&c["chunk"]).len()).sum();
     assert_eq!(retained, LIMIT);
 }
 
@@ -181,7 +151,7 @@ fn rlimits_reach_the_child() {
     let (mut client, _) = daemon.session();
     start(&mut client, "l", &["cat", "/proc/self/limits"], false);
     let events = until_closed(&mut client, "l");
-    let text = String::from_utf8(output_bytes(&events)).expect("utf-8");
+    let text = String::from_utf8(output(&events)).expect("utf-8");
     assert_eq!(limit_line(&text, "Max cpu time"), ("100", "101"), "{text}");
     assert_eq!(limit_line(&text, "Max address space"), ("4294967296", "4294967296"), "{text}");
     assert_eq!(limit_line(&text, "Max file size"), ("1048576", "1048576"), "{text}");
@@ -286,8 +256,7 @@ fn a_fork_bomb_stays_bounded_by_the_process_limit_and_is_cleaned_up() {
         let m = client.recv();
         match m["method"].as_str() {
             Some("process/output") if sid.is_none() && m["params"]["stream"] == "stdout" => {
-                let text =
-                    BASE64.decode(m["params"]["chunk"].as_str().expect("chunk")).expect("b64");
+                let text = decode(&m["params"]["chunk"]);
                 let line = String::from_utf8_lossy(&text).lines().next().unwrap_or("").to_string();
                 sid = Some(line.trim().parse::<u32>().expect("the shell's pid"));
             }

@@ -10,34 +10,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{Client, Daemon, DEADLINE};
+use common::{
+    all_pids, children, decode, error, eventually, fds, merge, output, read, sh, start,
+    start_params, stat, Client, Daemon, DEADLINE, PATH,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-fn start_params(id: &str, argv: &[&str]) -> Value {
-    json!({"processId": id, "argv": argv, "cwd": "/", "env": {"PATH": PATH}, "tty": false})
-}
-
-fn merge(mut base: Value, extra: Value) -> Value {
-    for (k, v) in extra.as_object().expect("extra is an object") {
-        base[k] = v.clone();
-    }
-    base
-}
-
-/// Starts a process and asserts the exact success response.
-fn start(client: &mut Client, params: Value) {
-    let id = params["processId"].clone();
-    let response = client.call("process/start", params);
-    // v2 (issue 12): `sandboxType` is "none" for an unsandboxed process.
-    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
-}
-
-fn sh(id: &str, script: &str) -> Value {
-    start_params(id, &["sh", "-c", script])
-}
 
 thread_local! {
     /// Notifications `until_closed` received for other processes, kept for their turn.
@@ -73,74 +51,12 @@ fn until_closed(client: &mut Client, id: &str) -> Vec<Value> {
     }
 }
 
-fn decode(chunk: &Value) -> Vec<u8> {
-    BASE64.decode(chunk.as_str().expect("chunk is a string")).expect("chunk is base64")
-}
-
-/// The output bytes of a list of notifications (or read chunks), concatenated.
-fn output(messages: &[Value]) -> Vec<u8> {
-    messages
-        .iter()
-        .filter(|m| m["method"] == "process/output")
-        .flat_map(|m| decode(&m["params"]["chunk"]))
-        .collect()
-}
-
-fn read(client: &mut Client, params: Value) -> Value {
-    let response = client.call("process/read", params);
-    response.get("result").cloned().unwrap_or_else(|| panic!("read failed: {response}"))
-}
-
-fn error(response: &Value) -> (i64, String) {
-    let error = &response["error"];
-    (
-        error["code"].as_i64().expect("error code"),
-        error["message"].as_str().expect("message").into(),
-    )
-}
-
-/// `/proc/<pid>/stat` fields after the command: state, ppid, pgrp, session, …
-fn stat(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
 /// Live (non-zombie) processes in session `sid`.
 fn session_members(sid: u32) -> Vec<u32> {
     all_pids()
         .into_iter()
         .filter(|&pid| stat(pid).is_some_and(|f| f[0] != "Z" && f[3] == sid.to_string()))
         .collect()
-}
-
-/// Children of `parent`, with their state letter.
-fn children(parent: u32) -> Vec<(u32, String)> {
-    all_pids()
-        .into_iter()
-        .filter_map(|pid| {
-            let f = stat(pid)?;
-            (f[1] == parent.to_string()).then(|| (pid, f[0].clone()))
-        })
-        .collect()
-}
-
-/// Polls `check` until it holds. Used only for facts no event announces (a process
-/// disappearing from /proc, a thread ending), always within the deadline.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -655,10 +571,6 @@ fn slow_reader_keeps_server_memory_bounded() {
     assert_eq!(exited["params"]["exitCode"], 137);
 }
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
-}
-
 fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("task dir")
@@ -746,17 +658,10 @@ fn process_ids_are_per_session() {
 
 /// A new connection that resumes `session` once its old connection has been noticed gone.
 fn resume(daemon: &Daemon, session: &str) -> Client {
-    let mut client = daemon.connect();
-    let mut response = Value::Null;
-    eventually("the session to be detached", || {
-        response =
-            client.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
-        response.get("error").is_none()
-    });
+    let (client, response) = daemon.resume(session);
     // v2: the resumed session's result carries the environment info too.
     assert_eq!(response["result"]["sessionId"], json!(session));
     assert!(response["result"]["environmentInfo"].is_object());
-    client.send(&json!({"method": "initialized", "params": {}}));
     client
 }
 

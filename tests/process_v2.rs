@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{Client, Daemon, DEADLINE};
+use common::{decode, error, merge, start, until_closed, Client, Daemon, DEADLINE};
 use serde_json::{json, Value};
 
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const THREAD: &str = "3f2b8c1e-0000-4000-8000-000000000001";
 
 fn daemon() -> Daemon {
@@ -24,50 +23,11 @@ fn daemon() -> Daemon {
 }
 
 fn sh(id: &str, script: &str, extra: Value) -> Value {
-    let mut p = json!({"processId": id, "argv": ["sh", "-c", script], "cwd": "/",
-                       "env": {"PATH": PATH}, "tty": false});
-    for (k, v) in extra.as_object().expect("object") {
-        p[k] = v.clone();
-    }
-    p
-}
-
-fn error(response: &Value) -> (i64, String) {
-    let e = &response["error"];
-    assert!(e.is_object(), "expected an error: {response}");
-    (e["code"].as_i64().expect("code"), e["message"].as_str().expect("message").to_string())
-}
-
-/// Starts a process and asserts the exact v2 success response.
-fn start(client: &mut Client, params: Value) {
-    let id = params["processId"].clone();
-    let r = client.call("process/start", params);
-    assert_eq!(r["result"], json!({"processId": id, "sandboxType": "none"}), "{r}");
-}
-
-/// The notifications of `id` up to its closed event (other messages are dropped).
-fn until_closed(client: &mut Client, id: &str) -> Vec<Value> {
-    let mut mine = Vec::new();
-    loop {
-        let m = client.recv();
-        if m["params"]["processId"] != id || m.get("method").is_none() {
-            continue;
-        }
-        let closed = m["method"] == "process/closed";
-        mine.push(m);
-        if closed {
-            return mine;
-        }
-    }
+    merge(common::sh(id, script), extra)
 }
 
 fn output(messages: &[Value]) -> String {
-    let bytes: Vec<u8> = messages
-        .iter()
-        .filter(|m| m["method"] == "process/output")
-        .flat_map(|m| BASE64.decode(m["params"]["chunk"].as_str().expect("chunk")).expect("b64"))
-        .collect();
-    String::from_utf8(bytes).expect("UTF-8 output")
+    String::from_utf8(common::output(messages)).expect("UTF-8 output")
 }
 
 /// True when a `sleep <arg>` process exists (a fact no event announces, so it is polled).
@@ -256,7 +216,7 @@ fn write_ids_are_checked_and_a_repeated_one_is_not_written_twice() {
     while echoed.len() < expected.len() {
         let m = client.notification("process/output");
         if m["params"]["processId"] == "cat" {
-            let bytes = BASE64.decode(m["params"]["chunk"].as_str().expect("chunk")).expect("b64");
+            let bytes = decode(&m["params"]["chunk"]);
             echoed.push_str(std::str::from_utf8(&bytes).expect("text"));
         }
     }

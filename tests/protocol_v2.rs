@@ -10,13 +10,11 @@ mod common;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use serde_json::{json, Value};
 
-use common::{Client, Daemon, DEADLINE};
+use common::{eventually, Client, Daemon, TempDir};
 
 const ENOENT: &str = "No such file or directory (os error 2)";
 const SANDBOX_REFUSED: &str = "sandboxed filesystem operations are not supported by this executor";
@@ -25,35 +23,6 @@ fn restricted_sandbox() -> Value {
     json!({"permissions":{"type":"managed","file_system":{"type":"restricted","entries":[
         {"path":{"type":"special","value":{"kind":"root"}},"access":"read"}]},"network":"restricted"},
         "cwd":"file:///tmp","windowsSandboxLevel":"disabled"})
-}
-
-/// A fresh directory, canonical, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "exec-server-v2-it-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap();
-        TempDir(fs::canonicalize(path).unwrap())
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    /// `name` inside this directory as a `file:` URI.
-    fn uri(&self, name: &str) -> String {
-        uri(&self.join(name))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A path as upstream encodes it in a `file:` URI.
@@ -252,14 +221,14 @@ fn every_path_param_takes_uris_and_native_paths() {
     let daemon = Daemon::start(&[]);
     let mut c = session(&daemon);
     let meta = |c: &mut Client, path: Value| call(c, "fs/getMetadata", json!({"path": path}));
-    let file = meta(&mut c, json!(dir.uri("a b/f.txt")));
+    let file = meta(&mut c, json!(uri(&dir.join("a b/f.txt"))));
     assert_eq!(file["result"]["size"], 11, "{file}");
     assert_eq!(file["result"]["isFile"], true);
     let keys: Vec<&String> = file["result"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["createdAtMs", "isDirectory", "isFile", "isSymlink", "modifiedAtMs", "size"]);
     let native = dir.join("a b/f.txt").to_str().unwrap().to_owned();
     assert_eq!(meta(&mut c, json!(native)), file);
-    let localhost = format!("file://localhost{}", &dir.uri("a b/f.txt")["file://".len()..]);
+    let localhost = format!("file://localhost{}", &uri(&dir.join("a b/f.txt"))["file://".len()..]);
     assert_eq!(meta(&mut c, json!(localhost)), file);
     let dotted = format!("{}/./x/../a%20b/f.txt", uri(&dir.0));
     assert_eq!(meta(&mut c, json!(dotted)), file);
@@ -294,11 +263,11 @@ fn every_path_param_takes_uris_and_native_paths() {
     let copied = call(
         &mut c,
         "fs/copy",
-        json!({"sourcePath": dir.uri("a b/f.txt"), "destinationPath": format!("{}/c%20d", uri(&dir.0)), "recursive": false}),
+        json!({"sourcePath": uri(&dir.join("a b/f.txt")), "destinationPath": format!("{}/c%20d", uri(&dir.0)), "recursive": false}),
     );
     assert_eq!(copied, ok(json!({})));
     assert_eq!(fs::read(dir.join("c d")).unwrap(), b"hello world");
-    let read = call(&mut c, "fs/readFile", json!({"path": dir.uri("c d")}));
+    let read = call(&mut c, "fs/readFile", json!({"path": uri(&dir.join("c d"))}));
     assert_eq!(read, ok(json!({"dataBase64": "aGVsbG8gd29ybGQ="})));
     let foreign = call(
         &mut c,
@@ -326,21 +295,24 @@ fn canonicalize_resolves_links_and_encodes_the_result() {
     let mut c = session(&daemon);
     let canon = |c: &mut Client, params: Value| call(c, "fs/canonicalize", params);
     let expected = format!("{}/sp%20ace%23%3F%25[]@!$&'()*+,;=:~%C3%A9/deep", uri(&dir.0));
-    assert_eq!(canon(&mut c, json!({"path": dir.uri("link/deep")})), ok(json!({"path": expected})));
-    assert_eq!(canon(&mut c, json!({"path": "file:///"})), ok(json!({"path": "file:///"})));
-    assert_eq!(canon(&mut c, json!({"path": dir.uri("nope")})), err(-32004, ENOENT));
     assert_eq!(
-        canon(&mut c, json!({"path": dir.uri("file/x")})),
+        canon(&mut c, json!({"path": uri(&dir.join("link/deep"))})),
+        ok(json!({"path": expected}))
+    );
+    assert_eq!(canon(&mut c, json!({"path": "file:///"})), ok(json!({"path": "file:///"})));
+    assert_eq!(canon(&mut c, json!({"path": uri(&dir.join("nope"))})), err(-32004, ENOENT));
+    assert_eq!(
+        canon(&mut c, json!({"path": uri(&dir.join("file/x"))})),
         err(-32603, "Not a directory (os error 20)")
     );
     assert_eq!(canon(&mut c, json!({})), err(-32602, "missing field `path`"));
     assert_eq!(
-        canon(&mut c, json!({"path": dir.uri("file"), "sandbox": restricted_sandbox()})),
+        canon(&mut c, json!({"path": uri(&dir.join("file")), "sandbox": restricted_sandbox()})),
         err(-32600, SANDBOX_REFUSED)
     );
     assert_eq!(
-        canon(&mut c, json!({"path": dir.uri("file"), "sandbox": null})),
-        ok(json!({"path": dir.uri("file")}))
+        canon(&mut c, json!({"path": uri(&dir.join("file")), "sandbox": null})),
+        ok(json!({"path": uri(&dir.join("file"))}))
     );
     serving(&mut c);
 }
@@ -365,7 +337,7 @@ fn walk_lists_breadth_first_within_limits() {
     let walk = |c: &mut Client, path: String, options: Value| {
         call(c, "fs/walk", json!({"path": path, "options": options}))
     };
-    let entry = |name: &str, kind: &str| json!({"path": dir.uri(name), "kind": kind});
+    let entry = |name: &str, kind: &str| json!({"path": uri(&dir.join(name)), "kind": kind});
     assert_eq!(
         walk(&mut c, uri(&dir.0), walk_options(5, 100, 100, false, false)),
         ok(json!({"entries": [
@@ -387,7 +359,7 @@ fn walk_lists_breadth_first_within_limits() {
         )
     );
     assert_eq!(
-        walk(&mut c, dir.uri("f"), walk_options(5, 100, 100, false, false)),
+        walk(&mut c, uri(&dir.join("f")), walk_options(5, 100, 100, false, false)),
         ok(json!({"entries": [], "errors": [], "truncated": false}))
     );
     let zero = err(-32600, "filesystem walk limits must be greater than zero");
@@ -398,7 +370,7 @@ fn walk_lists_breadth_first_within_limits() {
     );
     assert_eq!(walk(&mut c, uri(&dir.0), walk_options(65, 100, 100, false, false)), over);
     assert_eq!(
-        walk(&mut c, dir.uri("nope"), walk_options(5, 100, 100, false, false)),
+        walk(&mut c, uri(&dir.join("nope")), walk_options(5, 100, 100, false, false)),
         err(-32004, ENOENT)
     );
     assert_eq!(
@@ -444,7 +416,7 @@ fn open_read_write_close_with_exact_errors() {
     let write = |c: &mut Client, id: &str, offset: u64, chunk: &str| {
         call(c, "fs/writeBlock", json!({"handleId": id, "offset": offset, "chunk": chunk}))
     };
-    assert_eq!(open(&mut c, "h1", dir.uri("ten"), None), ok(json!({"handleId": "h1"})));
+    assert_eq!(open(&mut c, "h1", uri(&dir.join("ten")), None), ok(json!({"handleId": "h1"})));
     assert_eq!(read(&mut c, "h1", 0, json!(4)), ok(json!({"chunk": "YWJjZA==", "eof": false})));
     assert_eq!(read(&mut c, "h1", 8, json!(4)), ok(json!({"chunk": "aWo=", "eof": true})));
     assert_eq!(read(&mut c, "h1", 100, json!(4)), ok(json!({"chunk": "", "eof": true})));
@@ -463,27 +435,27 @@ fn open_read_write_close_with_exact_errors() {
     );
     assert_eq!(write(&mut c, "h1", 0, "aGk="), err(-32603, "Bad file descriptor (os error 9)"));
     assert_eq!(
-        open(&mut c, "h1", dir.uri("ten"), Some("read")),
+        open(&mut c, "h1", uri(&dir.join("ten")), Some("read")),
         err(-32600, "file handle `h1` already exists")
     );
     assert_eq!(
         open(&mut c, "h2", uri(&dir.0), Some("read")),
         err(-32600, &format!("path `{}` is not a file", dir.0.display()))
     );
-    assert_eq!(open(&mut c, "h2", dir.uri("nope"), None), err(-32004, ENOENT));
+    assert_eq!(open(&mut c, "h2", uri(&dir.join("nope")), None), err(-32004, ENOENT));
     assert_eq!(
-        open(&mut c, "h2", dir.uri("ten"), Some("append")),
+        open(&mut c, "h2", uri(&dir.join("ten")), Some("append")),
         err(-32602, "unknown variant `append`, expected `read` or `replace`")
     );
     assert_eq!(
-        call(&mut c, "fs/open", json!({"handleId": 5, "path": dir.uri("ten")})),
+        call(&mut c, "fs/open", json!({"handleId": 5, "path": uri(&dir.join("ten"))})),
         err(-32602, "invalid type: integer `5`, expected a string")
     );
     assert_eq!(
         call(
             &mut c,
             "fs/open",
-            json!({"handleId": "s", "path": dir.uri("ten"), "sandbox": restricted_sandbox()})
+            json!({"handleId": "s", "path": uri(&dir.join("ten")), "sandbox": restricted_sandbox()})
         ),
         err(-32600, SANDBOX_REFUSED)
     );
@@ -492,7 +464,10 @@ fn open_read_write_close_with_exact_errors() {
         err(-32600, "'file://other/x' is invalid on 'linux'")
     );
 
-    assert_eq!(open(&mut c, "w", dir.uri("out"), Some("replace")), ok(json!({"handleId": "w"})));
+    assert_eq!(
+        open(&mut c, "w", uri(&dir.join("out")), Some("replace")),
+        ok(json!({"handleId": "w"}))
+    );
     assert_eq!(write(&mut c, "w", 0, "aGVsbG8="), ok(json!({})));
     assert_eq!(write(&mut c, "w", 5, "IHdvcmxk"), ok(json!({})));
     assert_eq!(write(&mut c, "w", 0, "eA=="), ok(json!({})));
@@ -520,16 +495,6 @@ fn fds_on(pid: u32, path: &Path) -> usize {
         .count()
 }
 
-/// Waits, within the deadline, for `done`. The session ends on the daemon's reaper thread,
-/// which tells the client nothing, so its effects can only be polled for.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < DEADLINE, "{what} did not happen in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn handles_are_bounded_per_session_survive_a_resume_and_close_with_the_session() {
     let dir = TempDir::new();
@@ -537,16 +502,20 @@ fn handles_are_bounded_per_session_survive_a_resume_and_close_with_the_session()
     let daemon = Daemon::start(&["--detach-ttl-secs", "3"]);
     let (mut c, session_id) = daemon.session();
     for i in 0..128 {
-        let r = call(&mut c, "fs/open", json!({"handleId": format!("k{i}"), "path": dir.uri("f")}));
+        let r = call(
+            &mut c,
+            "fs/open",
+            json!({"handleId": format!("k{i}"), "path": uri(&dir.join("f"))}),
+        );
         assert_eq!(r, ok(json!({"handleId": format!("k{i}")})));
     }
     assert_eq!(
-        call(&mut c, "fs/open", json!({"handleId": "one-more", "path": dir.uri("f")})),
+        call(&mut c, "fs/open", json!({"handleId": "one-more", "path": uri(&dir.join("f"))})),
         err(-32600, "at most 128 file handles may be open per connection")
     );
     assert_eq!(call(&mut c, "fs/close", json!({"handleId": "k0"})), ok(json!({})));
     assert_eq!(
-        call(&mut c, "fs/open", json!({"handleId": "one-more", "path": dir.uri("f")})),
+        call(&mut c, "fs/open", json!({"handleId": "one-more", "path": uri(&dir.join("f"))})),
         ok(json!({"handleId": "one-more"}))
     );
     assert_eq!(fds_on(daemon.pid(), &dir.join("f")), 128);
@@ -601,19 +570,22 @@ fn watch_missing_notifies_once_and_ends_with_the_session() {
         call(c, "fs/watchMissing", json!({"watchId": id, "missing": missing, "present": present}))
     };
     let watching = |yes: bool| ok(json!({"watching": yes}));
-    assert_eq!(watch(&mut c, json!(10), vec![dir.uri("a")], uri(&dir.0)), watching(true));
-    assert_eq!(watch(&mut c, json!(11), vec![dir.uri("x/y")], uri(&dir.0)), watching(true));
-    assert_eq!(watch(&mut c, json!(11), vec![dir.uri("b")], uri(&dir.0)), watching(false));
-    assert_eq!(watch(&mut c, json!(9), vec![dir.uri("b")], uri(&dir.0)), watching(false));
+    assert_eq!(watch(&mut c, json!(10), vec![uri(&dir.join("a"))], uri(&dir.0)), watching(true));
+    assert_eq!(watch(&mut c, json!(11), vec![uri(&dir.join("x/y"))], uri(&dir.0)), watching(true));
+    assert_eq!(watch(&mut c, json!(11), vec![uri(&dir.join("b"))], uri(&dir.0)), watching(false));
+    assert_eq!(watch(&mut c, json!(9), vec![uri(&dir.join("b"))], uri(&dir.0)), watching(false));
     // Watch 10 was replaced: creating `a` says nothing; `x` is on the way to `x/y`.
     fs::write(dir.join("a"), b"").unwrap();
     fs::create_dir(dir.join("x")).unwrap();
     let note = c.notification("fs/missingChanged");
     assert_eq!(note, json!({"method": "fs/missingChanged", "params": {"watchId": 11}}));
     // Already there, nothing missing, no present directory, another host: not watching.
-    assert_eq!(watch(&mut c, json!(12), vec![dir.uri("a")], uri(&dir.0)), watching(false));
+    assert_eq!(watch(&mut c, json!(12), vec![uri(&dir.join("a"))], uri(&dir.0)), watching(false));
     assert_eq!(watch(&mut c, json!(13), vec![], uri(&dir.0)), watching(false));
-    assert_eq!(watch(&mut c, json!(14), vec![dir.uri("k")], dir.uri("nope")), watching(false));
+    assert_eq!(
+        watch(&mut c, json!(14), vec![uri(&dir.join("k"))], uri(&dir.join("nope"))),
+        watching(false)
+    );
     assert_eq!(
         watch(&mut c, json!(15), vec!["file://other/k".into()], uri(&dir.0)),
         watching(false)
@@ -635,7 +607,7 @@ fn watch_missing_notifies_once_and_ends_with_the_session() {
     let r = call(
         &mut c,
         "fs/watchMissing",
-        json!({"watchId": 18, "missing": [dir.uri("p/q/r")],
+        json!({"watchId": 18, "missing": [uri(&dir.join("p/q/r"))],
         "sandbox": restricted_sandbox()}),
     );
     assert_eq!(r, watching(true));
@@ -647,7 +619,7 @@ fn watch_missing_notifies_once_and_ends_with_the_session() {
     // A change to the `present` file fires too.
     fs::write(dir.join("AGENTS.md"), b"v1").unwrap();
     assert_eq!(
-        watch(&mut c, json!(19), vec![dir.uri("late")], dir.uri("AGENTS.md")),
+        watch(&mut c, json!(19), vec![uri(&dir.join("late"))], uri(&dir.join("AGENTS.md"))),
         watching(true)
     );
     fs::write(dir.join("AGENTS.md"), b"v2").unwrap();
@@ -655,7 +627,7 @@ fn watch_missing_notifies_once_and_ends_with_the_session() {
         c.notification("fs/missingChanged"),
         json!({"method": "fs/missingChanged", "params": {"watchId": 19}})
     );
-    assert_eq!(watch(&mut c, json!(20), vec![dir.uri("late")], uri(&dir.0)), watching(true));
+    assert_eq!(watch(&mut c, json!(20), vec![uri(&dir.join("late"))], uri(&dir.0)), watching(true));
     assert_eq!(threads_named(daemon.pid(), "fs-watch"), 1);
     serving(&mut c);
     drop(c);

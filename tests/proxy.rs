@@ -4,6 +4,7 @@
 //! `SSL_CERT_DIR` alone makes the private CA trusted, and no log line shows the token, the
 //! proxy password or the rendezvous signature.
 
+mod common;
 mod netfakes;
 
 use netfakes::*;
@@ -22,9 +23,7 @@ fn assert_no_secrets(log: &str) {
 #[test]
 fn both_legs_go_through_an_authenticated_proxy_with_a_private_ca() {
     let pki = pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
-    let ca_file = dir.file("ca.pem", &pki.ca_pem);
+    let (_dir, token_file, ca_file) = token_and_ca_file(&pki);
     let rendezvous = FakeRendezvous::start(Some(pki.server.clone()));
     let registry = FakeRegistry::start(Some(pki.server.clone()), 200, registered(&rendezvous.url));
     let proxy = ConnectProxy::start(Some((USER, PASSWORD)));
@@ -52,8 +51,7 @@ fn both_legs_go_through_an_authenticated_proxy_with_a_private_ca() {
 
 #[test]
 fn the_proxy_flag_overrides_the_environment_and_http_proxy_covers_ws() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let rendezvous = FakeRendezvous::start(None);
     let registry = FakeRegistry::start(None, 200, registered(&rendezvous.url));
     let proxy = ConnectProxy::start(None);
@@ -80,8 +78,7 @@ fn the_proxy_flag_overrides_the_environment_and_http_proxy_covers_ws() {
 
 #[test]
 fn no_proxy_bypasses_the_proxy() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let rendezvous = FakeRendezvous::start(None);
     let registry = FakeRegistry::start(None, 200, registered(&rendezvous.url));
     let proxy = ConnectProxy::start(None);
@@ -99,9 +96,7 @@ fn no_proxy_bypasses_the_proxy() {
 /// which refuses the tunnel with 407: logged with the status, registration retried.
 fn refused_tunnel(proxy_url: impl Fn(u16) -> String, hint: &str) {
     let pki = pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
-    let ca_file = dir.file("ca.pem", &pki.ca_pem);
+    let (_dir, token_file, ca_file) = token_and_ca_file(&pki);
     let rendezvous = FakeRendezvous::start(Some(pki.server.clone()));
     let registry = FakeRegistry::start(None, 200, registered(&rendezvous.url));
     let proxy = ConnectProxy::start(Some((USER, PASSWORD)));
@@ -137,9 +132,7 @@ fn a_407_with_wrong_credentials_is_logged_and_retried() {
 #[test]
 fn a_407_on_the_registry_leg_is_logged_with_its_status_and_retried() {
     let pki = pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
-    let ca_file = dir.file("ca.pem", &pki.ca_pem);
+    let (_dir, token_file, ca_file) = token_and_ca_file(&pki);
     let registry = FakeRegistry::start(Some(pki.server.clone()), 500, String::new());
     let proxy = ConnectProxy::start(Some((USER, PASSWORD)));
     let url = format!("http://127.0.0.1:{}", proxy.port);
@@ -157,8 +150,7 @@ fn a_407_on_the_registry_leg_is_logged_with_its_status_and_retried() {
 
 #[test]
 fn a_malformed_proxy_url_exits_2_without_showing_the_password() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let args = cloud_args("http://127.0.0.1:9", &token_file);
     let daemon = Daemon::spawn(&args, &[("HTTPS_PROXY", "http://u:s3cret-pw@proxy:notaport")]);
     assert_eq!(daemon.wait_exit(), 2);
@@ -176,12 +168,10 @@ fn a_malformed_proxy_url_exits_2_without_showing_the_password() {
 #[test]
 fn ssl_cert_dir_alone_makes_the_private_ca_trusted_on_both_legs() {
     let pki = pki();
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (dir, token_file) = token_file();
     dir.file("certs/5ed36f99.0", &pki.ca_pem);
     dir.file("certs/README", "not a certificate");
-    let cert_dir =
-        format!("{}:{}", dir.path("empty-is-fine-when-not-last-missing"), dir.path("certs"));
+    let cert_dir = format!("{}:{}", dir.s("empty-is-fine-when-not-last-missing"), dir.s("certs"));
     let rendezvous = FakeRendezvous::start(Some(pki.server.clone()));
     let registry = FakeRegistry::start(Some(pki.server.clone()), 200, registered(&rendezvous.url));
     // A directory that does not exist is a startup error naming it.
@@ -190,17 +180,17 @@ fn ssl_cert_dir_alone_makes_the_private_ca_trusted_on_both_legs() {
     assert_eq!(daemon.wait_exit(), 2);
     assert!(daemon.stderr().contains("empty-is-fine-when-not-last-missing"), "{}", daemon.stderr());
     // An empty one too.
-    std::fs::create_dir_all(dir.path("empty")).unwrap();
+    std::fs::create_dir_all(dir.s("empty")).unwrap();
     let daemon = Daemon::spawn(
         &cloud_args(&registry.base, &token_file),
-        &[("SSL_CERT_DIR", &dir.path("empty"))],
+        &[("SSL_CERT_DIR", &dir.s("empty"))],
     );
     assert_eq!(daemon.wait_exit(), 2);
     assert!(daemon.stderr().contains("holds no PEM certificate"), "{}", daemon.stderr());
 
     let _daemon = Daemon::spawn(
         &cloud_args(&registry.base, &token_file),
-        &[("SSL_CERT_DIR", &dir.path("certs"))],
+        &[("SSL_CERT_DIR", &dir.s("certs"))],
     );
     registry.next_request();
     rendezvous.accept_and_initialize();
@@ -208,8 +198,7 @@ fn ssl_cert_dir_alone_makes_the_private_ca_trusted_on_both_legs() {
 
 #[test]
 fn json_logs_carry_ts_level_target_msg_and_no_secrets() {
-    let dir = TempDir::new();
-    let token_file = dir.file("token", TOKEN);
+    let (_dir, token_file) = token_file();
     let rendezvous = FakeRendezvous::start(None);
     let registry = FakeRegistry::start(None, 200, registered(&rendezvous.url));
     let proxy = ConnectProxy::start(Some((USER, PASSWORD)));

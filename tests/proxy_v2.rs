@@ -2,13 +2,14 @@
 //! environment registry request and the relay websocket both go through the test proxy,
 //! chosen by `HTTP_PROXY` as for v1, and the proxy password never reaches the log.
 
+mod common;
 #[path = "support/fake_cloud.rs"]
 mod fake_cloud;
 mod netfakes;
 
 use std::time::Duration;
 
-use fake_cloud::{FakeRegistry, FakeRelay, Reply, Seen};
+use fake_cloud::{registration, FakeRegistry, FakeRelay, Reply, Seen};
 use netfakes::{ConnectProxy, Daemon};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -20,7 +21,7 @@ fn registry_and_relay_go_through_an_authenticated_proxy() {
     let relay_url = relay.url.clone();
     let registry = FakeRegistry::start(move |seen: &Seen| -> Reply {
         let body = if seen.path.ends_with("/register") {
-            serde_json::json!({"environment_id": "env-1", "url": relay_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"})
+            registration(&relay_url)
         } else {
             serde_json::json!({"valid": true})
         };
@@ -49,7 +50,7 @@ fn doctor_checks_cloud_mode_v2_through_the_proxy() {
     let relay = FakeRelay::start("/relay/exec");
     let relay_url = relay.url.clone();
     let registry = FakeRegistry::start(move |_: &Seen| -> Reply {
-        let body = serde_json::json!({"environment_id": "env-1", "url": relay_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"});
+        let body = registration(&relay_url);
         (200, vec![], body.to_string())
     });
     let proxy = ConnectProxy::start(Some(("v2", PASSWORD)));

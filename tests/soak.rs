@@ -11,12 +11,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use common::{Client, Daemon};
-use serde_json::{json, Value};
+use common::{decode, fds, merge, sh, start, Client, Daemon};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How far above idle the daemon's RSS may end (issue 17).
 const RSS_SLACK_KIB: u64 = 8 << 10;
 /// How long the daemon gets to settle back to idle after the soak.
@@ -26,24 +24,6 @@ const CONCURRENT_OUTPUT_BYTES: usize = 20_000;
 
 fn count(var: &str, small: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(small)
-}
-
-fn sh(id: &str, script: &str) -> Value {
-    json!({"processId": id, "argv": ["sh", "-c", script], "cwd": "/", "env": {"PATH": PATH},
-           "tty": false})
-}
-
-fn with(mut base: Value, extra: Value) -> Value {
-    for (k, v) in extra.as_object().expect("object") {
-        base[k] = v.clone();
-    }
-    base
-}
-
-fn start(client: &mut Client, params: Value) {
-    let id = params["processId"].clone();
-    let response = client.call("process/start", params);
-    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
 }
 
 /// Reads notifications until `id` is closed; returns its output bytes.
@@ -63,18 +43,10 @@ fn until_closed(client: &mut Client, id: &str) -> Vec<u8> {
     }
 }
 
-fn decode(chunk: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(chunk.as_str().expect("string")).expect("b64")
-}
-
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let line = status.lines().find_map(|l| l.strip_prefix(field)).expect("field");
     line.trim().trim_end_matches(" kB").trim().parse().expect("number")
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
 }
 
 /// Threads other than pool workers, which come and go with load.
@@ -91,16 +63,7 @@ fn threads(pid: u32) -> Vec<String> {
 }
 
 fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
-            ppid == Some(&parent.to_string())
-        })
-        .collect()
+    common::children(parent).into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// One round of the sequential mix; `i` picks the kind. Every process is read to its
@@ -115,12 +78,12 @@ fn one(client: &mut Client, i: usize) {
         }
         // A short command on a PTY.
         1 => {
-            start(client, with(sh(&id, "echo tty"), json!({"tty": true})));
+            start(client, merge(sh(&id, "echo tty"), json!({"tty": true})));
             assert_eq!(until_closed(client, &id), b"tty\r\n");
         }
         // Writes to stdin, then EOF by terminate of a reader that echoes.
         2 => {
-            start(client, with(sh(&id, "head -c 4"), json!({"pipeStdin": true})));
+            start(client, merge(sh(&id, "head -c 4"), json!({"pipeStdin": true})));
             let write = client.call("process/write", json!({"processId": id, "chunk": "YWJjZA=="}));
             assert_eq!(write["result"], json!({"status": "accepted"}));
             assert_eq!(until_closed(client, &id), b"abcd");
@@ -206,7 +169,7 @@ fn many_processes_alive_at_once_lose_no_byte() {
     for i in 0..n {
         let script =
             format!("read go; yes \"process {i} $go\" | head -c {CONCURRENT_OUTPUT_BYTES}");
-        start(&mut client, with(sh(&format!("c{i}"), &script), json!({"pipeStdin": true})));
+        start(&mut client, merge(sh(&format!("c{i}"), &script), json!({"pipeStdin": true})));
     }
     let alive = children(daemon.pid()).len();
     assert_eq!(alive, n, "all processes alive at once");

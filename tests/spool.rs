@@ -7,11 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use common::{Client, Daemon, DEADLINE};
+use common::{children, eventually, read, start, Client, Daemon, DEADLINE};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -62,37 +62,6 @@ fn cat(id: &str, path: &Path) -> Value {
     json!({"processId": id, "argv": ["/bin/cat", path], "cwd": "/", "env": {}, "tty": false})
 }
 
-fn read(client: &mut Client, params: Value) -> Value {
-    let response = client.call("process/read", params);
-    response.get("result").cloned().unwrap_or_else(|| panic!("read failed: {response}"))
-}
-
-/// Polls `check` until it holds, for facts no event announces (a descriptor closing).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Children of `pid` (from /proc), zombies included until reaped.
-fn children(pid: u32) -> usize {
-    let ppid_of = |stat: String| -> Option<u32> {
-        // The fields after the parenthesized command name: state, ppid, …
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-    };
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| ppid_of(stat.clone()) == Some(pid))
-        .count()
-}
-
-/// Starts `params` on a new session and drops the connection at once: the session
-/// detaches with the process running and nobody reading. Once the process is gone (reaped
-/// by the daemon), resumes the session on a new connection and waits there for the exit.
 /// The daemon's threads named `name` (e.g. the per-process output readers).
 fn threads_named(pid: u32, name: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -103,28 +72,23 @@ fn threads_named(pid: u32, name: &str) -> usize {
         .count()
 }
 
+/// Starts `params` on a new session and drops the connection at once: the session
+/// detaches with the process running and nobody reading. Once the process is gone (reaped
+/// by the daemon), resumes the session on a new connection and waits there for the exit.
 fn run_detached(daemon: &Daemon, params: Value) -> Client {
     let id = params["processId"].clone();
     let (mut client, session) = daemon.session();
-    let response = client.call("process/start", params);
-    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
+    start(&mut client, params);
     drop(client);
-    eventually("the process to end while detached", || children(daemon.pid()) == 0);
+    eventually("the process to end while detached", || children(daemon.pid()).is_empty());
     // Its pipes may still hold output when it is reaped: once the readers are gone, all of
     // it is numbered while detached (a chunk read after the resume would be sent to the
     // resumed connection, count as delivered, and not be spooled).
     eventually("the output to be read while detached", || {
         threads_named(daemon.pid(), "process-output") == 0
     });
-    let mut resumed = daemon.connect();
-    let mut response = Value::Null;
-    eventually("the session to be detached", || {
-        response =
-            resumed.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
-        response.get("error").is_none()
-    });
+    let (mut resumed, response) = daemon.resume(&session);
     assert_eq!(response["result"]["sessionId"], json!(session), "{response}");
-    resumed.send(&json!({"method": "initialized", "params": {}}));
     // With `afterSeq` beyond any output, the long poll answers only at the exit; output
     // read after the exit may still follow until closed.
     let deadline = Instant::now() + DEADLINE;

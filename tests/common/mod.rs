@@ -1,15 +1,22 @@
 //! Test helpers: start the real binary, talk websocket or stdio to it, and wait for exact
-//! messages with a deadline on every wait.
+//! messages with a deadline on every wait; the process-method helpers (start, decode,
+//! `/proc` views of the daemon's children) and the temporary directory the test files share.
+//! Each test crate uses some of it, hence the allowance for the rest.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
@@ -42,12 +49,38 @@ impl Daemon {
     /// Starts `program` (the binary, or a wrapper that runs it) with exactly `args`.
     pub fn start_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(program);
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
+        command.args(args);
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn exec-server");
+        Self::spawn(command).expect("spawn exec-server")
+    }
+
+    /// `exec-server --listen ws://127.0.0.1:0` running as `nobody` (uid and gid 65534, no
+    /// supplementary groups), for permission-denied paths: the tests run as root, which no
+    /// mode bits stop. `None`, with the reason printed, where privileges cannot be dropped.
+    pub fn start_as_nobody() -> Option<Daemon> {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            println!("skipped: starting the daemon as nobody needs root");
+            return None;
+        }
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "ws://127.0.0.1:0"]).uid(NOBODY).gid(NOBODY);
+        match Self::spawn(command) {
+            Ok(daemon) => Some(daemon),
+            Err(e) => {
+                println!("skipped: cannot start the daemon as nobody: {e}");
+                None
+            }
+        }
+    }
+
+    /// Spawns `command` with piped output and reads its URL line within the deadline.
+    fn spawn(mut command: Command) -> std::io::Result<Daemon> {
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.env_remove("EXEC_SERVER_CONNECTION_TOKEN");
+        let mut child = command.spawn()?;
         let stderr = collect(child.stderr.take().expect("stderr piped"));
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
@@ -65,7 +98,7 @@ impl Daemon {
         let url = line.trim_end().to_string();
         assert!(line.ends_with('\n'), "URL line must end with a newline: {line:?}");
         let addr = url.strip_prefix("ws://").expect("ws:// URL").to_string();
-        Daemon { child, url, addr, stderr }
+        Ok(Daemon { child, url, addr, stderr })
     }
 
     pub fn pid(&self) -> u32 {
@@ -81,6 +114,21 @@ impl Daemon {
         let mut client = self.connect();
         let session = client.initialize();
         (client, session)
+    }
+
+    /// A new connection that resumes `session` once its old connection has been noticed
+    /// gone (initialize is retried until it is no error), then sends initialized; the client
+    /// and the initialize response.
+    pub fn resume(&self, session: &str) -> (Client, Value) {
+        let mut client = self.connect();
+        let mut response = Value::Null;
+        eventually("the session to be detached", || {
+            response =
+                client.call("initialize", json!({"clientName": "t", "resumeSessionId": session}));
+            response.get("error").is_none()
+        });
+        client.send(&json!({"method": "initialized", "params": {}}));
+        (client, response)
     }
 
     pub fn stderr(&self) -> String {
@@ -100,6 +148,9 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The uid and gid of `nobody`.
+pub const NOBODY: u32 = 65534;
 
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: sending a signal to a child we started.
@@ -358,4 +409,184 @@ pub fn v1_exit(mut message: Value) -> Value {
         object.remove(key);
     }
     message
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: the params, the start call, the output, and `/proc` views of what runs.
+
+/// The `PATH` the tests give their processes.
+pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `process/start` params for `argv`, without a TTY.
+pub fn start_params(id: &str, argv: &[&str]) -> Value {
+    json!({"processId": id, "argv": argv, "cwd": "/", "env": {"PATH": PATH}, "tty": false})
+}
+
+/// `process/start` params for `sh -c script`.
+pub fn sh(id: &str, script: &str) -> Value {
+    start_params(id, &["sh", "-c", script])
+}
+
+/// `base` with the members of `extra` set over it.
+pub fn merge(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        base[k] = v.clone();
+    }
+    base
+}
+
+/// Starts a process and asserts the exact success response.
+pub fn start(client: &mut Client, params: Value) {
+    let id = params["processId"].clone();
+    let response = client.call("process/start", params);
+    // v2 (issue 12): `sandboxType` is "none" for an unsandboxed process.
+    assert_eq!(response["result"], json!({"processId": id, "sandboxType": "none"}), "{response}");
+}
+
+/// Every notification of `id` up to and including its closed event, in arrival order;
+/// responses and the notifications of other processes are dropped.
+pub fn until_closed(client: &mut Client, id: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let message = client.recv();
+        if message.get("method").is_none() || message["params"]["processId"] != id {
+            continue;
+        }
+        let closed = message["method"] == "process/closed";
+        events.push(message);
+        if closed {
+            return events;
+        }
+    }
+}
+
+/// The output bytes of a list of notifications, concatenated.
+pub fn output(messages: &[Value]) -> Vec<u8> {
+    messages
+        .iter()
+        .filter(|m| m["method"] == "process/output")
+        .flat_map(|m| decode(&m["params"]["chunk"]))
+        .collect()
+}
+
+/// `process/read` with `params`; its result.
+pub fn read(client: &mut Client, params: Value) -> Value {
+    let response = client.call("process/read", params);
+    response.get("result").cloned().unwrap_or_else(|| panic!("read failed: {response}"))
+}
+
+/// The error of a response as code and message.
+pub fn error(response: &Value) -> (i64, String) {
+    let error = &response["error"];
+    assert!(error.is_object(), "expected an error: {response}");
+    (
+        error["code"].as_i64().expect("error code"),
+        error["message"].as_str().expect("message").into(),
+    )
+}
+
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// The bytes of a base64 `chunk` the server sent.
+pub fn decode(chunk: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(chunk.as_str().expect("chunk is a string"))
+        .expect("chunk is base64")
+}
+
+/// `/proc/<pid>/stat` fields after the command: state, ppid, pgrp, session, …
+pub fn stat(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Children of `parent`, with their state letter.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let f = stat(pid)?;
+            (f[1] == parent.to_string()).then(|| (pid, f[0].clone()))
+        })
+        .collect()
+}
+
+/// The number of open descriptors of `pid`.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
+}
+
+/// Polls `check` until it holds, within the deadline. Only for facts no event announces (a
+/// process disappearing from /proc, a thread ending).
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files.
+
+/// A fresh directory under the system temp dir, canonical and mode 0755 (so `nobody` may
+/// read but not write it), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "exec-server-it-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).expect("create temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        TempDir(std::fs::canonicalize(path).expect("canonical temp dir"))
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The wire form of `name` inside this directory.
+    pub fn s(&self, name: &str) -> String {
+        self.join(name).to_str().expect("temp paths are UTF-8").to_owned()
+    }
+
+    /// Writes `contents` to `name` (creating its parents) and returns its path.
+    pub fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.join(name);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create parents");
+        std::fs::write(&path, contents).expect("write temp file");
+        self.s(name)
+    }
+
+    /// The names in the directory, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read temp dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,15 +1,19 @@
-//! Network fakes for the proxy, trust and doctor tests: a test CA, a fake executor registry
-//! (HTTP or HTTPS, one scripted answer), a fake rendezvous (ws or wss), a tiny threaded
-//! HTTP CONNECT proxy that counts its tunnels and may demand basic auth, and the daemon
-//! with its stderr collected. Everything binds 127.0.0.1:0; every wait has a deadline.
+//! Network fakes for the cloud, fault, proxy, trust and doctor tests: a test CA, a fake
+//! executor registry (HTTP or HTTPS, answering from a script: a reply, a reset or a hang per
+//! request), a fake rendezvous (ws or wss) whose sockets the test plays as the orchestrator,
+//! a tiny threaded HTTP CONNECT proxy that counts its tunnels and may demand basic auth, and
+//! the daemon with its stderr collected. Everything binds 127.0.0.1:0; every wait has a
+//! deadline. Uses the test crate's `common` module (its `TempDir`), so a test crate that
+//! declares `mod netfakes;` declares `mod common;` too.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,9 +21,16 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use tungstenite::WebSocket;
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
 
+pub use crate::common::TempDir;
+
+/// Anything a single step may take: a registration round with backoff, a dial, a reply.
 pub const STEP: Duration = Duration::from_secs(15);
+/// How long the registry holds a hanging request: past the daemon's registry request
+/// timeout (10 s, registry.rs) plus the backoff after it.
+pub const HANG_STEP: Duration = Duration::from_secs(40);
 pub const TOKEN: &str = "TOKEN-do-not-log-4711";
 pub const SIGNATURE: &str = "SIG-do-not-log-0815";
 
@@ -41,30 +52,19 @@ const CLEARED: &[&str] = &[
     "EXEC_SERVER_LOG_FORMAT",
 ];
 
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("exec-server-net-it-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-    pub fn file(&self, name: &str, contents: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, contents).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-    pub fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
+/// A temp dir holding the bearer token in `token`, and that file's path.
+pub fn token_file() -> (TempDir, String) {
+    let dir = TempDir::new();
+    let path = dir.file("token", TOKEN);
+    (dir, path)
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temp dir holding the bearer token in `token` and the CA of `pki` in `ca.pem`, and the
+/// paths of both files.
+pub fn token_and_ca_file(pki: &Pki) -> (TempDir, String, String) {
+    let (dir, token) = token_file();
+    let ca = dir.file("ca.pem", &pki.ca_pem);
+    (dir, token, ca)
 }
 
 pub struct Pki {
@@ -156,6 +156,12 @@ impl Daemon {
         status.code().expect("exited with a code, not a signal")
     }
 
+    /// Sends `SIGTERM`.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on our own child, not yet reaped by the waiter thread.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(self.exited.try_recv(), Err(mpsc::TryRecvError::Empty))
     }
@@ -192,71 +198,178 @@ impl Drop for Daemon {
     }
 }
 
-pub fn cloud_args<'a>(base: &'a str, token_file: &'a str) -> Vec<&'a str> {
-    vec![
-        "--cloud",
-        "--cloud-base-url",
-        base,
-        "--cloud-environment-id",
-        "exec-it",
-        "--token-file",
-        token_file,
-    ]
+/// The registry flags: base URL, environment `exec-it`, the token file.
+pub fn registry_args<'a>(base: &'a str, token_file: &'a str) -> Vec<&'a str> {
+    vec!["--cloud-base-url", base, "--cloud-environment-id", "exec-it", "--token-file", token_file]
 }
 
-trait Duplex: Read + Write + Send {}
-impl<T: Read + Write + Send> Duplex for T {}
+/// Cloud mode against the registry at `base`.
+pub fn cloud_args<'a>(base: &'a str, token_file: &'a str) -> Vec<&'a str> {
+    [vec!["--cloud"], registry_args(base, token_file)].concat()
+}
 
-/// A registry answering every request with `status` and `body` (`{url}` replaced by the
-/// URL given to `start`); it counts requests and records each request's head.
+/// A server-side socket, TLS or not, with the TCP socket under it.
+pub trait Duplex: Read + Write + Send {
+    fn tcp(&self) -> &TcpStream;
+
+    /// True while a TLS handshake is under way.
+    fn handshaking(&self) -> bool {
+        false
+    }
+}
+
+impl Duplex for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Duplex for StreamOwned<ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref()
+    }
+
+    fn handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+}
+
+/// Accepts on `listener`, with `STEP` as read timeout, TLS when `tls` is set.
+fn accept_on(listener: &TcpListener, tls: &Option<Arc<ServerConfig>>) -> Option<Box<dyn Duplex>> {
+    let (sock, _) = listener.accept().ok()?;
+    sock.set_read_timeout(Some(STEP)).unwrap();
+    Some(match tls {
+        Some(config) => {
+            Box::new(StreamOwned::new(ServerConnection::new(config.clone()).unwrap(), sock))
+        }
+        None => Box::new(sock),
+    })
+}
+
+/// One request as the fake registry saw it; header names are lowercase.
+#[derive(Debug)]
+pub struct Seen {
+    /// Which connection, from 0, brought it.
+    pub index: usize,
+    /// When it was read whole.
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    /// The request head as sent.
+    pub head: String,
+    pub body: String,
+}
+
+pub enum RegistryEvent {
+    /// A request, reported once it was answered.
+    Request(Seen),
+    /// A TLS handshake the daemon broke off.
+    TlsRefused,
+}
+
+/// What the registry does with one request.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// This status and JSON body.
+    Reply(u16, String),
+    /// This whole response, as it stands.
+    Raw(String),
+    /// Resets the connection (SO_LINGER 0).
+    Reset,
+    /// Answers nothing until the daemon gives up (`HANG_STEP` at most).
+    Hang,
+}
+
+/// A registry answering the request on connection n (from 0) with `answer(n)`; it reports
+/// each request, and each refused TLS handshake.
 pub struct FakeRegistry {
     pub base: String,
     pub port: u16,
-    pub requests: Receiver<String>,
+    pub events: Receiver<RegistryEvent>,
 }
 
 impl FakeRegistry {
+    /// Answers every request with `status` and `body`.
     pub fn start(tls: Option<Arc<ServerConfig>>, status: u16, body: String) -> FakeRegistry {
+        Self::scripted(tls, move |_| Answer::Reply(status, body.clone()))
+    }
+
+    pub fn scripted(
+        tls: Option<Arc<ServerConfig>>,
+        answer: impl Fn(usize) -> Answer + Send + 'static,
+    ) -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let base = match tls {
             Some(_) => format!("https://localhost:{port}"),
             None => format!("http://127.0.0.1:{port}"),
         };
-        let (tx, requests) = mpsc::channel();
+        let (tx, events) = mpsc::channel();
         thread::spawn(move || {
-            for sock in listener.incoming() {
-                let Ok(sock) = sock else { return };
-                sock.set_read_timeout(Some(STEP)).unwrap();
-                let mut stream: Box<dyn Duplex> = match &tls {
-                    Some(config) => Box::new(StreamOwned::new(
-                        ServerConnection::new(config.clone()).unwrap(),
-                        sock,
-                    )),
-                    None => Box::new(sock),
-                };
-                let Some(head) = read_request(&mut stream) else { continue };
-                let date = httpdate_now();
-                let reply = format!(
-                    "HTTP/1.1 {status} Whatever\r\nDate: {date}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(reply.as_bytes()).and_then(|()| stream.flush());
-                if tx.send(head).is_err() {
+            for index in 0.. {
+                let Some(stream) = accept_on(&listener, &tls) else { return };
+                if !serve_registry(stream, index, &answer, &tx) {
                     return;
                 }
             }
         });
-        FakeRegistry { base, port, requests }
+        FakeRegistry { base, port, events }
     }
 
-    pub fn next_request(&self) -> String {
-        self.requests.recv_timeout(STEP).expect("no registry request in time")
+    pub fn next(&self) -> RegistryEvent {
+        self.next_within(STEP)
+    }
+
+    pub fn next_within(&self, deadline: Duration) -> RegistryEvent {
+        self.events.recv_timeout(deadline).expect("no registry request in time")
+    }
+
+    pub fn next_request(&self) -> Seen {
+        match self.next() {
+            RegistryEvent::Request(seen) => seen,
+            RegistryEvent::TlsRefused => panic!("expected a request, got a refused TLS handshake"),
+        }
     }
 }
 
-/// Reads a request head and its body (Content-Length); returns the head.
-fn read_request(stream: &mut dyn Duplex) -> Option<String> {
+/// Reads one request and answers it; false once the test stopped listening.
+fn serve_registry(
+    mut stream: Box<dyn Duplex>,
+    index: usize,
+    answer: &dyn Fn(usize) -> Answer,
+    tx: &Sender<RegistryEvent>,
+) -> bool {
+    let Some(seen) = read_request(&mut *stream, index) else {
+        // A TLS handshake still under way when the connection ended: the daemon refused it.
+        return !stream.handshaking() || tx.send(RegistryEvent::TlsRefused).is_ok();
+    };
+    match answer(index) {
+        Answer::Reply(status, body) => {
+            let date = httpdate_now();
+            let reply = format!(
+                "HTTP/1.1 {status} Whatever\r\nDate: {date}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).and_then(|()| stream.flush());
+        }
+        Answer::Raw(reply) => {
+            let _ = stream.write_all(reply.as_bytes()).and_then(|()| stream.flush());
+        }
+        Answer::Reset => reset(stream.tcp()),
+        Answer::Hang => {
+            // Until the daemon's own timeout closes the connection.
+            stream.tcp().set_read_timeout(Some(HANG_STEP)).unwrap();
+            while matches!(stream.read(&mut [0u8; 512]), Ok(n) if n > 0) {}
+        }
+    }
+    // Closed (or reset) before the test hears of it.
+    drop(stream);
+    tx.send(RegistryEvent::Request(seen)).is_ok()
+}
+
+/// Reads a request head and its body (Content-Length).
+fn read_request(stream: &mut dyn Duplex, index: usize) -> Option<Seen> {
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -265,18 +378,45 @@ fn read_request(stream: &mut dyn Duplex) -> Option<String> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         if let Ok(httparse::Status::Complete(len)) = req.parse(&data) {
-            let length: usize = req
+            let headers: HashMap<String, String> = req
                 .headers
                 .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                .unwrap_or(0);
+                .map(|h| {
+                    (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned())
+                })
+                .collect();
+            let length: usize =
+                headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let (method, path) = (req.method?.to_owned(), req.path?.to_owned());
             while data.len() < len + length {
                 let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
                 data.extend_from_slice(&buf[..n]);
             }
-            return Some(String::from_utf8_lossy(&data[..len]).into_owned());
+            return Some(Seen {
+                index,
+                at: Instant::now(),
+                method,
+                path,
+                headers,
+                head: String::from_utf8_lossy(&data[..len]).into_owned(),
+                body: String::from_utf8_lossy(&data[len..len + length]).into_owned(),
+            });
         }
+    }
+}
+
+/// Closes `sock` with a TCP reset instead of a FIN (once every handle to it is dropped).
+pub fn reset(sock: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on a socket we own, with a properly sized linger value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -312,10 +452,11 @@ fn civil(days: i64) -> (i64, i64, i64) {
 }
 
 /// A rendezvous accepting websockets (`wss://localhost` with TLS, `ws://127.0.0.1`
-/// without); each accepted socket is handed over, then closed cleanly by the test.
+/// without); each accepted socket is handed to the test as an `Orchestrator`.
 pub struct FakeRendezvous {
+    /// `ws://` or `wss://` URL with a signed query string.
     pub url: String,
-    accepted: Receiver<WebSocket<Box<dyn Duplex>>>,
+    accepted: Receiver<Orchestrator>,
 }
 
 impl FakeRendezvous {
@@ -327,36 +468,32 @@ impl FakeRendezvous {
             None => format!("ws://127.0.0.1:{port}/rendezvous/exec-it?sig={SIGNATURE}"),
         };
         let (tx, accepted) = mpsc::channel();
-        thread::spawn(move || {
-            for sock in listener.incoming() {
-                let Ok(sock) = sock else { return };
-                sock.set_read_timeout(Some(STEP)).unwrap();
-                let stream: Box<dyn Duplex> = match &tls {
-                    Some(config) => Box::new(StreamOwned::new(
-                        ServerConnection::new(config.clone()).unwrap(),
-                        sock,
-                    )),
-                    None => Box::new(sock),
-                };
-                if let Ok(ws) = tungstenite::accept(stream) {
-                    if tx.send(ws).is_err() {
-                        return;
-                    }
+        thread::spawn(move || loop {
+            let Some(stream) = accept_on(&listener, &tls) else { return };
+            // A refused TLS handshake or a bad upgrade just ends this connection.
+            if let Ok(ws) = tungstenite::accept(stream) {
+                if tx.send(Orchestrator { ws, next_id: 1, notes: Vec::new() }).is_err() {
+                    return;
                 }
             }
         });
         FakeRendezvous { url, accepted }
     }
 
+    /// The daemon's next websocket.
+    pub fn accept(&self) -> Orchestrator {
+        self.accepted.recv_timeout(STEP).expect("the daemon did not dial the rendezvous in time")
+    }
+
     /// Waits for the daemon's websocket and checks it speaks JSON-RPC (`initialize`).
     pub fn accept_and_initialize(&self) {
-        let mut ws = self.accepted.recv_timeout(STEP).expect("no rendezvous dial in time");
+        let mut ws = self.accept().ws;
         let init = r#"{"id":1,"method":"initialize","params":{"clientName":"proxy-it"}}"#;
-        ws.send(tungstenite::Message::text(init)).unwrap();
+        ws.send(Message::text(init)).unwrap();
         loop {
             match ws.read().expect("rendezvous read") {
-                tungstenite::Message::Text(t) if t.contains("sessionId") => return,
-                tungstenite::Message::Text(t) => panic!("unexpected {t}"),
+                Message::Text(t) if t.contains("sessionId") => return,
+                Message::Text(t) => panic!("unexpected {t}"),
                 _ => {}
             }
         }
@@ -366,14 +503,79 @@ impl FakeRendezvous {
     /// client's close handshake gets its reply.
     pub fn answer_closes(self) {
         thread::spawn(move || {
-            while let Ok(mut ws) = self.accepted.recv() {
-                thread::spawn(move || while ws.read().is_ok() {});
+            while let Ok(mut orch) = self.accepted.recv() {
+                thread::spawn(move || while orch.ws.read().is_ok() {});
             }
         });
     }
 
     pub fn accepted_any(&self) -> bool {
         self.accepted.try_recv().is_ok()
+    }
+}
+
+/// The test's side of one rendezvous socket: it plays the orchestrator.
+pub struct Orchestrator {
+    pub ws: WebSocket<Box<dyn Duplex>>,
+    next_id: i64,
+    /// Notifications that arrived while waiting for a response.
+    pub notes: Vec<Value>,
+}
+
+impl Orchestrator {
+    pub fn next_message(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("rendezvous socket read") {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Binary(_) => panic!("server frames must be text"),
+                _ => {}
+            }
+        }
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) {
+        let msg = json!({"method": method, "params": params});
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+    }
+
+    /// Sends a request and returns its response (`result` or `error` object).
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"id": id, "method": method, "params": params});
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+        loop {
+            let msg = self.next_message();
+            if msg.get("id") == Some(&json!(id)) {
+                return msg;
+            }
+            self.notes.push(msg);
+        }
+    }
+
+    /// Notifications (kept or new) until `process/closed` for `process_id`.
+    pub fn notifications_until_closed(&mut self, process_id: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = std::mem::take(&mut self.notes);
+        let is_closed =
+            |v: &Value| v["method"] == "process/closed" && v["params"]["processId"] == process_id;
+        while !out.iter().any(is_closed) {
+            out.push(self.next_message());
+        }
+        out.retain(|v| v["params"]["processId"] == process_id);
+        out
+    }
+
+    /// initialize (resuming `resume` if given) + initialized; returns the session id.
+    pub fn handshake(&mut self, client_name: &str, resume: Option<&str>) -> String {
+        let mut params = json!({"clientName": client_name});
+        if let Some(id) = resume {
+            params["resumeSessionId"] = json!(id);
+        }
+        let reply = self.call("initialize", params);
+        let session =
+            reply["result"]["sessionId"].as_str().unwrap_or_else(|| panic!("{reply}")).to_owned();
+        self.notify("initialized", json!({}));
+        session
     }
 }
 

@@ -30,6 +30,12 @@ pub struct Seen {
 /// What the registry answers: status, extra headers, body.
 pub type Reply = (u16, Vec<(String, String)>, String);
 
+/// The registration response the tests' registries give: environment `env-1`, registration
+/// `reg-1`, the relay at `relay_url`, the Noise profile.
+pub fn registration(relay_url: &str) -> serde_json::Value {
+    serde_json::json!({"environment_id": "env-1", "url": relay_url, "security_profile": "noise_hybrid_ik_v1", "executor_registration_id": "reg-1"})
+}
+
 pub struct FakeRegistry {
     pub base: String,
     pub seen: mpsc::Receiver<Seen>,
