@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-/// Why a write did not complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteFailed {
-    /// The socket is closing or failed.
-    Closed,
-    /// The peer accepted no byte for the write-stall limit.
-    Stalled,
-}
+use crate::outbound::Closed;
 
 pub struct GuardedSocket<S> {
     ws: Mutex<WebSocket<S>>,
@@ -43,30 +36,33 @@ impl<S: Read + Write> GuardedSocket<S> {
         self.closing.load(Ordering::SeqCst)
     }
 
-    /// Queues one message and flushes it, waiting for room without holding the lock.
-    pub fn write(&self, message: Message) -> Result<(), WriteFailed> {
+    /// Queues one message and flushes it, waiting for room without holding the lock. When
+    /// the peer accepts no byte for the write-stall limit, `stalled` runs (it closes the
+    /// connection its own way) and the write fails.
+    pub fn write(&self, message: Message, stalled: impl FnOnce(Duration)) -> Result<(), Closed> {
         let mut ws = self.lock();
         if self.is_closing() {
-            return Err(WriteFailed::Closed);
+            return Err(Closed);
         }
         match ws.write(message) {
             Ok(()) => {}
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(WriteFailed::Closed),
+            Err(_) => return Err(Closed),
         }
         loop {
             match ws.flush() {
                 Ok(()) => return Ok(()),
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(WriteFailed::Closed),
+                Err(_) => return Err(Closed),
             }
             drop(ws);
             if !wait_for(&[self.fd], libc::POLLOUT, Some(self.write_stall)) {
-                return Err(WriteFailed::Stalled);
+                stalled(self.write_stall);
+                return Err(Closed);
             }
             ws = self.lock();
             if self.is_closing() {
-                return Err(WriteFailed::Closed);
+                return Err(Closed);
             }
         }
     }

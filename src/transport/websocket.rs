@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::outbound::{CloseReason, Closed, Outbound};
 use crate::recycle;
 use crate::rpc::{Flow, Server, Text, Transport};
-use crate::transport::guarded::{wait_for, GuardedSocket, WriteFailed};
+use crate::transport::guarded::{wait_for, GuardedSocket};
 
 /// Outbound messages larger than this go out as several frames, so the socket's write
 /// buffer never holds (or shifts) more than one fragment.
@@ -65,15 +65,10 @@ impl<S: Read + Write + Send> Writer<S> {
     /// Queues one frame and flushes it; a peer that accepts nothing for the write-stall
     /// limit gets the connection closed.
     fn write(&self, message: Message) -> Result<(), Closed> {
-        match self.socket.write(message) {
-            Ok(()) => Ok(()),
-            Err(WriteFailed::Closed) => Err(Closed),
-            Err(WriteFailed::Stalled) => {
-                log::warn!("peer accepted nothing for {:?}; closing", self.socket.write_stall);
-                self.close(CloseReason::Stalled);
-                Err(Closed)
-            }
-        }
+        self.socket.write(message, |stall| {
+            log::warn!("peer accepted nothing for {stall:?}; closing");
+            self.close(CloseReason::Stalled);
+        })
     }
 
     /// Flushes what is queued (a Close frame) for at most `CLOSE_FLUSH`, then shuts the

@@ -28,7 +28,7 @@ use crate::cloud::registry_v2::RegistryV2;
 use crate::outbound::{CloseReason, Closed, Outbound};
 use crate::rpc::{Flow, Server, Transport};
 use crate::shutdown;
-use crate::transport::guarded::{wait_for, GuardedSocket, WriteFailed};
+use crate::transport::guarded::{wait_for, GuardedSocket};
 
 /// Largest websocket message on the link (0.171: 256 KiB); a bigger one ends the link.
 pub const LINK_MESSAGE_MAX_BYTES: usize = 256 << 10;
@@ -69,16 +69,10 @@ impl<S: Read + Write> Link<S> {
     /// Writes one message and flushes it; a relay that accepts nothing for the write-stall
     /// limit loses the link.
     fn write(&self, message: Message) -> Result<(), Closed> {
-        match self.socket.write(message) {
-            Ok(()) => Ok(()),
-            Err(WriteFailed::Closed) => Err(Closed),
-            Err(WriteFailed::Stalled) => {
-                let stall = self.socket.write_stall;
-                log::warn!("relay accepted nothing for {stall:?}; dropping the link");
-                self.close();
-                Err(Closed)
-            }
-        }
+        self.socket.write(message, |stall| {
+            log::warn!("relay accepted nothing for {stall:?}; dropping the link");
+            self.close();
+        })
     }
 
     fn send(&self, frame: Vec<u8>) -> Result<(), Closed> {
