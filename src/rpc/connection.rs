@@ -3,7 +3,8 @@
 //! (or running a quick one on the reader's thread), writing each response and closing.
 //! What a method does is dispatch.rs's business; it never touches sockets.
 
-use std::collections::{HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -40,8 +41,10 @@ pub(super) struct ConnState {
     queue: VecDeque<Item>,
     /// Requests executing now.
     running: usize,
-    /// Ordering keys held by executing requests.
-    busy: HashMap<Key, usize>,
+    /// Ordering keys held by executing requests, with how many hold each. A list: it holds
+    /// at most one entry per running request (the concurrency limit), where hashing a path
+    /// twice per request cost more than comparing a few.
+    busy: Vec<(Key, usize)>,
 }
 
 enum Item {
@@ -69,7 +72,7 @@ impl Item {
 fn startable<'k>(
     waiting: impl Iterator<Item = (bool, &'k [Key])>,
     running: usize,
-    busy: &HashMap<Key, usize>,
+    busy: &[(Key, usize)],
     limit: usize,
 ) -> Vec<usize> {
     let mut picks = Vec::new();
@@ -85,7 +88,7 @@ fn startable<'k>(
         if running >= limit {
             break;
         }
-        let clash = keys.iter().any(|k| busy.contains_key(k) || held.contains(&k));
+        let clash = keys.iter().any(|k| busy.iter().any(|(b, _)| b == k) || held.contains(&k));
         held.extend(keys);
         if !clash {
             picks.push(index);
@@ -95,11 +98,11 @@ fn startable<'k>(
     picks
 }
 
-/// A decoded request, carrying the frame its params point into.
+/// A decoded request, carrying the frame its id, method and params point into.
 pub(super) struct Request {
     /// The id's JSON text, echoed unchanged.
-    pub(super) id: String,
-    pub(super) method: String,
+    id: Range<usize>,
+    method: Piece,
     frame: Text,
     params: Option<Range<usize>>,
     keys: Vec<Key>,
@@ -107,7 +110,31 @@ pub(super) struct Request {
     quick: bool,
 }
 
+/// Where a request's text is: a slice of the frame, or its own when decoding changed it (a
+/// method name written with escapes). Slices spare two allocations per request.
+enum Piece {
+    At(Range<usize>),
+    Own(String),
+}
+
+/// The position of `part`, a slice of `whole`, within it.
+fn span(whole: &str, part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
 impl Request {
+    pub(super) fn id(&self) -> &str {
+        &self.frame.as_str()[self.id.clone()]
+    }
+
+    pub(super) fn method(&self) -> &str {
+        match &self.method {
+            Piece::At(range) => &self.frame.as_str()[range.clone()],
+            Piece::Own(method) => method,
+        }
+    }
+
     pub(super) fn params(&self) -> &str {
         match &self.params {
             Some(range) => &self.frame.as_str()[range.clone()],
@@ -115,7 +142,7 @@ impl Request {
         }
     }
     fn is_barrier(&self) -> bool {
-        self.method == "initialize"
+        self.method() == "initialize"
     }
 }
 
@@ -131,9 +158,15 @@ impl Connection {
     pub fn handle(self: &Arc<Self>, text: Text) -> Flow {
         let (method, id, params) = match decode(text.as_str()) {
             Ok(Message::Request { method, id, params }) => {
-                (method.into_owned(), Some(id.to_string()), params)
+                let method = match method {
+                    Cow::Borrowed(m) => Piece::At(span(text.as_str(), m)),
+                    Cow::Owned(m) => Piece::Own(m),
+                };
+                (method, Some(span(text.as_str(), id)), params)
             }
-            Ok(Message::Notification { method, .. }) => (method.into_owned(), None, None),
+            Ok(Message::Notification { method, .. }) => {
+                (Piece::Own(method.into_owned()), None, None)
+            }
             Ok(Message::Response) => {
                 log::warn!("connection {}: client sent a response; closing", self.id);
                 return self.close_for(CloseReason::Protocol);
@@ -142,22 +175,24 @@ impl Connection {
         };
         let item = match id {
             Some(id) => {
-                let base = text.as_str().as_ptr() as usize;
-                let params = params.map(|p| {
-                    let start = p.get().as_ptr() as usize - base;
-                    start..start + p.get().len()
-                });
+                let params = params.map(|p| span(text.as_str(), p.get()));
                 let mut request =
                     Request { id, method, frame: text, params, keys: Vec::new(), quick: false };
                 let (keys, waits) = keys(request.params());
                 request.keys = keys;
-                request.quick = is_quick(&request.method, waits);
+                request.quick = is_quick(request.method(), waits);
                 Item::Request(request)
             }
-            None if method == "initialized" => Item::Initialized,
             None => {
-                log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
-                return self.close_for(CloseReason::Protocol);
+                let method = match &method {
+                    Piece::At(range) => &text.as_str()[range.clone()],
+                    Piece::Own(method) => method.as_str(),
+                };
+                if method != "initialized" {
+                    log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
+                    return self.close_for(CloseReason::Protocol);
+                }
+                Item::Initialized
             }
         };
         let mut state = self.lock();
@@ -257,7 +292,10 @@ impl Connection {
             let lone = started.len() == 1 && state.queue.is_empty() && state.running == 0;
             for request in started.into_iter().rev() {
                 for key in &request.keys {
-                    *state.busy.entry(key.clone()).or_insert(0) += 1;
+                    match state.busy.iter_mut().find(|(b, _)| b == key) {
+                        Some((_, count)) => *count += 1,
+                        None => state.busy.push((key.clone(), 1)),
+                    }
                 }
                 state.running += 1;
                 if inline && lone && request.quick {
@@ -291,7 +329,7 @@ impl Connection {
             }
         });
         let failed = result.is_err();
-        let text = result.unwrap_or_else(|e| error_text(&request.id, &e));
+        let text = result.unwrap_or_else(|e| error_text(request.id(), &e));
         let _ = self.out.send(text);
         if let Some(after) = after {
             after();
@@ -301,21 +339,21 @@ impl Connection {
             let elapsed = started.elapsed();
             let session = state.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
             log::debug!(
-                requestId = request.id.as_str(), method = request.method.as_str(),
+                requestId = request.id(), method = request.method(),
                 session = session.as_str(), connection = self.id,
                 elapsedUs = elapsed.as_micros() as u64, error = failed;
                 "request {} {} answered in {elapsed:?}{}",
-                request.id,
-                request.method,
+                request.id(),
+                request.method(),
                 if failed { " (error)" } else { "" }
             );
         }
         state.running -= 1;
         for key in &request.keys {
-            if let Some(count) = state.busy.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    state.busy.remove(key);
+            if let Some(at) = state.busy.iter().position(|(b, _)| b == key) {
+                state.busy[at].1 -= 1;
+                if state.busy[at].1 == 0 {
+                    state.busy.swap_remove(at);
                 }
             }
         }
@@ -345,7 +383,7 @@ mod tests {
 
     #[test]
     fn barriers_run_alone_and_block_what_follows() {
-        let none = HashMap::new();
+        let none: [(Key, usize); 0] = [];
         let a = [key("a")];
         // initialize at the head with nothing running starts alone.
         let q = [(true, &[][..]), (false, &a[..])];
@@ -360,10 +398,10 @@ mod tests {
     fn same_key_waits_in_arrival_order_other_keys_pass() {
         let a = [key("a")];
         let b = [key("b")];
-        let none = HashMap::new();
+        let none: [(Key, usize); 0] = [];
         let q = [(false, &a[..]), (false, &a[..]), (false, &b[..])];
         assert_eq!(startable(q.into_iter(), 0, &none, 16), vec![0, 2]);
-        let busy: HashMap<Key, usize> = [(key("a"), 1)].into_iter().collect();
+        let busy = [(key("a"), 1)];
         let q = [(false, &a[..]), (false, &b[..])];
         assert_eq!(startable(q.into_iter(), 1, &busy, 16), vec![1]);
         let path = [Key::Path("/x".into()), key("b")];
@@ -373,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_concurrency_limit_holds_everything_behind_in_order() {
-        let none = HashMap::new();
+        let none: [(Key, usize); 0] = [];
         let q = [(false, &[][..]), (false, &[][..]), (false, &[][..])];
         assert_eq!(startable(q.into_iter(), 14, &none, 16), vec![0, 1]);
         assert_eq!(startable(q.into_iter(), 16, &none, 16), Vec::<usize>::new());

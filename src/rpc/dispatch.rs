@@ -46,9 +46,9 @@ impl Connection {
     /// serialized result and, for some methods, work to do once the response is written.
     pub(super) fn dispatch(&self, request: &Request) -> (Result<String, RpcError>, Option<After>) {
         let params = request.params();
-        let id = request.id.as_str();
+        let id = request.id();
         let mut after: Option<After> = None;
-        let result = match request.method.as_str() {
+        let result = match request.method() {
             "initialize" => decode_params(params).and_then(|p| encode(id, self.initialize(p))),
             "process/start" => self.gated(Family::Exec, id, params, |p: StartParams, session| {
                 let id = p.process_id.clone();
@@ -141,7 +141,7 @@ impl Connection {
         };
         // The audit log (issue 18) records every filesystem change and its outcome, however
         // it was served (confined or not).
-        let method = request.method.as_str();
+        let method = request.method();
         if crate::audit::enabled()
             && matches!(method, "fs/writeFile" | "fs/createDirectory" | "fs/remove" | "fs/copy")
         {
