@@ -145,8 +145,9 @@ fn closing_quote(json: &str, from: usize) -> Option<usize> {
     let bytes = json.as_bytes();
     let mut at = from;
     loop {
-        // `str::find` with a char searches with `memchr`, a word at a time.
-        let quote = at + json.get(at..)?.find('"')?;
+        // The memchr crate's vector search: core's `str::find` goes a word at a time,
+        // and this scan covers a file's base64 twice (nesting check, ordering keys).
+        let quote = at + memchr::memchr(b'"', bytes.get(at..)?)?;
         let backslashes = bytes[from..quote].iter().rev().take_while(|&&b| b == b'\\').count();
         if backslashes % 2 == 0 {
             return Some(quote);
