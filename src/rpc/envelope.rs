@@ -243,6 +243,68 @@ fn only_members(json: &str, names: &[&str]) -> Option<String> {
     Some(out)
 }
 
+/// `json` (an object, valid JSON) with the body of every string value of its member `name`
+/// emptied, and the last such body: a large string member (a file's base64) is then decoded
+/// from the text the envelope's decode has already checked, instead of walked once more by
+/// the params decoder, which reads the emptied text the same way (a string stays a string,
+/// duplicates stay duplicates). The body is the string itself only without escapes, so None,
+/// to decode `json` whole, when `json` is small or not an object, a member's name has an
+/// escape (and so may be `name`), or a value of `name` is not a string free of escapes.
+pub(super) fn lift_string_member<'a>(
+    json: &'a str,
+    name: &str,
+) -> Option<(String, Option<&'a str>)> {
+    if json.len() < KEYS_SCAN_MIN_BYTES {
+        return None;
+    }
+    let bytes = json.as_bytes();
+    let mut out = String::new();
+    // `json[copied..]` is still to be copied into `out`.
+    let mut copied = 0;
+    let mut lifted = None;
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at)? {
+            b'}' => break,
+            b',' => at = skip_whitespace(bytes, at + 1),
+            _ => {}
+        }
+        if bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let name_end = closing_quote(json, at + 1)?;
+        let member = &json[at + 1..name_end];
+        if member.contains('\\') {
+            return None;
+        }
+        at = skip_whitespace(bytes, name_end + 1);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = skip_whitespace(bytes, at + 1);
+        at = value_end(json, start)?;
+        if member == name {
+            if bytes[start] != b'"' {
+                return None;
+            }
+            let body = &json[start + 1..at - 1];
+            if memchr::memchr(b'\\', body.as_bytes()).is_some() {
+                return None;
+            }
+            out.push_str(&json[copied..=start]);
+            copied = at - 1;
+            lifted = Some(body);
+        }
+    }
+    out.push_str(&json[copied..]);
+    Some((out, lifted))
+}
+
 fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
     while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         at += 1;
