@@ -1748,8 +1748,9 @@ fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
     let exact_peak = server.reset_peak();
     // Pipelined like a client that keeps up: as soon as a page arrives, the request for
     // the next one goes out (its `afterSeq` is the page's `nextSeq` - 1, found at the end of
-    // the text), and only then is the page decoded, so the server reads and encodes the
-    // next page while this one is decoded.
+    // the text; no other message has one), and only then is the page parsed and decoded, so
+    // the server reads and encodes the next page meanwhile. The end shows once the last,
+    // empty page is parsed, so one request too many goes out.
     let start = Instant::now();
     let (mut bytes, mut scratch) = (0u64, Vec::new());
     let request = |reader: &mut Client, after: u64| -> BenchResult<i64> {
@@ -1766,18 +1767,27 @@ fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
             Message::Close(c) => return Err(format!("server closed the connection: {c:?}")),
             _ => continue,
         };
+        let asked = id;
         let next = next_seq_of(&text);
+        if let Some(next) = next {
+            id = request(&mut reader, next.checked_sub(1).ok_or("process/read: nextSeq 0")?)?;
+        }
         let msg: ReadMessage =
             serde_json::from_slice(&text).map_err(|e| format!("bad message from server: {e}"))?;
         // Notifications of the burst's end may still arrive on the resumed session.
-        if msg.method.is_some() || msg.id != Some(id) {
+        if msg.method.is_some() || msg.id != Some(asked) {
+            if next.is_some() {
+                return Err(format!("a message with a nextSeq answers {:?}", msg.id));
+            }
             continue;
         }
         let page = msg.result.ok_or("process/read: no result")?;
         if page.chunks.is_empty() && page.exited {
             break;
         }
-        id = request(&mut reader, next.ok_or("process/read: no nextSeq")? - 1)?;
+        if next.is_none() {
+            return Err("process/read: no nextSeq".into());
+        }
         if let Some(seq) = page.dropped_before_seq {
             return Err(format!("the spool dropped output before seq {seq}"));
         }
