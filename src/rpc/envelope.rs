@@ -287,19 +287,22 @@ pub(super) fn lift_string_member<'a>(
             return None;
         }
         let start = skip_whitespace(bytes, at + 1);
-        at = value_end(json, start)?;
-        if member == name {
-            if bytes[start] != b'"' {
-                return None;
-            }
-            let body = &json[start + 1..at - 1];
-            if memchr::memchr(b'\\', body.as_bytes()).is_some() {
-                return None;
-            }
-            out.push_str(&json[copied..=start]);
-            copied = at - 1;
-            lifted = Some(body);
+        if member != name {
+            at = value_end(json, start)?;
+            continue;
         }
+        if bytes.get(start) != Some(&b'"') {
+            return None;
+        }
+        // One search finds the end of a string without escapes, or gives up at the first.
+        let len = memchr::memchr2(b'"', b'\\', &bytes[start + 1..])?;
+        if bytes[start + 1 + len] != b'"' {
+            return None;
+        }
+        out.push_str(&json[copied..=start]);
+        lifted = Some(&json[start + 1..start + 1 + len]);
+        copied = start + 1 + len;
+        at = copied + 1;
     }
     out.push_str(&json[copied..]);
     Some((out, lifted))
