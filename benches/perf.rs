@@ -13,8 +13,9 @@
 //! only the named scenarios (see `SCENARIOS`); `BENCH_ROUNDS=n` repeats each scenario,
 //! alternating the order of the servers, and reports medians. It sees a server only
 //! through its command line (and `--help`, for the flags a scale row needs), stdout line,
-//! websocket and `/proc/<pid>`; of the crate it borrows only the allocator, so that the
-//! client's own handling of a large message costs what the server's does. Every loop is
+//! websocket and `/proc/<pid>`; of the crate it borrows only the allocator and the bulk
+//! base64 decoder (src/b64.rs), so that the client's own handling of a large message costs
+//! what the server's does. Every loop is
 //! bounded in count and time; every read has a deadline.
 
 use std::ffi::OsString;
@@ -83,6 +84,15 @@ mod alloc;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
+
+// The crate's bulk base64 (AVX2 where present), held to the base64 crate's results and
+// errors by its own tests: the client decodes every chunk as fast as a careful client
+// would, so that the stream rows measure the server rather than this reader.
+#[path = "../src/b64.rs"]
+#[allow(dead_code)]
+mod b64;
+#[path = "perf/scan.rs"]
+mod scan;
 
 fn main() {
     if std::env::var_os(ECHO_ENV).is_some() {
@@ -589,11 +599,10 @@ struct ProcessOutcome {
 }
 
 /// Decodes an output chunk into `scratch` (reused, so streaming allocates nothing per
-/// chunk) and returns the payload size.
+/// chunk) and returns the payload size; invalid base64 fails with the base64 crate's error.
 fn decoded_len(chunk: Option<&str>, scratch: &mut Vec<u8>) -> BenchResult<u64> {
     scratch.clear();
-    base64::engine::general_purpose::STANDARD
-        .decode_vec(chunk.unwrap_or_default().as_bytes(), scratch)
+    b64::decode(chunk.unwrap_or_default().as_bytes(), scratch)
         .map_err(|e| format!("output chunk: {e}"))?;
     Ok(scratch.len() as u64)
 }
@@ -1681,6 +1690,90 @@ struct ReadMessage<'a> {
     result: Option<ReadPage<'a>>,
 }
 
+/// A `process/read` response as `ReadMessage` reads it, found by `scan::walk`, so a
+/// page's 5.7 MiB of base64 is not walked by serde_json as well as decoded. None (parse
+/// with serde_json instead) for anything `ReadMessage` might read differently: a member
+/// of a type it would refuse, a duplicate, a missing required one, or a long string it
+/// would not decode (`scan` leaves those unchecked for control characters).
+fn scan_read_message<'a>(text: &'a str) -> Option<ReadMessage<'a>> {
+    use scan::Token::{Bool, Close, Null, Num, Open, Str};
+    const ID: &[&str] = &["id"];
+    const METHOD: &[&str] = &["method"];
+    const RESULT: &[&str] = &["result"];
+    const CHUNKS: &[&str] = &["result", "chunks"];
+    const CHUNK: &[&str] = &["result", "chunks", "chunk"];
+    const EXITED: &[&str] = &["result", "exited"];
+    const DROPPED: &[&str] = &["result", "droppedBeforeSeq"];
+    const KNOWN: [&[&str]; 8] = [&[], ID, METHOD, RESULT, CHUNKS, CHUNK, EXITED, DROPPED];
+    let (mut id, mut method, mut result) = (None, None, None);
+    let (mut chunks, mut exited, mut dropped) = (None::<Vec<ReadChunk>>, None, None);
+    // Members seen (a duplicate is serde's error), and the chunk object being read.
+    let mut seen = [false; KNOWN.len()];
+    let (mut in_chunk, mut chunk) = (false, None);
+    let mut visit = |path: &[&'a str], token: scan::Token<'a>| -> bool {
+        let Some(known) = KNOWN.iter().position(|k| *k == path) else {
+            // A member ReadMessage ignores, or inside one: any value but a long string.
+            return !matches!(token, Str(s) if s.len() > 256);
+        };
+        // Containers see Open and Close at their path; only scalars and Open count once.
+        let first = !matches!(token, Close) && !std::mem::replace(&mut seen[known], true);
+        match (path, token) {
+            ([], Open(true) | Close) => true,
+            (ID, Num(n)) if first => n.parse().map(|n| id = Some(n)).is_ok(),
+            (ID | METHOD | DROPPED, Null) => first,
+            (METHOD, Str(m)) if first => {
+                method = Some(m);
+                true
+            }
+            (RESULT, Open(true)) if first => {
+                result = Some(());
+                true
+            }
+            (RESULT, Null) => first,
+            (RESULT, Close) => true,
+            (CHUNKS, Open(false)) if first => {
+                chunks = Some(Vec::new());
+                true
+            }
+            // Each element is an object with exactly one `chunk`.
+            (CHUNKS, Open(true)) if !in_chunk => {
+                seen[KNOWN.iter().position(|k| *k == CHUNK).expect("CHUNK is known")] = false;
+                in_chunk = true;
+                true
+            }
+            (CHUNKS, Close) if in_chunk => {
+                in_chunk = false;
+                match (chunk.take(), chunks.as_mut()) {
+                    (Some(c), Some(list)) => {
+                        list.push(ReadChunk { chunk: c });
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (CHUNKS, Close) => true,
+            (CHUNK, Str(c)) if first && in_chunk => {
+                chunk = Some(c);
+                true
+            }
+            (EXITED, Bool(b)) if first => {
+                exited = Some(b);
+                true
+            }
+            (DROPPED, Num(n)) if first => n.parse().map(|n| dropped = Some(n)).is_ok(),
+            _ => false,
+        }
+    };
+    scan::walk(text, &mut visit)?;
+    let result = match result {
+        None => None,
+        Some(()) => {
+            Some(ReadPage { chunks: chunks?, exited: exited?, dropped_before_seq: dropped })
+        }
+    };
+    Some(ReadMessage { id, method, result })
+}
+
 /// Issue 15: `head -c 256MiB /dev/zero` runs while its session is detached (the client
 /// drops its connection right after the start response), a new connection resumes the
 /// session once the burst is over (no child left) and reads it all back with `process/read` (default
@@ -1741,8 +1834,9 @@ fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
     let exact_peak = server.reset_peak();
     // Pipelined like a client that keeps up: as soon as a page arrives, the request for
     // the next one goes out (its `afterSeq` is the page's `nextSeq` - 1, found at the end of
-    // the text), and only then is the page decoded, so the server reads and encodes the
-    // next page while this one is decoded.
+    // the text; no other message has one), and only then is the page parsed and decoded, so
+    // the server reads and encodes the next page meanwhile. The end shows once the last,
+    // empty page is parsed, so one request too many goes out.
     let start = Instant::now();
     let (mut bytes, mut scratch) = (0u64, Vec::new());
     let request = |reader: &mut Client, after: u64| -> BenchResult<i64> {
@@ -1753,24 +1847,37 @@ fn spool_read_back(target: &Target) -> BenchResult<(f64, u64)> {
     };
     let mut id = request(&mut reader, 0)?;
     loop {
-        let text = match reader.ws.read().map_err(|e| format!("read: {e}"))? {
-            Message::Text(t) => tungstenite::Bytes::from(t),
-            Message::Binary(b) => b,
+        let (text, utf8) = match reader.ws.read().map_err(|e| format!("read: {e}"))? {
+            Message::Text(t) => (tungstenite::Bytes::from(t.clone()), Some(t)),
+            Message::Binary(b) => (b, None),
             Message::Close(c) => return Err(format!("server closed the connection: {c:?}")),
             _ => continue,
         };
+        let asked = id;
         let next = next_seq_of(&text);
-        let msg: ReadMessage =
-            serde_json::from_slice(&text).map_err(|e| format!("bad message from server: {e}"))?;
+        if let Some(next) = next {
+            id = request(&mut reader, next.checked_sub(1).ok_or("process/read: nextSeq 0")?)?;
+        }
+        let scanned = utf8.as_ref().and_then(|t| scan_read_message(t.as_str()));
+        let msg = match scanned {
+            Some(msg) => msg,
+            None => serde_json::from_slice(&text)
+                .map_err(|e| format!("bad message from server: {e}"))?,
+        };
         // Notifications of the burst's end may still arrive on the resumed session.
-        if msg.method.is_some() || msg.id != Some(id) {
+        if msg.method.is_some() || msg.id != Some(asked) {
+            if next.is_some() {
+                return Err(format!("a message with a nextSeq answers {:?}", msg.id));
+            }
             continue;
         }
         let page = msg.result.ok_or("process/read: no result")?;
         if page.chunks.is_empty() && page.exited {
             break;
         }
-        id = request(&mut reader, next.ok_or("process/read: no nextSeq")? - 1)?;
+        if next.is_none() {
+            return Err("process/read: no nextSeq".into());
+        }
         if let Some(seq) = page.dropped_before_seq {
             return Err(format!("the spool dropped output before seq {seq}"));
         }

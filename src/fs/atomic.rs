@@ -6,6 +6,8 @@
 //! before. The content arrives in pieces (`Content`), so a large write never holds its whole
 //! decoded bytes in memory, and with `fsync` on, the disk starts writing each piece while the
 //! next is produced (`sync_file_range`), so the final flush waits only for the tail.
+//! A large replaced file is closed after the answer, on a short thread of its own
+//! (`release`), so that freeing it does not delay the write.
 //! It owns no state and knows nothing of the wire: errors are plain `io::Error`s.
 
 use std::ffi::OsString;
@@ -32,6 +34,11 @@ const TEMP_MODE: u32 = 0o600;
 const NEW_FILE_MODE: u32 = 0o666;
 /// The umask assumed when `/proc/self/status` does not say (kernels before 4.7).
 const DEFAULT_UMASK: u32 = 0o022;
+/// Replaced files at least this large are closed after the answer (`release`); freeing a
+/// smaller one costs less than starting a thread.
+const RELEASE_AFTER_BYTES: u64 = 4 << 20;
+/// The closing thread only closes a descriptor.
+const RELEASE_THREAD_STACK_BYTES: usize = 64 << 10;
 
 /// Whether writes are flushed to disk before the rename (`--fsync-writes`, default on).
 static FSYNC: AtomicBool = AtomicBool::new(true);
@@ -88,6 +95,14 @@ pub(super) fn write_file(path: &Path, data: &dyn Content) -> io::Result<()> {
     let fsync = FSYNC.load(Ordering::Relaxed);
     let filled = fill(&mut file, &target, existing.as_ref(), data, fsync);
     drop(file);
+    // The replaced file's last link goes with the rename, and with it, at once, its pages
+    // and blocks: 16-20 ms of the rename for 64 MiB on ext4. Held open, it is freed when
+    // this descriptor closes, after the answer (`release`). Nothing else changes: no link
+    // is added, and a file that cannot be opened is simply freed by the rename.
+    let old = existing
+        .as_ref()
+        .filter(|meta| meta.len() >= RELEASE_AFTER_BYTES)
+        .and_then(|_| open_nonblocking(&target, File::options().read(true)).ok());
     if let Err(err) = filled.and_then(|()| fs::rename(&temp, &target)) {
         // Nothing else may be left behind; the old file was never touched.
         let _ = fs::remove_file(&temp);
@@ -105,7 +120,23 @@ pub(super) fn write_file(path: &Path, data: &dyn Content) -> io::Result<()> {
             log::debug!("fs/writeFile {}: directory not synced: {err}", target.display());
         }
     }
+    if let Some(old) = old {
+        release(old);
+    }
     Ok(())
+}
+
+/// Closes a replaced file on a thread of its own, so that freeing its pages and blocks
+/// runs beside the answer rather than before it. If no thread can be started, it is closed
+/// here.
+fn release(old: File) {
+    let spawned = std::thread::Builder::new()
+        .name("fs-release".into())
+        .stack_size(RELEASE_THREAD_STACK_BYTES)
+        .spawn(move || drop(old));
+    if let Err(err) = spawned {
+        log::debug!("fs/writeFile: replaced file closed in place: {err}");
+    }
 }
 
 /// Writes the temporary file, gives it its final mode and owner, and flushes it.

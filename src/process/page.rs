@@ -13,7 +13,7 @@ use super::spool;
 use super::table::{Proc, State};
 use super::wait::{lock, wait_while};
 use super::wire::{ReadResponse, Stream};
-use crate::b64;
+use crate::{b64, recycle};
 
 /// Spool reads done without the state lock before one is done under it, so that a writer
 /// lapping the ring cannot starve a reader.
@@ -70,7 +70,14 @@ impl Found<'_> {
         let tail = tail.strip_prefix(EMPTY_CHUNKS).expect("chunks is the first member");
         let chunks = self.chunks();
         let payload: usize = chunks.iter().map(|c| c.2.len().div_ceil(3) * 4 + 64).sum();
-        out.reserve(EMPTY_CHUNKS.len() + payload + tail.len());
+        // One byte more: the response's closing brace, which the caller appends.
+        let need = out.len() + EMPTY_CHUNKS.len() + payload + tail.len() + 1;
+        if out.capacity() < need {
+            // A pooled buffer: a spool page's ~5.7 MiB answer is a fresh mapping otherwise.
+            let mut pooled = recycle::string(need);
+            pooled.push_str(out);
+            *out = pooled;
+        }
         out.push_str(EMPTY_CHUNKS);
         for (i, (seq, stream, bytes)) in chunks.into_iter().enumerate() {
             let stream = match stream {

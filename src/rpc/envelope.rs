@@ -145,8 +145,9 @@ fn closing_quote(json: &str, from: usize) -> Option<usize> {
     let bytes = json.as_bytes();
     let mut at = from;
     loop {
-        // `str::find` with a char searches with `memchr`, a word at a time.
-        let quote = at + json.get(at..)?.find('"')?;
+        // The memchr crate's vector search: core's `str::find` goes a word at a time,
+        // and this scan covers a file's base64 twice (nesting check, ordering keys).
+        let quote = at + memchr::memchr(b'"', bytes.get(at..)?)?;
         let backslashes = bytes[from..quote].iter().rev().take_while(|&&b| b == b'\\').count();
         if backslashes % 2 == 0 {
             return Some(quote);
@@ -240,6 +241,71 @@ fn only_members(json: &str, names: &[&str]) -> Option<String> {
     }
     out.push('}');
     Some(out)
+}
+
+/// `json` (an object, valid JSON) with the body of every string value of its member `name`
+/// emptied, and the last such body: a large string member (a file's base64) is then decoded
+/// from the text the envelope's decode has already checked, instead of walked once more by
+/// the params decoder, which reads the emptied text the same way (a string stays a string,
+/// duplicates stay duplicates). The body is the string itself only without escapes, so None,
+/// to decode `json` whole, when `json` is small or not an object, a member's name has an
+/// escape (and so may be `name`), or a value of `name` is not a string free of escapes.
+pub(super) fn lift_string_member<'a>(
+    json: &'a str,
+    name: &str,
+) -> Option<(String, Option<&'a str>)> {
+    if json.len() < KEYS_SCAN_MIN_BYTES {
+        return None;
+    }
+    let bytes = json.as_bytes();
+    let mut out = String::new();
+    // `json[copied..]` is still to be copied into `out`.
+    let mut copied = 0;
+    let mut lifted = None;
+    let mut at = skip_whitespace(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_whitespace(bytes, at);
+        match bytes.get(at)? {
+            b'}' => break,
+            b',' => at = skip_whitespace(bytes, at + 1),
+            _ => {}
+        }
+        if bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let name_end = closing_quote(json, at + 1)?;
+        let member = &json[at + 1..name_end];
+        if member.contains('\\') {
+            return None;
+        }
+        at = skip_whitespace(bytes, name_end + 1);
+        if bytes.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = skip_whitespace(bytes, at + 1);
+        if member != name {
+            at = value_end(json, start)?;
+            continue;
+        }
+        if bytes.get(start) != Some(&b'"') {
+            return None;
+        }
+        // One search finds the end of a string without escapes, or gives up at the first.
+        let len = memchr::memchr2(b'"', b'\\', &bytes[start + 1..])?;
+        if bytes[start + 1 + len] != b'"' {
+            return None;
+        }
+        out.push_str(&json[copied..=start]);
+        lifted = Some(&json[start + 1..start + 1 + len]);
+        copied = start + 1 + len;
+        at = copied + 1;
+    }
+    out.push_str(&json[copied..]);
+    Some((out, lifted))
 }
 
 fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
