@@ -41,6 +41,9 @@ pub(super) struct ConnState {
     queue: VecDeque<Item>,
     /// Requests executing now.
     running: usize,
+    /// Threads waiting on `room` (for a full queue to shrink, or in `drain`): without any,
+    /// a notification would be a wasted system call per request.
+    waiting: usize,
     /// Ordering keys held by executing requests, with how many hold each. A list: it holds
     /// at most one entry per running request (the concurrency limit), where hashing a path
     /// twice per request cost more than comparing a few.
@@ -197,7 +200,9 @@ impl Connection {
         };
         let mut state = self.lock();
         while state.queue.len() >= MAX_QUEUED_REQUESTS && !state.closed {
+            state.waiting += 1;
             state = self.room.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
         }
         if state.closed {
             return Flow::Close;
@@ -220,13 +225,15 @@ impl Connection {
 
     /// Waits, for at most `grace`, until every request received so far has been answered.
     pub fn drain(&self, grace: std::time::Duration) {
-        let state = self.lock();
-        let _ = self
+        let mut state = self.lock();
+        state.waiting += 1;
+        let (mut state, _) = self
             .room
             .wait_timeout_while(state, grace, |s| {
                 !s.closed && (s.running > 0 || !s.queue.is_empty())
             })
             .unwrap_or_else(PoisonError::into_inner);
+        state.waiting -= 1;
     }
 
     /// The transport ended: detach the session and forget what was waiting.
@@ -277,7 +284,7 @@ impl Connection {
                     state.closed = true;
                     state.queue.clear();
                     self.out.close(CloseReason::Protocol);
-                    self.room.notify_all();
+                    self.wake(state);
                     return (Flow::Close, None);
                 }
                 state.initialized = true;
@@ -299,7 +306,7 @@ impl Connection {
                 }
                 state.running += 1;
                 if inline && lone && request.quick {
-                    self.room.notify_all();
+                    self.wake(state);
                     return (Flow::Continue, Some(request));
                 }
                 let conn = Arc::clone(self);
@@ -307,8 +314,16 @@ impl Connection {
             }
             break;
         }
-        self.room.notify_all();
+        self.wake(state);
         (Flow::Continue, None)
+    }
+
+    /// Tells the threads waiting on `room`, if any, that the queue or the running set
+    /// changed.
+    fn wake(&self, state: &ConnState) {
+        if state.waiting > 0 {
+            self.room.notify_all();
+        }
     }
 
     /// Runs one request on a pool worker and writes its response.
