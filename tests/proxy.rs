@@ -140,7 +140,7 @@ fn a_407_on_the_registry_leg_is_logged_with_its_status_and_retried() {
         &cloud_args(&registry.base, &token_file),
         &[("HTTPS_PROXY", &url), ("SSL_CERT_FILE", &ca_file)],
     );
-    let line = daemon.wait_line("407");
+    let line = daemon.wait_line("HTTP 407");
     assert!(line.contains("proxy"), "{line}");
     println!("{line}");
     daemon.wait_line("registering again in");
