@@ -5,6 +5,7 @@
 mod alloc;
 mod audit;
 mod b64;
+mod children;
 mod config;
 mod error;
 mod limits;

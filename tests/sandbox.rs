@@ -509,3 +509,33 @@ fn start_latency() {
         println!("fs/writeFile {label}: p50 {:?} p90 {:?}", times[100], times[180]);
     }
 }
+
+/// The orphan reaper runs once a process has started; it must never reap (or adopt) the
+/// confined filesystem helper, whose own waiter then failed with ECHILD (seen under load).
+/// Four clients write at once, with processes exiting beside them, to make the race likely.
+#[test]
+fn sandboxed_fs_calls_survive_the_orphan_reaper() {
+    let tree = Tree::new("fs-reaper");
+    let daemon = Daemon::start(&[]);
+    let (mut client, _) = daemon.session();
+    let (_, code, _, out) = run(&mut client, "first", &tree.ws(), Value::Null, "true");
+    assert_eq!(code, 0, "{out}");
+    let ws = tree.ws();
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (daemon, ws) = (&daemon, &ws);
+            scope.spawn(move || {
+                let (mut client, _) = daemon.session();
+                for i in 0..25 {
+                    let (_, code, _, out) =
+                        run(&mut client, &format!("p{i}"), ws, Value::Null, "true");
+                    assert_eq!(code, 0, "{out}");
+                    let path = ws.join(format!("f{t}-{i}"));
+                    let sandbox = workspace_write(ws, "restricted");
+                    let response = write_file(&mut client, path.to_str().unwrap(), b"x", sandbox);
+                    assert_eq!(response["result"], json!({}), "client {t} call {i}: {response}");
+                }
+            });
+        }
+    });
+}

@@ -301,7 +301,7 @@ pub(super) fn wait_loop(proc: Arc<Proc>) {
             }
         };
         state.reaped = true;
-        reaper::untrack(proc.pid);
+        crate::children::untrack(proc.pid);
         if reaped {
             (exit_from_status(status), Usage::from_rusage(&rusage), Instant::now())
         } else {

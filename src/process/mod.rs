@@ -320,7 +320,7 @@ impl Processes {
             let mut status = 0;
             // SAFETY: reaping our own child, which was just killed.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            reaper::untrack(pid);
+            crate::children::untrack(pid);
             return Err(e);
         }
         let started = (|| -> io::Result<()> {

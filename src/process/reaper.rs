@@ -6,20 +6,22 @@
 //! file owns that attribution, the reaper thread that reaps every child nobody else waits
 //! for, and the kill of a tree, a session's escapees, or all of them.
 //!
-//! Tracked children (the leaders, whose waiters reap them with `waitpid(pid)`) are never
-//! reaped here: the reaper learns of an exit with `WNOWAIT` and reaps only untracked pids.
-//! A spawn in flight holds `SPAWNING` for reading from clone until its pid is tracked, and
-//! the reaper and the attribution hold it for writing, so a just-cloned child is never taken
-//! for an orphan. It never touches the process table or the wire.
+//! Tracked children (children.rs: the leaders and the sandboxed filesystem helper, whose
+//! waiters reap them with `waitpid(pid)`) are never reaped or adopted here: the reaper
+//! learns of an exit with `WNOWAIT` and reaps only untracked pids. A spawn in flight holds
+//! the spawn lock for reading from clone until its pid is tracked, and the reaper and the
+//! attribution hold it for writing, so a just-cloned child is never taken for an orphan.
+//! It never touches the process table or the wire.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Condvar, Mutex, OnceLock, RwLockReadGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::wait::{lock, wait_while};
+use crate::children;
 
 /// Sweeps over `/proc` when killing: a member may fork while it is being killed.
 const KILL_PASSES: usize = 4;
@@ -37,17 +39,12 @@ pub(super) struct Owner {
 
 #[derive(Default)]
 struct Registry {
-    /// Children reaped by their own waiter (`waitpid(pid)`), never by the reaper.
-    tracked: HashSet<libc::pid_t>,
     /// Orphans reparented to the daemon, by owner, until reaped.
     adopted: HashMap<libc::pid_t, Owner>,
-    /// Bumped by `track`: the reaper, finding no child at all, waits for it to change.
-    generation: u64,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static CHANGED: Condvar = Condvar::new();
-static SPAWNING: RwLock<()> = RwLock::new(());
 
 /// A fresh id for an `Owner`'s tree or group.
 pub(super) fn next_id() -> u64 {
@@ -62,22 +59,7 @@ fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
 /// Held by a spawner from before clone until `track`; starts the reaper on first use.
 pub(super) fn spawning() -> RwLockReadGuard<'static, ()> {
     start();
-    SPAWNING.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// `pid` is a leader, reaped by its own waiter. Call while holding `spawning()`.
-pub(super) fn track(pid: libc::pid_t) {
-    with(|r| {
-        r.tracked.insert(pid);
-        r.generation += 1;
-    });
-    CHANGED.notify_all();
-}
-
-/// The waiter reaped `pid` (or gave up on it).
-pub(super) fn untrack(pid: libc::pid_t) {
-    with(|r| r.tracked.remove(&pid));
-    CHANGED.notify_all();
+    children::spawning()
 }
 
 /// Makes the daemon a subreaper and starts the reaper thread, once.
@@ -102,7 +84,7 @@ fn start() {
 /// Reaps every exited child that is not tracked, attributing the orphans its death makes.
 fn reap_loop() {
     loop {
-        let generation = with(|r| r.generation);
+        let generation = children::generation();
         // SAFETY: waitid with a zeroed siginfo it fills in; WNOWAIT leaves the child as it is.
         let (ret, pid) = unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
@@ -115,16 +97,7 @@ fn reap_loop() {
                 Some(libc::EINTR) => {}
                 // No child at all: none can appear before the next spawn (an orphan always
                 // comes from a dying child), so wait for one.
-                Some(libc::ECHILD) => {
-                    let guard = lock(&REGISTRY);
-                    drop(
-                        CHANGED
-                            .wait_while(guard, |r| {
-                                r.as_ref().map_or(0, |r| r.generation) == generation
-                            })
-                            .unwrap_or_else(PoisonError::into_inner),
-                    );
-                }
+                Some(libc::ECHILD) => children::wait_for_spawn(generation),
                 _ => {
                     log::error!("reaper: waitid failed: {err}; reaper stops");
                     return;
@@ -132,15 +105,14 @@ fn reap_loop() {
             }
             continue;
         }
-        let no_spawn = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
-        let (tracked, owner) = with(|r| (r.tracked.contains(&pid), r.adopted.get(&pid).copied()));
+        let no_spawn = children::exclusive();
+        let tracked = children::is_tracked(pid);
+        let owner = with(|r| r.adopted.get(&pid).copied());
         if tracked {
             drop(no_spawn);
             // Its waiter reaps it; wait for that rather than spin on the same zombie.
             let deadline = Instant::now() + TRACKED_RECHECK;
-            drop(wait_while(&CHANGED, lock(&REGISTRY), deadline, |r| {
-                r.as_ref().is_some_and(|r| r.tracked.contains(&pid))
-            }));
+            children::wait_untracked(pid, deadline);
             continue;
         }
         // Its children were reparented to us as it died: they are its tree's too.
@@ -162,7 +134,7 @@ fn reap_loop() {
 /// A process of `owner` (its leader or an escapee) has exited: the orphans it left were
 /// reparented to the daemon and become `owner`'s. Call before reaping that process.
 pub(super) fn claim_orphans(owner: Owner) {
-    let _no_spawn = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
+    let _no_spawn = children::exclusive();
     claim_locked(owner);
 }
 
@@ -170,7 +142,7 @@ fn claim_locked(owner: Owner) {
     let children = daemon_children();
     with(|r| {
         for pid in children {
-            if !r.tracked.contains(&pid) && !r.adopted.contains_key(&pid) {
+            if !children::is_tracked(pid) && !r.adopted.contains_key(&pid) {
                 log::debug!("adopted escapee {pid} into tree {}", owner.tree);
                 r.adopted.insert(pid, owner);
             }
@@ -200,7 +172,7 @@ pub(super) fn kill_group(group: u64) {
 pub(super) fn kill_strays() {
     kill_from(|| {
         let children = daemon_children();
-        with(|r| children.into_iter().filter(|pid| !r.tracked.contains(pid)).collect())
+        children.into_iter().filter(|pid| !crate::children::is_tracked(*pid)).collect()
     });
 }
 

@@ -145,7 +145,7 @@ fn clone_and_exec(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         return Err(io::Error::from_raw_os_error(error));
     }
-    reaper::track(pid);
+    crate::children::track(pid);
     Ok(pid)
 }
 

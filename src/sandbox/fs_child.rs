@@ -34,7 +34,12 @@ pub fn run(sandbox: &Value, method: &str, params: &str) -> Result<String, RpcErr
     let header = json!({"method": method, "sandbox": sandbox, "tmpdir": tmpdir, "mounts": mounts})
         .to_string();
     let failed = |e: io::Error| RpcError::internal(format!("sandboxed filesystem helper: {e}"));
+    // Tracked from before the spawn until reaped, so the orphan reaper (when processes run)
+    // never reaps or adopts the helper in between.
+    let spawning = crate::children::spawning();
     let (pid, mut stdin, mut stdout) = spawn_helper().map_err(failed)?;
+    crate::children::track(pid);
+    drop(spawning);
     // The helper reads all of its input before it writes anything, so writing everything
     // first and then reading cannot deadlock.
     let written = stdin
@@ -44,7 +49,9 @@ pub fn run(sandbox: &Value, method: &str, params: &str) -> Result<String, RpcErr
     drop(stdin);
     let mut reply = Vec::new();
     let read = stdout.read_to_end(&mut reply);
-    let status = reap(pid).map_err(failed)?;
+    let status = reap(pid);
+    crate::children::untrack(pid);
+    let status = status.map_err(failed)?;
     written.and(read).map_err(failed)?;
     match reply.split_first() {
         Some((b'O', result)) => {
