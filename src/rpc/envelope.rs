@@ -199,44 +199,74 @@ pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
     (keys, waits)
 }
 
+/// One member of a JSON object: where it starts (its name's opening quote), its name (free
+/// of escapes) and where its value starts.
+struct Member<'a> {
+    start: usize,
+    name: &'a str,
+    value: usize,
+}
+
+/// A walk over the members of a JSON object in valid JSON text, for the scans below. The
+/// caller finds each value's end and hands it back with `resume`.
+struct ObjectWalk<'a> {
+    json: &'a str,
+    at: usize,
+}
+
+impl<'a> ObjectWalk<'a> {
+    /// None when `json` is not an object.
+    fn new(json: &'a str) -> Option<ObjectWalk<'a>> {
+        let at = skip_whitespace(json.as_bytes(), 0);
+        (json.as_bytes().get(at) == Some(&b'{')).then_some(ObjectWalk { json, at: at + 1 })
+    }
+
+    /// The next member, `Ok(None)` at the object's end, `Err(())` when a member's name has
+    /// an escape (and so may be any name) or the text is not what valid JSON would be.
+    fn next_member(&mut self) -> Result<Option<Member<'a>>, ()> {
+        let (json, bytes) = (self.json, self.json.as_bytes());
+        let mut at = skip_whitespace(bytes, self.at);
+        match bytes.get(at).ok_or(())? {
+            b'}' => return Ok(None),
+            b',' => at = skip_whitespace(bytes, at + 1),
+            _ => {}
+        }
+        if bytes.get(at) != Some(&b'"') {
+            return Err(());
+        }
+        let name_end = closing_quote(json, at + 1).ok_or(())?;
+        let name = &json[at + 1..name_end];
+        if name.contains('\\') {
+            return Err(());
+        }
+        let colon = skip_whitespace(bytes, name_end + 1);
+        if bytes.get(colon) != Some(&b':') {
+            return Err(());
+        }
+        Ok(Some(Member { start: at, name, value: skip_whitespace(bytes, colon + 1) }))
+    }
+
+    /// Goes on after the value that ends at `end`.
+    fn resume(&mut self, end: usize) {
+        self.at = end;
+    }
+}
+
 /// The members of the JSON object `json` named in `names`, as an object of their own that
 /// a decoder ignoring other members reads the same way (duplicates stay duplicates). The
 /// text must be valid JSON, as every message's is once its envelope has decoded. None when
 /// it is not an object, or when a member's name has an escape (and so may be any name).
 fn only_members(json: &str, names: &[&str]) -> Option<String> {
-    let bytes = json.as_bytes();
     let mut out = String::from("{");
-    let mut at = skip_whitespace(bytes, 0);
-    if bytes.get(at) != Some(&b'{') {
-        return None;
-    }
-    at += 1;
-    loop {
-        at = skip_whitespace(bytes, at);
-        match bytes.get(at)? {
-            b'}' => break,
-            b',' => at = skip_whitespace(bytes, at + 1),
-            _ => {}
-        }
-        let member = at;
-        if bytes.get(at) != Some(&b'"') {
-            return None;
-        }
-        let name_end = closing_quote(json, at + 1)?;
-        let name = &json[at + 1..name_end];
-        if name.contains('\\') {
-            return None;
-        }
-        at = skip_whitespace(bytes, name_end + 1);
-        if bytes.get(at) != Some(&b':') {
-            return None;
-        }
-        at = value_end(json, skip_whitespace(bytes, at + 1))?;
-        if names.contains(&name) {
+    let mut walk = ObjectWalk::new(json)?;
+    while let Some(member) = walk.next_member().ok()? {
+        let end = value_end(json, member.value)?;
+        walk.resume(end);
+        if names.contains(&member.name) {
             if out.len() > 1 {
                 out.push(',');
             }
-            out.push_str(&json[member..at]);
+            out.push_str(&json[member.start..end]);
         }
     }
     out.push('}');
@@ -262,33 +292,11 @@ pub(super) fn lift_string_member<'a>(
     // `json[copied..]` is still to be copied into `out`.
     let mut copied = 0;
     let mut lifted = None;
-    let mut at = skip_whitespace(bytes, 0);
-    if bytes.get(at) != Some(&b'{') {
-        return None;
-    }
-    at += 1;
-    loop {
-        at = skip_whitespace(bytes, at);
-        match bytes.get(at)? {
-            b'}' => break,
-            b',' => at = skip_whitespace(bytes, at + 1),
-            _ => {}
-        }
-        if bytes.get(at) != Some(&b'"') {
-            return None;
-        }
-        let name_end = closing_quote(json, at + 1)?;
-        let member = &json[at + 1..name_end];
-        if member.contains('\\') {
-            return None;
-        }
-        at = skip_whitespace(bytes, name_end + 1);
-        if bytes.get(at) != Some(&b':') {
-            return None;
-        }
-        let start = skip_whitespace(bytes, at + 1);
-        if member != name {
-            at = value_end(json, start)?;
+    let mut walk = ObjectWalk::new(json)?;
+    while let Some(member) = walk.next_member().ok()? {
+        let start = member.value;
+        if member.name != name {
+            walk.resume(value_end(json, start)?);
             continue;
         }
         if bytes.get(start) != Some(&b'"') {
@@ -302,7 +310,7 @@ pub(super) fn lift_string_member<'a>(
         out.push_str(&json[copied..=start]);
         lifted = Some(&json[start + 1..start + 1 + len]);
         copied = start + 1 + len;
-        at = copied + 1;
+        walk.resume(copied + 1);
     }
     out.push_str(&json[copied..]);
     Some((out, lifted))
