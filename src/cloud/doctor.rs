@@ -18,7 +18,7 @@ use super::CloudArgs;
 use crate::net;
 use crate::net::dial::Dialer;
 use crate::net::http1::{self, Target};
-use crate::net::proxy::{self};
+use crate::net::proxy;
 use crate::net::tls::{self, Stream, TlsStream, CA_DIR_ENV, CA_FILE_ENV};
 
 /// Each check's deadline unless `--timeout` says otherwise.

@@ -139,9 +139,9 @@ pub(super) fn claim_orphans(owner: Owner) {
 }
 
 fn claim_locked(owner: Owner) {
-    let children = daemon_children();
+    let orphans = daemon_children();
     with(|r| {
-        for pid in children {
+        for pid in orphans {
             if !children::is_tracked(pid) && !r.adopted.contains_key(&pid) {
                 log::debug!("adopted escapee {pid} into tree {}", owner.tree);
                 r.adopted.insert(pid, owner);
@@ -170,10 +170,7 @@ pub(super) fn kill_group(group: u64) {
 /// Daemon shutdown, after every session ended: SIGKILLs whatever child of the daemon is
 /// left that no waiter owns (an orphan whose attribution lost a race), with its descendants.
 pub(super) fn kill_strays() {
-    kill_from(|| {
-        let children = daemon_children();
-        children.into_iter().filter(|pid| !crate::children::is_tracked(*pid)).collect()
-    });
+    kill_from(|| daemon_children().into_iter().filter(|pid| !children::is_tracked(*pid)).collect());
 }
 
 /// Waits until no escapee of `group` (or of `tree`, if given) is left unreaped; true if none is.

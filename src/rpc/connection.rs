@@ -159,25 +159,13 @@ pub enum Flow {
 impl Connection {
     /// Handles one inbound message (a websocket message or a stdio line).
     pub fn handle(self: &Arc<Self>, text: Text) -> Flow {
-        let (method, id, params) = match decode(text.as_str()) {
+        let item = match decode(text.as_str()) {
             Ok(Message::Request { method, id, params }) => {
                 let method = match method {
                     Cow::Borrowed(m) => Piece::At(span(text.as_str(), m)),
                     Cow::Owned(m) => Piece::Own(m),
                 };
-                (method, Some(span(text.as_str(), id)), params)
-            }
-            Ok(Message::Notification { method, .. }) => {
-                (Piece::Own(method.into_owned()), None, None)
-            }
-            Ok(Message::Response) => {
-                log::warn!("connection {}: client sent a response; closing", self.id);
-                return self.close_for(CloseReason::Protocol);
-            }
-            Err(e) => return self.malformed(&e.0),
-        };
-        let item = match id {
-            Some(id) => {
+                let id = span(text.as_str(), id);
                 let params = params.map(|p| span(text.as_str(), p.get()));
                 let mut request =
                     Request { id, method, frame: text, params, keys: Vec::new(), quick: false };
@@ -186,17 +174,16 @@ impl Connection {
                 request.quick = is_quick(request.method(), waits);
                 Item::Request(request)
             }
-            None => {
-                let method = match &method {
-                    Piece::At(range) => &text.as_str()[range.clone()],
-                    Piece::Own(method) => method.as_str(),
-                };
-                if method != "initialized" {
-                    log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
-                    return self.close_for(CloseReason::Protocol);
-                }
-                Item::Initialized
+            Ok(Message::Notification { method }) if method == "initialized" => Item::Initialized,
+            Ok(Message::Notification { method }) => {
+                log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
+                return self.close_for(CloseReason::Protocol);
             }
+            Ok(Message::Response) => {
+                log::warn!("connection {}: client sent a response; closing", self.id);
+                return self.close_for(CloseReason::Protocol);
+            }
+            Err(e) => return self.malformed(&e.0),
         };
         let mut state = self.lock();
         while state.queue.len() >= MAX_QUEUED_REQUESTS && !state.closed {
