@@ -79,7 +79,9 @@ const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
 
 type BenchResult<T> = Result<T, String>;
 
+// Without the daemon's trimmer thread: the client keeps no freed large block warm.
 #[path = "../src/alloc.rs"]
+#[allow(dead_code)]
 mod alloc;
 
 #[global_allocator]

@@ -6,8 +6,16 @@
 //! 4 KiB pages that costs a fault per page, as much as the base64 coding itself (an 85 MiB
 //! buffer: ~45 ms of faults against ~15 ms with 2 MiB pages, measured here), and a `Vec`
 //! that doubles copies everything it holds at each step, where `mremap` moves page tables.
-//! The kernel aligns anonymous mappings of 2 MiB and more to 2 MiB by itself. Freed blocks
-//! are unmapped at once, so a large transfer leaves nothing resident behind.
+//! The kernel aligns anonymous mappings of 2 MiB and more to 2 MiB by itself.
+//!
+//! Freed large blocks stay mapped for a while, as free ranges (`Warm`), once the daemon runs
+//! the trimmer thread (`start_trimmer`): the next large block is cut from one, and a block
+//! grows in place over the free range right after it. Why: the kernel zeroes every fresh
+//! page, and a large request arrives in a message that grows to its size while being read,
+//! so each 64 MiB `fs/writeFile` or `fs/readFile` had its ~85 MiB message buffer zeroed
+//! anew — half of the reading thread's time (perf: `clear_page_erms`). The ranges hold at
+//! most `WARM_MAX_BYTES` and are unmapped once unused for `WARM_IDLE`, so a large transfer
+//! leaves nothing resident behind for longer than that.
 //!
 //! Small blocks (up to `SMALL_MAX_BYTES`) are rounded up to a multiple of 16 bytes and, when
 //! freed, kept on a short free list of their size for the next allocation of that size.
@@ -19,7 +27,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Blocks at least this large bypass the system allocator.
 const LARGE_BYTES: usize = 4 << 20;
@@ -99,6 +109,227 @@ unsafe fn small_dealloc(block: *mut u8, size: usize) {
     unsafe { System.dealloc(block, class_layout(class)) }
 }
 
+/// Free ranges kept mapped hold at most this many bytes of address space (pages never
+/// touched are not resident): a 64 MiB file's message and its read buffer.
+const WARM_MAX_BYTES: usize = 192 << 20;
+/// Free ranges kept at once; a range that would need another is unmapped.
+const WARM_SLOTS: usize = 8;
+/// Free ranges unused this long are unmapped by the trimmer.
+const WARM_IDLE: Duration = Duration::from_secs(1);
+
+/// Freed large blocks kept mapped: page-aligned ranges, disjoint, adjacent ones merged.
+struct Warm {
+    ranges: [(usize, usize); WARM_SLOTS],
+    len: usize,
+    bytes: usize,
+    /// When a range was last taken or given.
+    used: Option<Instant>,
+}
+
+static WARM: Mutex<Warm> =
+    Mutex::new(Warm { ranges: [(0, 0); WARM_SLOTS], len: 0, bytes: 0, used: None });
+/// Signalled when the first range is kept, for the trimmer.
+static WARMED: Condvar = Condvar::new();
+/// Whether freed large blocks are kept: only while the trimmer runs.
+static KEEP_WARM: AtomicBool = AtomicBool::new(false);
+
+fn warm() -> MutexGuard<'static, Warm> {
+    WARM.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Warm {
+    fn remove(&mut self, i: usize) {
+        self.len -= 1;
+        self.ranges[i] = self.ranges[self.len];
+    }
+
+    /// The start of `len` bytes cut from the front of the smallest range that holds them.
+    fn take(&mut self, len: usize) -> Option<usize> {
+        let i =
+            (0..self.len).filter(|&i| self.ranges[i].1 >= len).min_by_key(|&i| self.ranges[i].1)?;
+        let (start, have) = self.ranges[i];
+        self.cut(i, start, have, len);
+        Some(start)
+    }
+
+    /// Cuts `len` bytes from the front of the range that starts at `at`; false when there
+    /// is none or it is shorter.
+    fn take_at(&mut self, at: usize, len: usize) -> bool {
+        let Some(i) = (0..self.len).find(|&i| self.ranges[i].0 == at && self.ranges[i].1 >= len)
+        else {
+            return false;
+        };
+        self.cut(i, at, self.ranges[i].1, len);
+        true
+    }
+
+    fn cut(&mut self, i: usize, start: usize, have: usize, len: usize) {
+        if have == len {
+            self.remove(i);
+        } else {
+            self.ranges[i] = (start + len, have - len);
+        }
+        self.bytes -= len;
+        self.used = Some(Instant::now());
+    }
+
+    /// Keeps `start..start + len` as free, merged with its neighbours; false (the caller
+    /// unmaps it) past the byte limit or when no slot is left.
+    fn give(&mut self, start: usize, len: usize) -> bool {
+        if self.bytes + len > WARM_MAX_BYTES {
+            return false;
+        }
+        let (mut start, mut len) = (start, len);
+        if let Some(i) = (0..self.len).find(|&i| self.ranges[i].0 + self.ranges[i].1 == start) {
+            start = self.ranges[i].0;
+            len += self.ranges[i].1;
+            self.remove(i);
+        }
+        if let Some(i) = (0..self.len).find(|&i| self.ranges[i].0 == start + len) {
+            len += self.ranges[i].1;
+            self.remove(i);
+        }
+        if self.len == WARM_SLOTS {
+            // Only when nothing merged: the freed block's bytes are not counted yet.
+            return false;
+        }
+        self.ranges[self.len] = (start, len);
+        self.len += 1;
+        self.bytes = self.ranges[..self.len].iter().map(|r| r.1).sum();
+        self.used = Some(Instant::now());
+        true
+    }
+}
+
+/// Starts the thread that unmaps free large ranges once unused for `WARM_IDLE`; until it
+/// runs, freed large blocks are unmapped at once. Once is enough; later calls do nothing.
+pub fn start_trimmer() -> std::io::Result<()> {
+    static STARTED: Mutex<bool> = Mutex::new(false);
+    let mut started = STARTED.lock().unwrap_or_else(PoisonError::into_inner);
+    if *started {
+        return Ok(());
+    }
+    std::thread::Builder::new().name("alloc-trim".into()).spawn(|| loop {
+        let mut kept = warm();
+        while kept.len == 0 {
+            kept = WARMED.wait(kept).unwrap_or_else(PoisonError::into_inner);
+        }
+        let idle = kept.used.map_or(WARM_IDLE, |at| at.elapsed());
+        if idle < WARM_IDLE {
+            drop(WARMED.wait_timeout(kept, WARM_IDLE - idle));
+            continue;
+        }
+        let ranges = kept.ranges;
+        let n = std::mem::take(&mut kept.len);
+        kept.bytes = 0;
+        drop(kept);
+        for &(start, len) in &ranges[..n] {
+            // SAFETY: a free range of our mappings that nothing refers to any more.
+            unsafe { libc::munmap(start as *mut libc::c_void, len) };
+        }
+    })?;
+    *started = true;
+    KEEP_WARM.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// A large block of `len` (page-rounded) bytes: cut from a free range, or mapped fresh.
+fn large_alloc(len: usize) -> *mut u8 {
+    if KEEP_WARM.load(Ordering::Relaxed) {
+        if let Some(start) = warm().take(len) {
+            return start as *mut u8;
+        }
+    }
+    map(len)
+}
+
+/// Frees `block..block + len`: kept as a free range while the trimmer runs, else unmapped.
+///
+/// # Safety
+/// The range is ours, page aligned, and nothing refers to it any more.
+unsafe fn large_free(block: *mut u8, len: usize) {
+    if KEEP_WARM.load(Ordering::Relaxed) {
+        let mut kept = warm();
+        let first = kept.len == 0;
+        if kept.give(block as usize, len) {
+            if first {
+                WARMED.notify_one();
+            }
+            return;
+        }
+    }
+    // SAFETY: the caller's guarantees.
+    unsafe { libc::munmap(block.cast(), len) };
+}
+
+/// Grows the large block `block` of `old` bytes to `new` (both page-rounded): over the free
+/// range right after it, into a free range (its pages moved there), or by the kernel.
+///
+/// # Safety
+/// `block` is a large block of `old` bytes, `new > old`.
+unsafe fn large_grow(block: *mut u8, old: usize, new: usize) -> *mut u8 {
+    let dest = if KEEP_WARM.load(Ordering::Relaxed) {
+        let mut kept = warm();
+        if kept.take_at(block as usize + old, new - old) {
+            return block;
+        }
+        kept.take(new)
+    } else {
+        None
+    };
+    if let Some(dest) = dest {
+        // The block's pages move to the front of the free range; the rest stays resident.
+        // SAFETY: both are our mappings; the destination range is free.
+        let moved = unsafe {
+            libc::mremap(
+                block.cast(),
+                old,
+                old,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                dest as *mut libc::c_void,
+            )
+        };
+        if moved != libc::MAP_FAILED {
+            return dest as *mut u8;
+        }
+        // A block made of ranges of several mappings cannot be moved. The failed call
+        // may have unmapped the destination: map it again, then copy.
+        // SAFETY: `dest..dest + new` is ours and free; the copy covers the old block.
+        unsafe {
+            let again = libc::mmap(
+                dest as *mut libc::c_void,
+                new,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            if again == libc::MAP_FAILED {
+                return ptr::null_mut();
+            }
+            ptr::copy_nonoverlapping(block, dest as *mut u8, old);
+            large_free(block, old);
+        }
+        return dest as *mut u8;
+    }
+    // SAFETY: the block is ours; the kernel moves it if it cannot grow in place, keeping
+    // its contents and its advice.
+    let moved = unsafe { libc::mremap(block.cast(), old, new, libc::MREMAP_MAYMOVE) };
+    if moved != libc::MAP_FAILED {
+        return moved.cast();
+    }
+    // As above: a block spanning mappings is copied into a fresh one.
+    let fresh = map(new);
+    if !fresh.is_null() {
+        // SAFETY: both blocks are ours and at least `old` long.
+        unsafe {
+            ptr::copy_nonoverlapping(block, fresh, old);
+            large_free(block, old);
+        }
+    }
+    fresh
+}
+
 fn is_large(size: usize, align: usize) -> bool {
     size >= LARGE_BYTES && align <= PAGE_BYTES
 }
@@ -107,7 +338,7 @@ fn mapped_len(size: usize) -> usize {
     size.next_multiple_of(PAGE_BYTES)
 }
 
-/// A fresh zeroed mapping of `size` bytes, or null.
+/// A fresh zeroed mapping of `size` bytes (page-rounded), or null.
 fn map(size: usize) -> *mut u8 {
     let len = mapped_len(size);
     // SAFETY: an anonymous private mapping owned by nobody else yet.
@@ -139,7 +370,7 @@ unsafe impl GlobalAlloc for Allocator {
         if is_small(layout.size(), layout.align()) {
             small_alloc(layout.size())
         } else if is_large(layout.size(), layout.align()) {
-            map(layout.size())
+            large_alloc(mapped_len(layout.size()))
         } else {
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { System.alloc(layout) }
@@ -168,8 +399,8 @@ unsafe impl GlobalAlloc for Allocator {
             // realloc), and the caller passes the block's layout back.
             unsafe { small_dealloc(block, layout.size()) }
         } else if is_large(layout.size(), layout.align()) {
-            // SAFETY: the block is a mapping of this length made by `map` or `realloc`.
-            unsafe { libc::munmap(block.cast(), mapped_len(layout.size())) };
+            // SAFETY: the block is a large block of this length, no longer used.
+            unsafe { large_free(block, mapped_len(layout.size())) };
         } else {
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { System.dealloc(block, layout) }
@@ -191,21 +422,16 @@ unsafe impl GlobalAlloc for Allocator {
                 System.realloc(block, layout, new_size)
             },
             (true, true) => {
-                // SAFETY: the block is a mapping of the old length; the kernel moves it
-                // if it cannot grow in place, keeping its contents and its advice.
-                let moved = unsafe {
-                    libc::mremap(
-                        block.cast(),
-                        mapped_len(layout.size()),
-                        mapped_len(new_size),
-                        libc::MREMAP_MAYMOVE,
-                    )
-                };
-                if moved == libc::MAP_FAILED {
-                    ptr::null_mut()
-                } else {
-                    moved.cast()
+                let (old, new) = (mapped_len(layout.size()), mapped_len(new_size));
+                if new <= old {
+                    if new < old {
+                        // SAFETY: the tail is ours and beyond what the caller keeps.
+                        unsafe { large_free(block.add(new), old - new) };
+                    }
+                    return block;
                 }
+                // SAFETY: a large block of `old` bytes, growing.
+                unsafe { large_grow(block, old, new) }
             }
             _ => {
                 // SAFETY: `new_size` is non-zero and, rounded to `align`, fits in isize
@@ -266,6 +492,59 @@ mod tests {
             a.dealloc(b, aligned);
         }
     }
+    #[test]
+    fn free_ranges_are_cut_best_fit_merged_and_bounded() {
+        use super::{Warm, WARM_MAX_BYTES, WARM_SLOTS};
+        const M: usize = 1 << 20;
+        let mut w = Warm { ranges: [(0, 0); WARM_SLOTS], len: 0, bytes: 0, used: None };
+        assert_eq!(w.take(M), None);
+        assert!(w.give(100 * M, 8 * M));
+        assert!(w.give(200 * M, 16 * M));
+        assert_eq!(w.bytes, 24 * M);
+        // Smallest that fits; cut from its front.
+        assert_eq!(w.take(4 * M), Some(100 * M));
+        assert_eq!(w.bytes, 20 * M);
+        // Growing in place: only the range starting right at the block's end.
+        assert!(!w.take_at(100 * M, M));
+        assert!(!w.take_at(104 * M, 5 * M));
+        assert!(w.take_at(104 * M, 4 * M));
+        assert_eq!(w.len, 1);
+        // Freed blocks merge with both neighbours into one range.
+        assert!(w.give(100 * M, 4 * M));
+        assert!(w.give(108 * M, 92 * M));
+        assert!(w.give(104 * M, 4 * M));
+        assert_eq!((w.len, w.ranges[0], w.bytes), (1, (100 * M, 116 * M), 116 * M));
+        // The byte limit and the slot limit refuse (the caller unmaps).
+        assert!(!w.give(1000 * M, WARM_MAX_BYTES));
+        for i in 1..WARM_SLOTS {
+            assert!(w.give(1000 * M + i * 2 * M, M));
+        }
+        assert!(!w.give(3000 * M, M));
+        assert_eq!(w.take(116 * M), Some(100 * M));
+        assert_eq!(w.len, WARM_SLOTS - 1);
+    }
+
+    #[test]
+    fn kept_blocks_are_reused_and_grown_with_their_contents() {
+        super::start_trimmer().unwrap();
+        super::start_trimmer().unwrap();
+        // Each round frees its blocks into the free ranges the next one is cut from (other
+        // tests allocate meanwhile, so no address is asserted), growing in place, into a
+        // range, and by the kernel, and shrinking.
+        for round in 0..4usize {
+            let mut v: Vec<u8> = Vec::with_capacity(4 << 20);
+            for i in 0..((24 + round) << 20) {
+                v.push((i + round) as u8);
+            }
+            let w: Vec<u8> = vec![7; 5 << 20];
+            assert!(v.iter().enumerate().all(|(i, &b)| b == (i + round) as u8));
+            v.truncate(5 << 20);
+            v.shrink_to_fit();
+            assert!(v.iter().enumerate().all(|(i, &b)| b == (i + round) as u8));
+            assert!(w.iter().all(|&b| b == 7));
+        }
+    }
+
     #[test]
     fn large_blocks_grow_shrink_and_keep_their_contents() {
         let mut v: Vec<u8> = Vec::with_capacity(16);

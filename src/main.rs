@@ -98,6 +98,9 @@ fn run(args: &[String]) -> Result<(), Exit> {
     }
     shutdown::install()
         .map_err(|e| Exit::internal(format!("cannot install signal handlers: {e}")))?;
+    if let Err(e) = alloc::start_trimmer() {
+        log::warn!("large buffers are not kept for reuse: cannot start their trimmer: {e}");
+    }
     process::prepare_spool(&config);
     match mode {
         Mode::Version | Mode::AuditVerify(_) | Mode::Doctor(_) => Ok(()),
