@@ -10,7 +10,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::envelope::{decode, error_text, keys, Key, Message, Text};
+use super::envelope::{check_id, decode, error_text, keys, Key, Message, Text};
+use super::outline::{outline, Field, Outline};
 use super::session::Session;
 use super::{lock, Server};
 use crate::error::RpcError;
@@ -108,6 +109,9 @@ pub(super) struct Request {
     method: Piece,
     frame: Text,
     params: Option<Range<usize>>,
+    /// The params' members and whether they carry a sandbox, when the outline found them.
+    members: Option<Vec<Field>>,
+    sandbox: Option<bool>,
     keys: Vec<Key>,
     /// May run on the reader's own thread (see `Connection::handle`).
     quick: bool,
@@ -144,8 +148,42 @@ impl Request {
             None => "{}",
         }
     }
+    /// The params' members (positions in `params()`), when the outline found them.
+    pub(super) fn members(&self) -> Option<&[Field]> {
+        self.members.as_deref()
+    }
+
+    /// Whether the params may carry a sandbox object (`fs::confined::carries_sandbox`).
+    pub(super) fn carries_sandbox(&self) -> bool {
+        self.sandbox.unwrap_or_else(|| crate::fs::confined::carries_sandbox(self.params()))
+    }
+
     fn is_barrier(&self) -> bool {
         self.method() == "initialize"
+    }
+
+    /// Ordering keys and whether it may run on the reader's thread, once built.
+    fn with_keys(mut self) -> Request {
+        let (keys, waits) = keys(self.params(), self.members());
+        self.keys = keys;
+        self.quick = is_quick(self.method(), waits);
+        self
+    }
+
+    /// A request as the outline found it: nothing decoded twice.
+    fn outlined(frame: Text, o: Outline) -> Result<Request, super::envelope::Malformed> {
+        check_id(&frame.as_str()[o.id.clone()])?;
+        let request = Request {
+            id: o.id,
+            method: Piece::At(o.method),
+            frame,
+            params: o.params,
+            members: o.members,
+            sandbox: Some(o.sandbox),
+            keys: Vec::new(),
+            quick: false,
+        };
+        Ok(request.with_keys())
     }
 }
 
@@ -159,31 +197,16 @@ pub enum Flow {
 impl Connection {
     /// Handles one inbound message (a websocket message or a stdio line).
     pub fn handle(self: &Arc<Self>, text: Text) -> Flow {
-        let item = match decode(text.as_str()) {
-            Ok(Message::Request { method, id, params }) => {
-                let method = match method {
-                    Cow::Borrowed(m) => Piece::At(span(text.as_str(), m)),
-                    Cow::Owned(m) => Piece::Own(m),
-                };
-                let id = span(text.as_str(), id);
-                let params = params.map(|p| span(text.as_str(), p.get()));
-                let mut request =
-                    Request { id, method, frame: text, params, keys: Vec::new(), quick: false };
-                let (keys, waits) = keys(request.params());
-                request.keys = keys;
-                request.quick = is_quick(request.method(), waits);
-                Item::Request(request)
-            }
-            Ok(Message::Notification { method }) if method == "initialized" => Item::Initialized,
-            Ok(Message::Notification { method }) => {
-                log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
-                return self.close_for(CloseReason::Protocol);
-            }
-            Ok(Message::Response) => {
-                log::warn!("connection {}: client sent a response; closing", self.id);
-                return self.close_for(CloseReason::Protocol);
-            }
-            Err(e) => return self.malformed(&e.0),
+        // Most requests are outlined in one pass; the rest take the decoder's path.
+        let item = match outline(text.as_str()) {
+            Some(o) => match Request::outlined(text, o) {
+                Ok(request) => Item::Request(request),
+                Err(e) => return self.malformed(&e.0),
+            },
+            None => match self.decoded(text) {
+                Ok(item) => item,
+                Err(flow) => return flow,
+            },
         };
         let mut state = self.lock();
         while state.queue.len() >= MAX_QUEUED_REQUESTS && !state.closed {
@@ -201,6 +224,50 @@ impl Connection {
             Arc::clone(self).execute(request);
         }
         flow
+    }
+
+    /// What a message the outline does not vouch for is, by the envelope decoder; Err
+    /// with the flow once it has been answered or the connection closed.
+    fn decoded(self: &Arc<Self>, text: Text) -> Result<Item, Flow> {
+        let message = match decode(text.as_str()) {
+            Ok(Message::Request { method, id, params }) => {
+                let method = match method {
+                    Cow::Borrowed(m) => Piece::At(span(text.as_str(), m)),
+                    Cow::Owned(m) => Piece::Own(m),
+                };
+                let id = span(text.as_str(), id);
+                let params = params.map(|p| span(text.as_str(), p.get()));
+                return Ok(Item::Request(
+                    Request {
+                        id,
+                        method,
+                        frame: text,
+                        params,
+                        members: None,
+                        sandbox: None,
+                        keys: Vec::new(),
+                        quick: false,
+                    }
+                    .with_keys(),
+                ));
+            }
+            other => other,
+        };
+        match message {
+            Ok(Message::Notification { method }) if method == "initialized" => {
+                Ok(Item::Initialized)
+            }
+            Ok(Message::Notification { method }) => {
+                log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
+                Err(self.close_for(CloseReason::Protocol))
+            }
+            Ok(Message::Response) => {
+                log::warn!("connection {}: client sent a response; closing", self.id);
+                Err(self.close_for(CloseReason::Protocol))
+            }
+            Ok(Message::Request { .. }) => unreachable!("returned above"),
+            Err(e) => Err(self.malformed(&e.0)),
+        }
     }
 
     /// Answers a message the transport could not even turn into text (§1.4).

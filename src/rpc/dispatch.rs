@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::connection::{Connection, Request};
 use super::envelope::{decode_params, encode, lift_string_member};
+use super::outline::Field;
 use super::session::Session;
 use crate::envconfig;
 use crate::environment::{self, EnvironmentInfo};
@@ -71,7 +72,7 @@ impl Connection {
             // fs calls carrying a sandbox object may need confinement (fs/confined.rs).
             method @ ("fs/readFile" | "fs/writeFile" | "fs/createDirectory" | "fs/getMetadata"
             | "fs/readDirectory" | "fs/remove" | "fs/copy")
-                if fs::confined::carries_sandbox(params) =>
+                if request.carries_sandbox() =>
             {
                 fs::confined::validate(method, params).and_then(|()| {
                     self.gated(Family::Filesystem, id, params, |p, _| {
@@ -81,11 +82,12 @@ impl Connection {
             }
             "fs/readFile" => self
                 .gated_into(Family::Filesystem, id, params, |p, _, out| fs::read_file_into(p, out)),
-            "fs/writeFile" => {
-                self.gated_decoded(Family::Filesystem, id, decode_write_file(params), |p, _| {
-                    fs::write_file(p)
-                })
-            }
+            "fs/writeFile" => self.gated_decoded(
+                Family::Filesystem,
+                id,
+                decode_write_file(params, request.members()),
+                |p, _| fs::write_file(p),
+            ),
             "fs/createDirectory" => {
                 self.gated(Family::Filesystem, id, params, |p, _| fs::create_directory(p))
             }
@@ -282,8 +284,11 @@ struct InitializeResponse {
 /// `fs/writeFile`'s params as `decode_params` gives them (the same value or error), with a
 /// large `dataBase64` taken from the text instead of walked by the decoder a second time
 /// after the envelope's decode (`lift_string_member`): 85 MiB for a 64 MiB file.
-fn decode_write_file(params: &str) -> Result<fs::WriteFileParams<'_>, RpcError> {
-    let Some((rest, data)) = lift_string_member(params, "dataBase64") else {
+fn decode_write_file<'a>(
+    params: &'a str,
+    members: Option<&[Field]>,
+) -> Result<fs::WriteFileParams<'a>, RpcError> {
+    let Some((rest, data)) = lift_string_member(params, "dataBase64", members) else {
         return decode_params(params);
     };
     let p: fs::WriteFileParams<'_> = decode_params(&rest)?;
@@ -319,12 +324,12 @@ mod tests {
         let show =
             |p: fs::WriteFileParams<'_>| format!("{:?} {} {:?}", p.path, p.data_base64, p.sandbox);
         for params in &cases {
-            let ours = decode_write_file(params).map(show);
+            let ours = decode_write_file(params, None).map(show);
             let theirs = decode_params::<fs::WriteFileParams<'_>>(params).map(show);
             assert_eq!(ours, theirs, "{params}");
         }
         // The large base64 is borrowed from the text, not copied.
-        let p = decode_write_file(&cases[0]).expect("valid");
+        let p = decode_write_file(&cases[0], None).expect("valid");
         assert!(matches!(p.data_base64, Cow::Borrowed(_)));
     }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::outline::Field;
 use crate::error::RpcError;
 
 /// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
@@ -95,12 +96,7 @@ pub(super) fn decode(text: &str) -> Result<Message<'_>, Malformed> {
     match (envelope.method, envelope.id) {
         (Some(method), Some(id)) => {
             let raw = id.get();
-            let valid = raw.starts_with('"') || raw.parse::<i64>().is_ok();
-            if !valid {
-                return Err(Malformed(format!(
-                    "request id must be a string or a 64-bit integer, got {raw}"
-                )));
-            }
+            check_id(raw)?;
             Ok(Message::Request { method, id: raw, params })
         }
         (Some(method), None) => Ok(Message::Notification { method }),
@@ -108,6 +104,15 @@ pub(super) fn decode(text: &str) -> Result<Message<'_>, Malformed> {
             Ok(Message::Response)
         }
         (None, _) => Err(Malformed("message has no `method` and is not a response".into())),
+    }
+}
+
+/// A request id must be a string or a 64-bit integer (§2.1); `raw` is its JSON text.
+pub(super) fn check_id(raw: &str) -> Result<(), Malformed> {
+    if raw.starts_with('"') || raw.parse::<i64>().is_ok() {
+        Ok(())
+    } else {
+        Err(Malformed(format!("request id must be a string or a 64-bit integer, got {raw}")))
     }
 }
 
@@ -164,8 +169,9 @@ const KEY_MEMBERS: [&str; 6] =
     ["processId", "path", "sourcePath", "destinationPath", "waitMs", "handleId"];
 
 /// The ordering keys of a request (§1.5), read from its raw params, and whether it asks
-/// to long-poll (`waitMs` above zero).
-pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
+/// to long-poll (`waitMs` above zero). `members`: the params' members when the outline
+/// found them (outline.rs), so large params are not walked again.
+pub(super) fn keys(params: &str, members: Option<&[Field]>) -> (Vec<Key>, bool) {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Named {
@@ -178,8 +184,12 @@ pub(super) fn keys(params: &str) -> (Vec<Key>, bool) {
     }
     // In large params only the named members are decoded: a file's base64 is skipped with
     // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
-    let wanted =
-        (params.len() >= KEYS_SCAN_MIN_BYTES).then(|| only_members(params, &KEY_MEMBERS)).flatten();
+    let wanted = (params.len() >= KEYS_SCAN_MIN_BYTES)
+        .then(|| match members {
+            Some(members) => Some(members_text(params, members, &KEY_MEMBERS)),
+            None => only_members(params, &KEY_MEMBERS),
+        })
+        .flatten();
     let Ok(named) = serde_json::from_str::<Named>(wanted.as_deref().unwrap_or(params)) else {
         return (Vec::new(), false);
     };
@@ -273,6 +283,19 @@ fn only_members(json: &str, names: &[&str]) -> Option<String> {
     Some(out)
 }
 
+/// `only_members` from the members the outline found: the same text without a walk.
+fn members_text(json: &str, members: &[Field], names: &[&str]) -> String {
+    let mut out = String::from("{");
+    for m in members.iter().filter(|m| names.contains(&&json[m.name.clone()])) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&json[m.start..m.value.end]);
+    }
+    out.push('}');
+    out
+}
+
 /// `json` (an object, valid JSON) with the body of every string value of its member `name`
 /// emptied, and the last such body: a large string member (a file's base64) is then decoded
 /// from the text the envelope's decode has already checked, instead of walked once more by
@@ -280,12 +303,31 @@ fn only_members(json: &str, names: &[&str]) -> Option<String> {
 /// duplicates stay duplicates). The body is the string itself only without escapes, so None,
 /// to decode `json` whole, when `json` is small or not an object, a member's name has an
 /// escape (and so may be `name`), or a value of `name` is not a string free of escapes.
+/// `members`: the object's members when the outline found them, so the text is not
+/// walked again.
 pub(super) fn lift_string_member<'a>(
     json: &'a str,
     name: &str,
+    members: Option<&[Field]>,
 ) -> Option<(String, Option<&'a str>)> {
     if json.len() < KEYS_SCAN_MIN_BYTES {
         return None;
+    }
+    if let Some(members) = members {
+        let mut out = String::new();
+        let mut copied = 0;
+        let mut lifted = None;
+        for m in members.iter().filter(|m| &json[m.name.clone()] == name) {
+            if !m.plain_string {
+                return None;
+            }
+            let body = m.value.start + 1..m.value.end - 1;
+            out.push_str(&json[copied..body.start]);
+            copied = body.end;
+            lifted = Some(&json[body]);
+        }
+        out.push_str(&json[copied..]);
+        return Some((out, lifted));
     }
     let bytes = json.as_bytes();
     let mut out = String::new();
@@ -454,16 +496,19 @@ mod tests {
 
     #[test]
     fn keys_name_processes_and_normalized_paths() {
-        assert_eq!(keys(r#"{"processId":"p1","chunk":""}"#).0, vec![Key::Process("p1".into())]);
         assert_eq!(
-            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#).0,
+            keys(r#"{"processId":"p1","chunk":""}"#, None).0,
+            vec![Key::Process("p1".into())]
+        );
+        assert_eq!(
+            keys(r#"{"sourcePath":"/a/./b/../c","destinationPath":"/d"}"#, None).0,
             vec![Key::Path("/a/c".into()), Key::Path("/d".into())]
         );
-        assert_eq!(keys(r#"{"path":"relative"}"#).0, vec![]);
-        assert_eq!(keys("[1,2]").0, vec![]);
-        assert!(keys(r#"{"processId":"p","waitMs":5000}"#).1);
-        assert!(!keys(r#"{"processId":"p","waitMs":0}"#).1);
-        assert!(!keys(r#"{"processId":"p","waitMs":null}"#).1);
+        assert_eq!(keys(r#"{"path":"relative"}"#, None).0, vec![]);
+        assert_eq!(keys("[1,2]", None).0, vec![]);
+        assert!(keys(r#"{"processId":"p","waitMs":5000}"#, None).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":0}"#, None).1);
+        assert!(!keys(r#"{"processId":"p","waitMs":null}"#, None).1);
     }
 
     #[test]
@@ -491,11 +536,11 @@ mod tests {
         assert_eq!(only_members("[1]", &["path"]), None);
         assert_eq!(only_members(r#"{"p\u0061th":"/x"}"#, &["path"]), None);
         // Escaped names fall back to the full decode, which reads them.
-        assert_eq!(keys(r#"{"p\u0061th":"/x"}"#).0, vec![Key::Path("/x".into())]);
+        assert_eq!(keys(r#"{"p\u0061th":"/x"}"#, None).0, vec![Key::Path("/x".into())]);
         // A duplicate is still a decode error, so no keys.
-        assert_eq!(keys(r#"{"path":"/a","path":"/b"}"#).0, vec![]);
+        assert_eq!(keys(r#"{"path":"/a","path":"/b"}"#, None).0, vec![]);
         let large = format!(r#"{{"data":"{}\"","path":"/a/../b","waitMs":1}}"#, "x".repeat(5000));
-        assert_eq!(keys(&large), (vec![Key::Path("/b".into())], true));
+        assert_eq!(keys(&large, None), (vec![Key::Path("/b".into())], true));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 mod connection;
 mod dispatch;
 mod envelope;
+mod outline;
 mod pool;
 #[cfg(test)]
 mod proptests;

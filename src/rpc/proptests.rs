@@ -337,6 +337,39 @@ proptest! {
     }
 
     #[test]
+    fn the_outline_reads_requests_as_the_decoders_do(
+        value in arb_envelope(),
+        pretty in any::<bool>(),
+        large in any::<bool>(),
+        edit in prop::option::of((any::<prop::sample::Index>(), prop::sample::select(&[
+            b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b' ', b'0', b'-', b'e', b'u', b'\n',
+        ][..]))),
+    ) {
+        let mut value = value;
+        if large {
+            // A file's base64 and a long padding member, as large params have.
+            if let Some(Value::Object(params)) = value.get_mut("params") {
+                params.insert("dataBase64".into(), Value::String("QUJD".repeat(1100)));
+                params.insert("pad".into(), Value::String("x".repeat(5000)));
+            }
+        }
+        let text = if pretty {
+            serde_json::to_string_pretty(&value).expect("a Value serializes")
+        } else {
+            value.to_string()
+        };
+        let mut bytes = text.into_bytes();
+        if let Some((at, byte)) = edit {
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+        }
+        // An edit inside a multi-byte character leaves no text to read.
+        if let Ok(text) = String::from_utf8(bytes) {
+            prop_assert_eq!(super::outline::tests::agrees(&text).map(drop), Ok(()));
+        }
+    }
+
+    #[test]
     fn deep_nesting_is_malformed_not_a_stack_overflow(depth in 100usize..2000, object in any::<bool>()) {
         let (open, close) = if object { ("{\"a\":", "}") } else { ("[", "]") };
         let text = format!("{}1{}", open.repeat(depth), close.repeat(depth));
