@@ -212,6 +212,42 @@ fn a_256_mib_file_needs_at_most_three_times_its_size() {
     assert!(ratio(read_peak) <= 3.0, "readFile peak {:.2}x", ratio(read_peak));
 }
 
+/// The daemon keeps freed large buffers mapped for reuse only while they are being reused:
+/// after two 16 MiB writes and reads and the connection's close, its resident size comes
+/// back to where it started once they have gone unused for a second. Polls `/proc`, which
+/// signals nothing, every 20 ms up to a deadline.
+#[test]
+fn large_buffers_are_not_kept_once_unused() {
+    const SIZE: usize = 16 << 20;
+    const SLACK: u64 = 8 << 20;
+    let daemon = common::Daemon::start(&[]);
+    let pid = daemon.pid();
+    let dir = TempDir::new();
+    let before = memory(pid, "VmRSS:");
+    {
+        let mut client = Conn::initialized(&daemon.url);
+        client.ws.get_mut().set_read_timeout(Some(LARGE_DEADLINE)).unwrap();
+        let text = b64(&vec![0x5a; SIZE]);
+        for _ in 0..2 {
+            let id =
+                client.request("fs/writeFile", json!({"path": dir.s("f"), "dataBase64": text}));
+            assert_eq!(client.response(&id)["result"], json!({}));
+            let id = client.request("fs/readFile", json!({"path": dir.s("f")}));
+            assert_eq!(client.response(&id)["result"]["dataBase64"].as_str(), Some(&*text));
+        }
+        assert!(memory(pid, "VmHWM:") > before + 2 * SIZE as u64, "the buffers were resident");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = memory(pid, "VmRSS:");
+        if now <= before + SLACK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resident {now} bytes 20 s on; {before} before");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// §1.5: requests naming the same path after lexical normalization take effect in
 /// arrival order even when pipelined.
 #[test]
