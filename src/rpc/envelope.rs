@@ -12,8 +12,7 @@ use serde_json::value::RawValue;
 use super::outline::Field;
 use crate::error::RpcError;
 
-/// Deepest JSON nesting a message may have (§10); deeper is malformed (§1.4).
-pub const MAX_NESTING: usize = 128;
+pub use super::outline::MAX_NESTING;
 
 /// An inbound message's text, owned without copying whatever the transport produced.
 pub type Text = Box<dyn AsStr>;

@@ -8,6 +8,8 @@ mod connection;
 mod dispatch;
 mod envelope;
 mod outline;
+#[cfg(test)]
+mod outline_tests;
 mod pool;
 #[cfg(test)]
 mod proptests;

@@ -365,7 +365,7 @@ proptest! {
         }
         // An edit inside a multi-byte character leaves no text to read.
         if let Ok(text) = String::from_utf8(bytes) {
-            prop_assert_eq!(super::outline::tests::agrees(&text).map(drop), Ok(()));
+            prop_assert_eq!(super::outline_tests::agrees(&text).map(drop), Ok(()));
         }
     }
 
