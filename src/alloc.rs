@@ -121,13 +121,11 @@ const WARM_IDLE: Duration = Duration::from_secs(1);
 struct Warm {
     ranges: [(usize, usize); WARM_SLOTS],
     len: usize,
-    bytes: usize,
     /// When a range was last taken or given.
     used: Option<Instant>,
 }
 
-static WARM: Mutex<Warm> =
-    Mutex::new(Warm { ranges: [(0, 0); WARM_SLOTS], len: 0, bytes: 0, used: None });
+static WARM: Mutex<Warm> = Mutex::new(Warm { ranges: [(0, 0); WARM_SLOTS], len: 0, used: None });
 /// Signalled when the first range is kept, for the trimmer.
 static WARMED: Condvar = Condvar::new();
 /// Whether freed large blocks are kept: only while the trimmer runs.
@@ -138,6 +136,11 @@ fn warm() -> MutexGuard<'static, Warm> {
 }
 
 impl Warm {
+    /// The bytes the free ranges hold.
+    fn bytes(&self) -> usize {
+        self.ranges[..self.len].iter().map(|r| r.1).sum()
+    }
+
     fn remove(&mut self, i: usize) {
         self.len -= 1;
         self.ranges[i] = self.ranges[self.len];
@@ -169,14 +172,13 @@ impl Warm {
         } else {
             self.ranges[i] = (start + len, have - len);
         }
-        self.bytes -= len;
         self.used = Some(Instant::now());
     }
 
     /// Keeps `start..start + len` as free, merged with its neighbours; false (the caller
     /// unmaps it) past the byte limit or when no slot is left.
     fn give(&mut self, start: usize, len: usize) -> bool {
-        if self.bytes + len > WARM_MAX_BYTES {
+        if self.bytes() + len > WARM_MAX_BYTES {
             return false;
         }
         let (mut start, mut len) = (start, len);
@@ -195,7 +197,6 @@ impl Warm {
         }
         self.ranges[self.len] = (start, len);
         self.len += 1;
-        self.bytes = self.ranges[..self.len].iter().map(|r| r.1).sum();
         self.used = Some(Instant::now());
         true
     }
@@ -221,7 +222,6 @@ pub fn start_trimmer() -> std::io::Result<()> {
         }
         let ranges = kept.ranges;
         let n = std::mem::take(&mut kept.len);
-        kept.bytes = 0;
         drop(kept);
         for &(start, len) in &ranges[..n] {
             // SAFETY: a free range of our mappings that nothing refers to any more.
@@ -496,14 +496,14 @@ mod tests {
     fn free_ranges_are_cut_best_fit_merged_and_bounded() {
         use super::{Warm, WARM_MAX_BYTES, WARM_SLOTS};
         const M: usize = 1 << 20;
-        let mut w = Warm { ranges: [(0, 0); WARM_SLOTS], len: 0, bytes: 0, used: None };
+        let mut w = Warm { ranges: [(0, 0); WARM_SLOTS], len: 0, used: None };
         assert_eq!(w.take(M), None);
         assert!(w.give(100 * M, 8 * M));
         assert!(w.give(200 * M, 16 * M));
-        assert_eq!(w.bytes, 24 * M);
+        assert_eq!(w.bytes(), 24 * M);
         // Smallest that fits; cut from its front.
         assert_eq!(w.take(4 * M), Some(100 * M));
-        assert_eq!(w.bytes, 20 * M);
+        assert_eq!(w.bytes(), 20 * M);
         // Growing in place: only the range starting right at the block's end.
         assert!(!w.take_at(100 * M, M));
         assert!(!w.take_at(104 * M, 5 * M));
@@ -513,7 +513,7 @@ mod tests {
         assert!(w.give(100 * M, 4 * M));
         assert!(w.give(108 * M, 92 * M));
         assert!(w.give(104 * M, 4 * M));
-        assert_eq!((w.len, w.ranges[0], w.bytes), (1, (100 * M, 116 * M), 116 * M));
+        assert_eq!((w.len, w.ranges[0], w.bytes()), (1, (100 * M, 116 * M), 116 * M));
         // The byte limit and the slot limit refuse (the caller unmaps).
         assert!(!w.give(1000 * M, WARM_MAX_BYTES));
         for i in 1..WARM_SLOTS {

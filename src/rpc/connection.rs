@@ -162,28 +162,27 @@ impl Request {
         self.method() == "initialize"
     }
 
-    /// Ordering keys and whether it may run on the reader's thread, once built.
-    fn with_keys(mut self) -> Request {
-        let (keys, waits) = keys(self.params(), self.members());
-        self.keys = keys;
-        self.quick = is_quick(self.method(), waits);
-        self
+    /// A request of `frame`, with its ordering keys and whether it may run on the
+    /// reader's thread.
+    fn new(
+        frame: Text,
+        (id, method, params): (Range<usize>, Piece, Option<Range<usize>>),
+        members: Option<Vec<Field>>,
+        sandbox: Option<bool>,
+    ) -> Request {
+        let mut request =
+            Request { id, method, frame, params, members, sandbox, keys: Vec::new(), quick: false };
+        let (keys, waits) = keys(request.params(), request.members());
+        request.keys = keys;
+        request.quick = is_quick(request.method(), waits);
+        request
     }
 
     /// A request as the outline found it: nothing decoded twice.
     fn outlined(frame: Text, o: Outline) -> Result<Request, super::envelope::Malformed> {
         check_id(&frame.as_str()[o.id.clone()])?;
-        let request = Request {
-            id: o.id,
-            method: Piece::At(o.method),
-            frame,
-            params: o.params,
-            members: o.members,
-            sandbox: Some(o.sandbox),
-            keys: Vec::new(),
-            quick: false,
-        };
-        Ok(request.with_keys())
+        let parts = (o.id, Piece::At(o.method), o.params);
+        Ok(Request::new(frame, parts, o.members, Some(o.sandbox)))
     }
 }
 
@@ -229,45 +228,28 @@ impl Connection {
     /// What a message the outline does not vouch for is, by the envelope decoder; Err
     /// with the flow once it has been answered or the connection closed.
     fn decoded(self: &Arc<Self>, text: Text) -> Result<Item, Flow> {
-        let message = match decode(text.as_str()) {
+        let parts = match decode(text.as_str()) {
             Ok(Message::Request { method, id, params }) => {
                 let method = match method {
                     Cow::Borrowed(m) => Piece::At(span(text.as_str(), m)),
                     Cow::Owned(m) => Piece::Own(m),
                 };
-                let id = span(text.as_str(), id);
-                let params = params.map(|p| span(text.as_str(), p.get()));
-                return Ok(Item::Request(
-                    Request {
-                        id,
-                        method,
-                        frame: text,
-                        params,
-                        members: None,
-                        sandbox: None,
-                        keys: Vec::new(),
-                        quick: false,
-                    }
-                    .with_keys(),
-                ));
+                (span(text.as_str(), id), method, params.map(|p| span(text.as_str(), p.get())))
             }
-            other => other,
-        };
-        match message {
             Ok(Message::Notification { method }) if method == "initialized" => {
-                Ok(Item::Initialized)
+                return Ok(Item::Initialized)
             }
             Ok(Message::Notification { method }) => {
                 log::warn!("connection {}: unknown notification `{method}`; closing", self.id);
-                Err(self.close_for(CloseReason::Protocol))
+                return Err(self.close_for(CloseReason::Protocol));
             }
             Ok(Message::Response) => {
                 log::warn!("connection {}: client sent a response; closing", self.id);
-                Err(self.close_for(CloseReason::Protocol))
+                return Err(self.close_for(CloseReason::Protocol));
             }
-            Ok(Message::Request { .. }) => unreachable!("returned above"),
-            Err(e) => Err(self.malformed(&e.0)),
-        }
+            Err(e) => return Err(self.malformed(&e.0)),
+        };
+        Ok(Item::Request(Request::new(text, parts, None, None)))
     }
 
     /// Answers a message the transport could not even turn into text (§1.4).

@@ -185,8 +185,8 @@ pub(super) fn keys(params: &str, members: Option<&[Field]>) -> (Vec<Key>, bool) 
     // a `memchr` search, not walked by the decoder. Params of any other shape have no keys.
     let wanted = (params.len() >= KEYS_SCAN_MIN_BYTES)
         .then(|| match members {
-            Some(members) => Some(members_text(params, members, &KEY_MEMBERS)),
-            None => only_members(params, &KEY_MEMBERS),
+            Some(members) => Some(only_members(params, members, &KEY_MEMBERS)),
+            None => fields(params).map(|found| only_members(params, &found, &KEY_MEMBERS)),
         })
         .flatten();
     let Ok(named) = serde_json::from_str::<Named>(wanted.as_deref().unwrap_or(params)) else {
@@ -261,29 +261,28 @@ impl<'a> ObjectWalk<'a> {
     }
 }
 
-/// The members of the JSON object `json` named in `names`, as an object of their own that
-/// a decoder ignoring other members reads the same way (duplicates stay duplicates). The
-/// text must be valid JSON, as every message's is once its envelope has decoded. None when
-/// it is not an object, or when a member's name has an escape (and so may be any name).
-fn only_members(json: &str, names: &[&str]) -> Option<String> {
-    let mut out = String::from("{");
+/// The members of the JSON object `json` (valid JSON, as every message's is once its
+/// envelope has decoded) as the outline records them (outline.rs). None when it is not an
+/// object, or when a member's name has an escape (and so may be any name).
+fn fields(json: &str) -> Option<Vec<Field>> {
+    let bytes = json.as_bytes();
+    let mut fields = Vec::new();
     let mut walk = ObjectWalk::new(json)?;
     while let Some(member) = walk.next_member().ok()? {
         let end = value_end(json, member.value)?;
         walk.resume(end);
-        if names.contains(&member.name) {
-            if out.len() > 1 {
-                out.push(',');
-            }
-            out.push_str(&json[member.start..end]);
-        }
+        let plain_string = bytes[member.value] == b'"'
+            && memchr::memchr(b'\\', &bytes[member.value + 1..end - 1]).is_none();
+        let name = member.start + 1..member.start + 1 + member.name.len();
+        fields.push(Field { start: member.start, name, value: member.value..end, plain_string });
     }
-    out.push('}');
-    Some(out)
+    Some(fields)
 }
 
-/// `only_members` from the members the outline found: the same text without a walk.
-fn members_text(json: &str, members: &[Field], names: &[&str]) -> String {
+/// The members of the object `json` named in `names` (`fields` of it), as an object of
+/// their own that a decoder ignoring other members reads the same way (duplicates stay
+/// duplicates).
+fn only_members(json: &str, members: &[Field], names: &[&str]) -> String {
     let mut out = String::from("{");
     for m in members.iter().filter(|m| names.contains(&&json[m.name.clone()])) {
         if out.len() > 1 {
@@ -312,46 +311,26 @@ pub(super) fn lift_string_member<'a>(
     if json.len() < KEYS_SCAN_MIN_BYTES {
         return None;
     }
-    if let Some(members) = members {
-        let mut out = String::new();
-        let mut copied = 0;
-        let mut lifted = None;
-        for m in members.iter().filter(|m| &json[m.name.clone()] == name) {
-            if !m.plain_string {
-                return None;
-            }
-            let body = m.value.start + 1..m.value.end - 1;
-            out.push_str(&json[copied..body.start]);
-            copied = body.end;
-            lifted = Some(&json[body]);
+    let found;
+    let members = match members {
+        Some(members) => members,
+        None => {
+            found = fields(json)?;
+            &found
         }
-        out.push_str(&json[copied..]);
-        return Some((out, lifted));
-    }
-    let bytes = json.as_bytes();
+    };
     let mut out = String::new();
     // `json[copied..]` is still to be copied into `out`.
     let mut copied = 0;
     let mut lifted = None;
-    let mut walk = ObjectWalk::new(json)?;
-    while let Some(member) = walk.next_member().ok()? {
-        let start = member.value;
-        if member.name != name {
-            walk.resume(value_end(json, start)?);
-            continue;
-        }
-        if bytes.get(start) != Some(&b'"') {
+    for m in members.iter().filter(|m| &json[m.name.clone()] == name) {
+        if !m.plain_string {
             return None;
         }
-        // One search finds the end of a string without escapes, or gives up at the first.
-        let len = memchr::memchr2(b'"', b'\\', &bytes[start + 1..])?;
-        if bytes[start + 1 + len] != b'"' {
-            return None;
-        }
-        out.push_str(&json[copied..=start]);
-        lifted = Some(&json[start + 1..start + 1 + len]);
-        copied = start + 1 + len;
-        walk.resume(copied + 1);
+        let body = m.value.start + 1..m.value.end - 1;
+        out.push_str(&json[copied..body.start]);
+        copied = body.end;
+        lifted = Some(&json[body]);
     }
     out.push_str(&json[copied..]);
     Some((out, lifted))
@@ -525,15 +504,17 @@ mod tests {
             "{\n\t\"sourcePath\":\"/s\",\r\"destinationPath\":\"/d\"}",
             r#"{"path":"/a","path":"/b"}"#,
         ] {
-            let wanted = only_members(params, &KEY_MEMBERS).expect("an object with plain names");
+            let found = fields(params).expect("an object with plain names");
+            let wanted = only_members(params, &found, &KEY_MEMBERS);
             assert_eq!(
                 serde_json::from_str::<serde_json::Value>(&wanted).ok(),
                 full(params).map(|m| serde_json::Value::Object(m.into_iter().collect())),
                 "{params}"
             );
         }
-        assert_eq!(only_members("[1]", &["path"]), None);
-        assert_eq!(only_members(r#"{"p\u0061th":"/x"}"#, &["path"]), None);
+        let only = |json: &str, names: &[&str]| fields(json).map(|f| only_members(json, &f, names));
+        assert_eq!(only("[1]", &["path"]), None);
+        assert_eq!(only(r#"{"p\u0061th":"/x"}"#, &["path"]), None);
         // Escaped names fall back to the full decode, which reads them.
         assert_eq!(keys(r#"{"p\u0061th":"/x"}"#, None).0, vec![Key::Path("/x".into())]);
         // A duplicate is still a decode error, so no keys.

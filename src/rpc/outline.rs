@@ -8,7 +8,7 @@
 //! The outline vouches only for what it is sure reads exactly as the decoders read it: valid
 //! JSON nested at most `MAX_NESTING` deep, a top-level object without duplicate envelope
 //! members, a `method` string and envelope and params member names free of escapes, and no
-//! `\u` escape outside long strings' reach. Anything else gives None, and the caller takes
+//! `\u` escape anywhere. Anything else gives None, and the caller takes
 //! the decoders' path, which says what is wrong in their words. Pure functions over text.
 
 use std::ops::Range;
@@ -76,8 +76,8 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
             if depth == 0 {
                 break;
             }
-            if found.params_depth == Some(depth + 1) {
-                found.params_depth = None;
+            if depth == 1 {
+                found.in_params = false;
             }
             // The container was a value held one level up.
             found.value_end(depth, walk.at, false);
@@ -99,7 +99,7 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
                 return None;
             }
             let (name, plain) = walk.string()?;
-            let in_params_object = found.params_depth == Some(depth) && found.members.is_some();
+            let in_params_object = found.in_params && depth == 2 && found.members.is_some();
             if (depth == 1 || in_params_object) && !plain {
                 return None;
             }
@@ -119,7 +119,7 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
             } else if in_params_object {
                 found.inner = Some((name.clone(), start, value));
             }
-            named_sandbox = found.params_depth.is_some() && plain && &walk.b[name] == b"sandbox";
+            named_sandbox = found.in_params && plain && &walk.b[name] == b"sandbox";
         }
         let c = walk.peek()?;
         if c == b'{' || c == b'[' {
@@ -132,7 +132,7 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
             open[depth] = c == b'{';
             fresh = true;
             if let (2, Some((Some(PARAMS), start))) = (depth, found.top) {
-                found.params_depth = Some(2);
+                found.in_params = true;
                 found.params_start = start;
                 if c == b'{' {
                     found.members = Some(Vec::new());
@@ -150,12 +150,12 @@ pub(super) fn outline(text: &str) -> Option<Outline> {
         };
         if depth == 1 && matches!(found.top, Some((Some(METHOD), _))) {
             // The method is kept as its string's body, and only a string without escapes.
-            found.top = None;
-            found.method_plain = plain;
-            found.seen[METHOD] = Some(start + 1..walk.at - 1);
             if c != b'"' {
                 return None;
             }
+            found.top = None;
+            found.method_plain = plain;
+            found.seen[METHOD] = Some(start + 1..walk.at - 1);
             continue;
         }
         found.value_end(depth, walk.at, plain);
@@ -179,8 +179,8 @@ struct Found {
     /// The envelope member whose value is being read (its index in ENVELOPE, if one) and
     /// where that value starts.
     top: Option<(Option<usize>, usize)>,
-    /// The params depth while the params value is open, and where it starts.
-    params_depth: Option<usize>,
+    /// The params value (an object or array, at depth 2) is open, and where it starts.
+    in_params: bool,
     params_start: usize,
     /// The params member being read: name, start, value start (in the text).
     inner: Option<(Range<usize>, usize, usize)>,
@@ -196,7 +196,7 @@ impl Found {
             if let Some((Some(k), start)) = self.top.take() {
                 self.seen[k] = Some(start..end);
             }
-        } else if self.params_depth == Some(depth) {
+        } else if self.in_params && depth == 2 {
             if let (Some((name, start, value)), Some(list)) = (self.inner.take(), &mut self.members)
             {
                 let base = self.params_start;
@@ -251,8 +251,13 @@ impl Walk<'_> {
         Some((start..at, plain))
     }
 
+    /// `word` (`true`, `false`, `null`); false, as it is no string.
     fn literal(&mut self, word: &[u8]) -> Option<bool> {
-        self.b[self.at..].starts_with(word).then(|| self.at += word.len()).map(|()| false)
+        if !self.b[self.at..].starts_with(word) {
+            return None;
+        }
+        self.at += word.len();
+        Some(false)
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
