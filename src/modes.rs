@@ -56,7 +56,13 @@ pub fn cloud(flags: &cloud::CloudArgs, config: Config) -> Result<(), Exit> {
         &mut |mut ws| {
             // The client handshake used tungstenite's defaults; serve with ours.
             ws.set_config(|c| *c = websocket::ws_config(&server.config));
-            websocket::serve(ws, &server, Transport::Rendezvous, Some(keepalive))
+            websocket::serve(
+                ws,
+                websocket::Reading::Tungstenite,
+                &server,
+                Transport::Rendezvous,
+                Some(keepalive),
+            )
         },
         &|delay| shutdown::wait(Some(delay)),
     );

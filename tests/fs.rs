@@ -235,7 +235,8 @@ fn large_buffers_are_not_kept_once_unused() {
             let id = client.request("fs/readFile", json!({"path": dir.s("f")}));
             assert_eq!(client.response(&id)["result"]["dataBase64"].as_str(), Some(&*text));
         }
-        assert!(memory(pid, "VmHWM:") > before + 2 * SIZE as u64, "the buffers were resident");
+        let peak = memory(pid, "VmHWM:");
+        assert!(peak > before + SIZE as u64, "the buffers were resident: {peak} after {before}");
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
-use super::websocket::{serve, ws_config};
+use super::websocket::{serve, ws_config, Reading};
 use crate::rpc::{Server, Transport};
 use crate::shutdown;
 
@@ -100,8 +100,8 @@ pub fn accept(listener: TcpListener, server: &Arc<Server>, security: Security) -
             let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
                 let upgrade = handshake(stream, peer, &server, &security, &upgraded);
                 pending.fetch_sub(1, Ordering::SeqCst);
-                if let Some(ws) = upgrade {
-                    serve(ws, &server, Transport::Local(peer), None);
+                if let Some((ws, already)) = upgrade {
+                    serve(ws, Reading::Frames(already), &server, Transport::Local(peer), None);
                     upgraded.fetch_sub(1, Ordering::SeqCst);
                 }
             });
@@ -114,14 +114,15 @@ pub fn accept(listener: TcpListener, server: &Arc<Server>, security: Security) -
 }
 
 /// Reads the HTTP request head, routes it (§9.1) and, for an accepted upgrade, answers
-/// 101 and returns the websocket. Everything else is answered and dropped here.
+/// 101 and returns the websocket with the bytes read past the head. Everything else is
+/// answered and dropped here.
 fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
     server: &Server,
     security: &Security,
     upgraded: &AtomicUsize,
-) -> Option<WebSocket<TcpStream>> {
+) -> Option<(WebSocket<TcpStream>, Vec<u8>)> {
     let deadline = Instant::now() + server.config.handshake_timeout;
     let _ = stream.set_nodelay(true);
     let (buf, head_len) = match read_head(&mut stream, deadline) {
@@ -208,13 +209,10 @@ fn handshake(
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
     set_keepalive(&stream);
-    let rest = buf[head_len..].to_vec();
-    Some(WebSocket::from_partially_read(
-        stream,
-        rest,
-        Role::Server,
-        Some(ws_config(&server.config)),
-    ))
+    // frames.rs reads this socket; tungstenite only writes, so it needs no read buffer.
+    let config = ws_config(&server.config).read_buffer_size(0);
+    let ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
+    Some((ws, buf[head_len..].to_vec()))
 }
 
 /// Reads until the end of the HTTP head; `None` when the peer gave up or sent too much.

@@ -1,7 +1,8 @@
 //! Serving one websocket, accepted or rendezvous: the mutex-guarded writer (`Outbound`) on a
-//! non-blocking socket, and the `poll(2)` read loop that hands each text frame to
-//! `rpc::Connection`, with keepalive pings for rendezvous links. It parses no JSON-RPC and
-//! accepts no connections (listener.rs).
+//! non-blocking socket, and the `poll(2)` read loop that hands each text message to
+//! `rpc::Connection` (read by frames.rs on accepted sockets, by tungstenite on rendezvous
+//! links), answering Pings and the peer's Close, with keepalive pings for rendezvous links.
+//! It parses no JSON-RPC and accepts no connections (listener.rs).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::outbound::{CloseReason, Closed, Outbound};
 use crate::recycle;
 use crate::rpc::{Flow, Server, Text, Transport};
+use crate::transport::frames::{Event, Failure, Fd, Frames, Next};
 use crate::transport::guarded::{wait_for, GuardedSocket};
 
 /// Outbound messages larger than this go out as several frames, so the socket's write
@@ -36,6 +38,16 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 pub struct Keepalive {
     pub ping_every: Duration,
     pub dead_after: Duration,
+}
+
+/// Who reads a websocket's inbound frames.
+pub enum Reading {
+    /// frames.rs, straight from the socket: accepted connections, whose handshake was ours;
+    /// it holds the bytes the handshake read past the HTTP head.
+    Frames(Vec<u8>),
+    /// Tungstenite: rendezvous links, whose client handshake (and any bytes read past it)
+    /// tungstenite owns, and which may run over TLS.
+    Tungstenite,
 }
 
 /// Websocket settings for every connection: the message limit also bounds a single
@@ -69,6 +81,20 @@ impl<S: Read + Write + Send> Writer<S> {
             log::warn!("peer accepted nothing for {stall:?}; closing");
             self.close(CloseReason::Stalled);
         })
+    }
+
+    /// Answers the peer's Close (RFC 6455 §5.5.1) with its own code and reason, or with
+    /// 1002 for a code no endpoint may send, as tungstenite answers it on rendezvous links.
+    /// `finish` flushes it.
+    fn answer_close(&self, frame: Option<CloseFrame>) {
+        if self.socket.closing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let frame = frame.map(|f| match f.code.is_allowed() {
+            true => f,
+            false => CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() },
+        });
+        let _ = self.lock().close(frame);
     }
 
     /// Flushes what is queued (a Close frame) for at most `CLOSE_FLUSH`, then shuts the
@@ -136,6 +162,7 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
 /// there is, and hands each message to the connection.
 pub fn serve<S>(
     ws: WebSocket<S>,
+    reading: Reading,
     server: &Arc<Server>,
     transport: Transport,
     keepalive: Option<Keepalive>,
@@ -152,6 +179,10 @@ pub fn serve<S>(
         turn: Mutex::new(()),
     });
     let conn = server.connect(Arc::clone(&writer) as Arc<dyn Outbound>, transport);
+    let mut frames = match reading {
+        Reading::Frames(already) => Some(Frames::new(&already, server.config.max_message_bytes)),
+        Reading::Tungstenite => None,
+    };
     let mut last_heard = Instant::now();
     let mut next_ping = keepalive.map(|k| last_heard + k.ping_every);
     let mut drained = false;
@@ -176,10 +207,13 @@ pub fn serve<S>(
             }
             drained = false;
         }
-        // One message per lock: it is handled (and, when quick, answered) before the next
+        // One message per read: it is handled (and, when quick, answered) before the next
         // read, so a lone request's response never waits behind the read that finds the
         // socket empty.
-        let event = read_one(&mut writer.lock());
+        let event = match &mut frames {
+            Some(frames) => read_frames(frames, &writer),
+            None => read_one(&mut writer.lock()),
+        };
         if !matches!(event, Inbound::Drained) {
             last_heard = Instant::now();
         }
@@ -217,6 +251,43 @@ enum Inbound {
     Drained,
     /// The connection is over, with the close reason to send if it is ours to send.
     End(Option<CloseReason>),
+}
+
+/// One step of frames.rs on the socket; Pings and the peer's Close are answered here.
+fn read_frames<S: Read + Write + Send>(frames: &mut Frames, writer: &Writer<S>) -> Inbound {
+    match frames.next(&mut Fd(writer.socket.fd)) {
+        Next::Event(Event::Text(text)) => Inbound::Text(Box::new(text)),
+        Next::Event(Event::Binary(bytes)) => match String::from_utf8(bytes) {
+            Ok(text) => Inbound::Text(Box::new(text)),
+            Err(e) => Inbound::Malformed(format!("binary frame is not UTF-8: {}", e.utf8_error())),
+        },
+        Next::Event(Event::Ping(payload)) => {
+            // No Pong once closing: the write fails and the loop ends on its own.
+            let _ = writer.write(Message::Pong(Bytes::from(payload)));
+            Inbound::Nothing
+        }
+        Next::Event(Event::Pong) => Inbound::Nothing,
+        Next::Event(Event::Close(frame)) => {
+            writer.answer_close(frame);
+            Inbound::End(None)
+        }
+        Next::WouldBlock => Inbound::Drained,
+        Next::Failed(Failure::TooBig { size, max }) => {
+            log::warn!("closing: message too long: {size} > {max}");
+            Inbound::End(Some(CloseReason::TooBig))
+        }
+        Next::Failed(Failure::Utf8) => Inbound::End(Some(CloseReason::InvalidData)),
+        Next::Failed(Failure::Protocol(why)) => {
+            log::warn!("closing: websocket protocol error: {why}");
+            Inbound::End(Some(CloseReason::Protocol))
+        }
+        // The peer went away without a Close frame: nothing to answer.
+        Next::Eof => Inbound::End(None),
+        Next::Io(e) => {
+            log::debug!("closing: websocket read failed: {e}");
+            Inbound::End(None)
+        }
+    }
 }
 
 fn read_one<S: Read + Write>(ws: &mut WebSocket<S>) -> Inbound {
