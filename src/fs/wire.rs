@@ -73,6 +73,29 @@ pub struct GetMetadataResponse {
     pub modified_at_ms: i64,
 }
 
+impl GetMetadataResponse {
+    /// Appends the JSON serde would write for it. The most frequent request's result is
+    /// written by hand because serde_json's writer, a call per token, was the largest
+    /// single cost of its round trip (a sixth of the instructions).
+    pub fn write_json(&self, out: &mut String) {
+        let flag = |b: bool| if b { "true" } else { "false" };
+        let mut number = itoa::Buffer::new();
+        out.push_str("{\"isDirectory\":");
+        out.push_str(flag(self.is_directory));
+        out.push_str(",\"isFile\":");
+        out.push_str(flag(self.is_file));
+        out.push_str(",\"isSymlink\":");
+        out.push_str(flag(self.is_symlink));
+        out.push_str(",\"size\":");
+        out.push_str(number.format(self.size));
+        out.push_str(",\"createdAtMs\":");
+        out.push_str(number.format(self.created_at_ms));
+        out.push_str(",\"modifiedAtMs\":");
+        out.push_str(number.format(self.modified_at_ms));
+        out.push('}');
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ReadDirectoryParams {
     pub path: AbsolutePath,
@@ -113,4 +136,31 @@ pub struct CopyParams {
     pub recursive: bool,
     #[serde(default)]
     pub sandbox: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_json_written_by_hand_is_what_serde_writes() {
+        for (flags, size, created, modified) in [
+            ((true, false, false), 0, 0, 0),
+            ((false, true, true), u64::MAX, i64::MIN, i64::MAX),
+            ((false, false, true), 4096, -1, 1_764_000_000_123),
+        ] {
+            let response = GetMetadataResponse {
+                is_directory: flags.0,
+                is_file: flags.1,
+                is_symlink: flags.2,
+                size,
+                created_at_ms: created,
+                modified_at_ms: modified,
+            };
+            let mut out = String::from("x");
+            response.write_json(&mut out);
+            let serde = serde_json::to_string(&response).expect("serializes");
+            assert_eq!(out, format!("x{serde}"));
+        }
+    }
 }

@@ -91,9 +91,9 @@ impl Connection {
             "fs/createDirectory" => {
                 self.gated(Family::Filesystem, id, params, |p, _| fs::create_directory(p))
             }
-            "fs/getMetadata" => {
-                self.gated(Family::Filesystem, id, params, |p, _| fs::get_metadata(p))
-            }
+            "fs/getMetadata" => self.gated_into(Family::Filesystem, id, params, |p, _, out| {
+                fs::get_metadata(p).map(|metadata| metadata.write_json(out))
+            }),
             "fs/readDirectory" => {
                 self.gated(Family::Filesystem, id, params, |p, _| fs::read_directory(p))
             }
@@ -205,7 +205,11 @@ impl Connection {
     {
         let params = decode_params(params)?;
         let session = self.gate(family)?;
-        let mut text = format!("{{\"id\":{id},\"result\":");
+        // Room for a small result; a large one (a file) reserves its own.
+        let mut text = String::with_capacity(256);
+        text.push_str("{\"id\":");
+        text.push_str(id);
+        text.push_str(",\"result\":");
         handler(params, &session, &mut text)?;
         text.push('}');
         Ok(text)
