@@ -171,6 +171,9 @@ const KEY_MEMBERS: [&str; 6] =
 /// to long-poll (`waitMs` above zero). `members`: the params' members when the outline
 /// found them (outline.rs), so large params are not walked again.
 pub(super) fn keys(params: &str, members: Option<&[Field]>) -> (Vec<Key>, bool) {
+    if let Some(read) = members.and_then(|members| keys_of_members(params, members)) {
+        return read;
+    }
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Named {
@@ -206,6 +209,49 @@ pub(super) fn keys(params: &str, members: Option<&[Field]>) -> (Vec<Key>, bool) 
         }
     }
     (keys, waits)
+}
+
+/// `keys` read from the outline's members without a decoder, when every key member is
+/// null, a string free of escapes, or (`waitMs`) a plain unsigned integer, and none comes
+/// twice; None for anything else, which the decoder reads (and may refuse) as before.
+fn keys_of_members(params: &str, members: &[Field]) -> Option<(Vec<Key>, bool)> {
+    let mut seen = [false; KEY_MEMBERS.len()];
+    let mut found: [Option<&str>; KEY_MEMBERS.len()] = [None; KEY_MEMBERS.len()];
+    let mut waits = false;
+    for m in members {
+        let Some(at) = KEY_MEMBERS.iter().position(|k| *k == &params[m.name.clone()]) else {
+            continue;
+        };
+        if std::mem::replace(&mut seen[at], true) {
+            return None;
+        }
+        let value = &params[m.value.clone()];
+        if value == "null" {
+            continue;
+        }
+        if KEY_MEMBERS[at] == "waitMs" {
+            // A fraction, exponent or sign fails to parse and is the decoder's to judge.
+            waits = value.parse::<u64>().ok()? > 0;
+        } else if m.plain_string {
+            found[at] = Some(&value[1..value.len() - 1]);
+        } else {
+            return None;
+        }
+    }
+    let mut keys = Vec::new();
+    let [process, path, source, destination, _, handle] = found;
+    if let Some(id) = process {
+        keys.push(Key::Process(id.to_string()));
+    }
+    if let Some(id) = handle {
+        keys.push(Key::Handle(id.to_string()));
+    }
+    for path in [path, source, destination].into_iter().flatten() {
+        if let Some(path) = crate::uri::key_path(path) {
+            keys.push(Key::Path(path));
+        }
+    }
+    Some((keys, waits))
 }
 
 /// One member of a JSON object: where it starts (its name's opening quote), its name (free

@@ -75,6 +75,18 @@ fn requests_are_outlined_as_the_decoders_read_them() {
         format!(r#"{{"id":1,"method":"fs/writeFile","params":{{"path":"/a","dataBase64":["{data}"]}}}}"#),
         format!(r#"{{"id":1,"method":"fs/writeFile","params":{{"path":"/a","pad":"{data}","path":"/b","waitMs":3}}}}"#),
         format!(r#"{{"id":null,"method":"x","params":{{"pad":"{data}"}}}}"#),
+        // Key members read without the decoder, or handed to it (`keys_of_members`).
+        r#"{"id":1,"method":"x","params":{"processId":"p","handleId":"h","sourcePath":"/a/../b","destinationPath":"file:///c","waitMs":0}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"processId":null,"path":null,"waitMs":null}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"processId":"a\"b","waitMs":1}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"processId":"p","processId":"q"}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"processId":7,"path":"/a"}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"path":"/a","waitMs":1.0}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"path":"/a","waitMs":-1}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"path":"/a","waitMs":1e3}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"path":"/a","waitMs":18446744073709551616}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"path":"relative","waitMs":18446744073709551615}}"#.into(),
+        r#"{"id":1,"method":"x","params":{"path":["/a"]}}"#.into(),
     ];
     for text in &vouched {
         assert_eq!(agrees(text), Ok(true), "{text:.200}");
