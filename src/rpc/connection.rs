@@ -61,7 +61,10 @@ impl Item {
     pub(super) fn shape(&self) -> (bool, &[Key]) {
         match self {
             Item::Initialized => (true, &[]),
-            Item::Request(request) => (request.is_barrier(), &request.keys),
+            Item::Request(request) => (
+                request.is_barrier(),
+                request.keys.as_deref().expect("keys read before scheduling"),
+            ),
         }
     }
 }
@@ -112,7 +115,8 @@ pub(super) struct Request {
     /// The params' members and whether they carry a sandbox, when the outline found them.
     members: Option<Vec<Field>>,
     sandbox: Option<bool>,
-    keys: Vec<Key>,
+    /// Read when first needed (`read_keys`): a lone request is started without them.
+    keys: Option<Vec<Key>>,
     /// May run on the reader's own thread (see `Connection::handle`).
     quick: bool,
 }
@@ -171,11 +175,24 @@ impl Request {
         sandbox: Option<bool>,
     ) -> Request {
         let mut request =
-            Request { id, method, frame, params, members, sandbox, keys: Vec::new(), quick: false };
-        let (keys, waits) = keys(request.params(), request.members());
-        request.keys = keys;
+            Request { id, method, frame, params, members, sandbox, keys: None, quick: false };
+        // Only a read's quickness depends on its params (`waitMs`).
+        let waits = if request.method() == "process/read" {
+            let (keys, waits) = keys(request.params(), request.members());
+            request.keys = Some(keys);
+            waits
+        } else {
+            false
+        };
         request.quick = is_quick(request.method(), waits);
         request
+    }
+
+    /// Reads the ordering keys if they are not read yet.
+    fn read_keys(&mut self) {
+        if self.keys.is_none() {
+            self.keys = Some(keys(self.params(), self.members()).0);
+        }
     }
 
     /// A request as the outline found it: nothing decoded twice.
@@ -305,7 +322,23 @@ impl Connection {
     /// cheapest to answer.
     fn pump(self: &Arc<Self>, state: &mut ConnState, inline: bool) -> (Flow, Option<Request>) {
         let limit = self.server.config.concurrent_requests;
+        // Alone with nothing running, a quick request has nothing to be ordered against,
+        // and nothing can queue behind it while the reader runs it: it needs neither its
+        // keys read nor marked busy.
+        let lone_quick = matches!(state.queue.front(), Some(Item::Request(r)) if r.quick);
+        if inline && lone_quick && state.running == 0 && state.queue.len() == 1 {
+            if let Some(Item::Request(request)) = state.queue.pop_front() {
+                state.running += 1;
+                self.wake(state);
+                return (Flow::Continue, Some(request));
+            }
+        }
         loop {
+            for item in state.queue.iter_mut() {
+                if let Item::Request(request) = item {
+                    request.read_keys();
+                }
+            }
             let shapes = state.queue.iter().map(Item::shape);
             let picks = startable(shapes, state.running, &state.busy, limit);
             if picks.is_empty() {
@@ -334,7 +367,7 @@ impl Connection {
             }
             let lone = started.len() == 1 && state.queue.is_empty() && state.running == 0;
             for request in started.into_iter().rev() {
-                for key in &request.keys {
+                for key in request.keys.iter().flatten() {
                     match state.busy.iter_mut().find(|(b, _)| b == key) {
                         Some((_, count)) => *count += 1,
                         None => state.busy.push((key.clone(), 1)),
@@ -400,7 +433,8 @@ impl Connection {
             );
         }
         state.running -= 1;
-        for key in &request.keys {
+        // A request started alone never had its keys marked (`pump`).
+        for key in request.keys.iter().flatten() {
             if let Some(at) = state.busy.iter().position(|(b, _)| b == key) {
                 state.busy[at].1 -= 1;
                 if state.busy[at].1 == 0 {
