@@ -1225,7 +1225,11 @@ fn run_all(targets: &[Target], echo: &Target, rounds: usize) -> Vec<Table> {
     let mut runs: Vec<Run> = targets
         .iter()
         .map(|target| {
-            let server = launch(target, None).map(|(s, _)| s);
+            // Finished processes are dropped once read to their end (as the soak does): with
+            // the default 30 s retention, a run of several rounds would pass the process
+            // limit on this one server, and each scenario would inherit the last one's.
+            let lean = with_supported(target, &[["--exited-retention-secs", "0"]]);
+            let server = launch(&lean, None).map(|(s, _)| s);
             let mut table = Table::default();
             let idle = server.as_ref().map_err(Clone::clone).and_then(Server::rss_kib);
             table.row("RSS idle (after startup)", idle.map(Fig::kib), None);
