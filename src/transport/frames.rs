@@ -274,9 +274,12 @@ impl Frames {
             _ => {
                 let message = self.message.take().expect("a data frame has its message");
                 if message.text {
-                    let text = String::from_utf8(message.bytes)
-                        .map_err(|_| Stop::Failed(Failure::Utf8))?;
-                    Event::Text(text)
+                    if message.checked != message.bytes.len() {
+                        // The message ends inside a character.
+                        return Err(Stop::Failed(Failure::Utf8));
+                    }
+                    // SAFETY: `check` found every byte of the message to be UTF-8.
+                    Event::Text(unsafe { String::from_utf8_unchecked(message.bytes) })
                 } else {
                     Event::Binary(message.bytes)
                 }
