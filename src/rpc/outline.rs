@@ -313,14 +313,26 @@ fn stop(b: &[u8], from: usize) -> Option<usize> {
             let quote = _mm_set1_epi8(b'"' as i8);
             let backslash = _mm_set1_epi8(b'\\' as i8);
             let control = _mm_set1_epi8(0x1f);
-            while at + 16 <= b.len() {
+            // The bytes that stop a string, as 0xff lanes; a byte at most 0x1f equals its
+            // minimum with 0x1f.
+            let hits = |at: usize| {
                 let v = _mm_loadu_si128(b.as_ptr().add(at).cast::<__m128i>());
-                // A byte at most 0x1f equals its minimum with 0x1f.
-                let hits = _mm_or_si128(
+                _mm_or_si128(
                     _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
                     _mm_cmpeq_epi8(_mm_min_epu8(v, control), v),
-                );
-                let mask = _mm_movemask_epi8(hits);
+                )
+            };
+            // A long string (a file's base64) is crossed 64 bytes a step, one test per step.
+            while at + 64 <= b.len() {
+                let (h0, h1, h2, h3) = (hits(at), hits(at + 16), hits(at + 32), hits(at + 48));
+                if _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(h0, h1), _mm_or_si128(h2, h3))) != 0
+                {
+                    break;
+                }
+                at += 64;
+            }
+            while at + 16 <= b.len() {
+                let mask = _mm_movemask_epi8(hits(at));
                 if mask != 0 {
                     return Some(at + mask.trailing_zeros() as usize);
                 }
@@ -331,4 +343,25 @@ fn stop(b: &[u8], from: usize) -> Option<usize> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     b[from..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|n| from + n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stop_finds_the_first_stopping_byte_across_every_step_size() {
+        for len in [0, 15, 16, 63, 64, 65, 130, 200] {
+            for from in [0, 1, 17, 63] {
+                assert_eq!(super::stop(&vec![b'a'; len], from.min(len)), None);
+                for at in from..len {
+                    for byte in [b'"', b'\\', 0x00, 0x1f] {
+                        let mut text = vec![b'a'; len];
+                        text[at] = byte;
+                        // A later stop must not hide the first one.
+                        text[len - 1] = b'"';
+                        assert_eq!(super::stop(&text, from), Some(at), "{len} {from} {at}");
+                    }
+                }
+            }
+        }
+    }
 }
