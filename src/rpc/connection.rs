@@ -397,7 +397,8 @@ impl Connection {
 
     /// Runs one request on a pool worker and writes its response.
     fn execute(self: Arc<Self>, request: Request) {
-        let started = Instant::now();
+        // The clock is read only for the debug line that reports it.
+        let started = log::log_enabled!(log::Level::Debug).then(Instant::now);
         let outcome = catch_unwind(AssertUnwindSafe(|| self.dispatch(&request)));
         let (result, after) = outcome.unwrap_or_else(|_| {
             (Err(RpcError::internal("internal error: the request handler panicked")), None)
@@ -419,7 +420,7 @@ impl Connection {
             after();
         }
         let mut state = self.lock();
-        if log::log_enabled!(log::Level::Debug) {
+        if let Some(started) = started {
             let elapsed = started.elapsed();
             let session = state.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
             log::debug!(
