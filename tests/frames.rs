@@ -41,18 +41,18 @@ fn masked(payload: &[u8]) -> Vec<u8> {
 /// A masked client frame: `head` is the first byte (FIN, RSV bits, opcode); the length takes
 /// the shortest of the 7-, 16- and 64-bit forms.
 fn frame(head: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![head];
     match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
+        n if n < 126 => frame_with_length(head, n as u8, &[], payload),
+        n if n <= 0xffff => frame_with_length(head, 126, &(n as u16).to_be_bytes(), payload),
+        n => frame_with_length(head, 127, &(n as u64).to_be_bytes(), payload),
     }
+}
+
+/// A masked client frame whose length is written as given: the 7-bit field (126 or 127
+/// announce a longer form) and the extended length that follows it, if any.
+fn frame_with_length(head: u8, short: u8, extended: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![head, 0x80 | short];
+    out.extend_from_slice(extended);
     out.extend_from_slice(&MASK);
     out.extend_from_slice(&masked(payload));
     out
@@ -636,29 +636,18 @@ fn sixteen_and_sixty_four_bit_lengths_are_read() {
 
     // Lengths in a longer form than needed are read all the same.
     let text = unknown(5);
-    let mut bytes = vec![FIN | TEXT, 0x80 | 126];
-    bytes.extend_from_slice(&(text.len() as u16).to_be_bytes());
-    bytes.extend_from_slice(&MASK);
-    bytes.extend(masked(text.as_bytes()));
-    raw.write(&bytes);
+    let length = (text.len() as u16).to_be_bytes();
+    raw.write(&frame_with_length(FIN | TEXT, 126, &length, text.as_bytes()));
     raw.unknown_reply(5);
     let text = unknown(6);
-    let mut bytes = vec![FIN | TEXT, 0x80 | 127];
-    bytes.extend_from_slice(&(text.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(&MASK);
-    bytes.extend(masked(text.as_bytes()));
-    raw.write(&bytes);
+    let length = (text.len() as u64).to_be_bytes();
+    raw.write(&frame_with_length(FIN | TEXT, 127, &length, text.as_bytes()));
     raw.unknown_reply(6);
-    let mut bytes = vec![FIN | PING, 0x80 | 126, 0, 2];
-    bytes.extend_from_slice(&MASK);
-    bytes.extend(masked(b"pp"));
-    raw.write(&bytes);
+    raw.write(&frame_with_length(FIN | PING, 126, &[0, 2], b"pp"));
     assert_eq!(raw.frame(), Frame::new(FIN | PONG, b"pp"));
 
     // A 64-bit length with its top bit set (§5.2 forbids it) is over any limit.
-    let mut bytes = vec![FIN | TEXT, 0x80 | 127];
-    bytes.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
-    bytes.extend_from_slice(&MASK);
+    let bytes = frame_with_length(FIN | TEXT, 127, &(1u64 << 63 | 5).to_be_bytes(), b"");
     rejected(&daemon, "64-bit length with the top bit set", &bytes, &close_payload(1009, b""));
 }
 

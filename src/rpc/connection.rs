@@ -322,18 +322,18 @@ impl Connection {
     /// cheapest to answer.
     fn pump(self: &Arc<Self>, state: &mut ConnState, inline: bool) -> (Flow, Option<Request>) {
         let limit = self.server.config.concurrent_requests;
-        // Alone with nothing running, a quick request has nothing to be ordered against,
-        // and nothing can queue behind it while the reader runs it: it needs neither its
-        // keys read nor marked busy.
-        let lone_quick = matches!(state.queue.front(), Some(Item::Request(r)) if r.quick);
-        if inline && lone_quick && state.running == 0 && state.queue.len() == 1 {
-            if let Some(Item::Request(request)) = state.queue.pop_front() {
-                state.running += 1;
-                self.wake(state);
-                return (Flow::Continue, Some(request));
-            }
-        }
         loop {
+            // Alone with nothing running, a quick request has nothing to be ordered
+            // against, and nothing can queue behind it while the reader runs it: it needs
+            // neither its keys read nor marked busy.
+            let quick = matches!(state.queue.front(), Some(Item::Request(r)) if r.quick);
+            if inline && quick && state.running == 0 && state.queue.len() == 1 {
+                if let Some(Item::Request(request)) = state.queue.pop_front() {
+                    state.running += 1;
+                    self.wake(state);
+                    return (Flow::Continue, Some(request));
+                }
+            }
             for item in state.queue.iter_mut() {
                 if let Item::Request(request) = item {
                     request.read_keys();
@@ -365,7 +365,6 @@ impl Connection {
                     started.push(request);
                 }
             }
-            let lone = started.len() == 1 && state.queue.is_empty() && state.running == 0;
             for request in started.into_iter().rev() {
                 for key in request.keys.iter().flatten() {
                     match state.busy.iter_mut().find(|(b, _)| b == key) {
@@ -374,10 +373,6 @@ impl Connection {
                     }
                 }
                 state.running += 1;
-                if inline && lone && request.quick {
-                    self.wake(state);
-                    return (Flow::Continue, Some(request));
-                }
                 let conn = Arc::clone(self);
                 self.server.pool.submit(Box::new(move || conn.execute(request)));
             }

@@ -93,6 +93,15 @@ struct Header {
     done: u64,
 }
 
+impl Header {
+    /// Unmasks `piece`, the next bytes of this frame's payload, and counts them in.
+    fn received(&mut self, piece: &mut [u8]) {
+        unmask(piece, self.mask, self.done);
+        self.left -= piece.len() as u64;
+        self.done += piece.len() as u64;
+    }
+}
+
 /// The data message being assembled.
 struct Message {
     text: bool,
@@ -109,7 +118,7 @@ impl Message {
         if !self.text {
             return Ok(());
         }
-        // ASCII (JSON's usual text, and all of base64) is skipped sixteen bytes at a time;
+        // ASCII (JSON's usual text, and all of base64) is skipped 64 bytes at a time;
         // the standard check takes over from the first other byte.
         self.checked += ascii_prefix(&self.bytes[self.checked..]);
         match std::str::from_utf8(&self.bytes[self.checked..]) {
@@ -179,17 +188,15 @@ impl Frames {
             if control {
                 let from = self.control.len();
                 self.control.extend_from_slice(piece);
-                unmask(&mut self.control[from..], header.mask, header.done);
+                header.received(&mut self.control[from..]);
             } else {
                 let message = self.message.as_mut().expect("a data frame has its message");
                 let from = message.bytes.len();
                 message.bytes.extend_from_slice(piece);
-                unmask(&mut message.bytes[from..], header.mask, header.done);
+                header.received(&mut message.bytes[from..]);
                 message.check()?;
             }
             self.at += take;
-            header.left -= take as u64;
-            header.done += take as u64;
             return self.finish_if_done();
         }
         if !control && header.left > (BUFFER_BYTES / 2) as u64 {
@@ -202,10 +209,8 @@ impl Frames {
             let from = message.bytes.len();
             // SAFETY: the source initialised the first `n` bytes of the spare capacity.
             unsafe { message.bytes.set_len(from + n) };
-            unmask(&mut message.bytes[from..], header.mask, header.done);
+            header.received(&mut message.bytes[from..]);
             message.check()?;
-            header.left -= n as u64;
-            header.done += n as u64;
             return self.finish_if_done();
         }
         self.fill(source, 1).map(|()| None)
