@@ -698,3 +698,82 @@ fn a_peer_that_half_closes_or_drops_without_a_close_frame_leaves_the_daemon_serv
     }
     assert!(!daemon.stderr().contains("panicked"), "{}", daemon.stderr());
 }
+
+// ---------------------------------------------------------------------------------------
+// 10. Control frames behind a long reply.
+
+/// Sends initialize, initialized and an `fs/readFile` of `path` (id 2), and reads frames
+/// until the reply's first fragment has begun, so the daemon is writing it.
+fn start_long_read(raw: &mut Raw, path: &str) {
+    raw.write(&frame(FIN | TEXT, initialize(1, "long").as_bytes()));
+    assert_eq!(raw.reply()["id"], 1);
+    let initialized = json!({"method": "initialized", "params": {}}).to_string();
+    let read = json!({"id": 2, "method": "fs/readFile", "params": {"path": path}}).to_string();
+    raw.write(&frame(FIN | TEXT, initialized.as_bytes()));
+    raw.write(&frame(FIN | TEXT, read.as_bytes()));
+    raw.want(2, "the reply's first header");
+    assert_eq!(raw.buf[0], TEXT, "the reply is fragmented, text first");
+}
+
+#[test]
+fn pongs_and_a_close_wait_for_a_partly_written_fragment_and_never_split_it() {
+    let daemon = Daemon::start(&[]);
+    let dir = common::TempDir::new();
+    // 24 MiB of base64 in 1 MiB fragments is more than the socket buffers on both sides
+    // hold, so while this client reads nothing the daemon stops inside a fragment.
+    let data: Vec<u8> = (0..18u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    std::fs::write(dir.join("big"), &data).expect("write the file");
+
+    // Pings sent while the reply is under way are answered between its frames, in order.
+    // The client reads a little between Pings, so the daemon, writing faster than that, is
+    // mostly waiting for room with a fragment cut short when one arrives.
+    let mut raw = Raw::connect(&daemon);
+    start_long_read(&mut raw, &dir.s("big"));
+    let pings: Vec<Vec<u8>> = (0..64).map(|i| format!("ping {i}").into_bytes()).collect();
+    for payload in &pings {
+        raw.write(&frame(FIN | PING, payload));
+        let target = raw.buf.len() + (128 << 10);
+        raw.want(target, "more of the reply");
+    }
+    let (mut text, mut pongs) = (Vec::new(), Vec::new());
+    loop {
+        let frame = raw.frame();
+        match frame.head & 0x0f {
+            PONG => pongs.push(frame.payload),
+            TEXT | CONTINUE => {
+                let expected = if text.is_empty() { TEXT } else { CONTINUE };
+                assert_eq!(frame.head & 0x0f, expected, "fragment after {} bytes", text.len());
+                text.extend_from_slice(&frame.payload);
+                if frame.head & FIN != 0 {
+                    break;
+                }
+            }
+            _ => panic!("unexpected frame {:?}", frame.head),
+        }
+    }
+    assert_eq!(pongs, pings);
+    let reply: Value = serde_json::from_slice(&text).expect("the reply is JSON");
+    assert_eq!(reply["id"], 2);
+    assert!(reply["result"]["dataBase64"] == common::b64(&data), "the file comes back whole");
+
+    // A Close sent while the reply is under way is answered after the fragment in
+    // progress; nothing follows the answer.
+    let mut raw = Raw::connect(&daemon);
+    start_long_read(&mut raw, &dir.s("big"));
+    raw.want(4 << 20, "the first MiBs of the reply");
+    raw.write(&frame(FIN | CLOSE, &close_payload(1000, b"enough")));
+    let mut fragments = 0;
+    loop {
+        let frame = raw.frame();
+        if frame.head & 0x0f == CLOSE {
+            assert_eq!(frame, Frame::new(FIN | CLOSE, &close_payload(1000, b"enough")));
+            break;
+        }
+        let expected = if fragments == 0 { TEXT } else { CONTINUE };
+        assert_eq!(frame.head, expected, "fragment {fragments} is not the last");
+        fragments += 1;
+    }
+    assert!(fragments < 24, "the reply stopped at the Close ({fragments} fragments)");
+    raw.ends();
+    still_serves(&daemon);
+}

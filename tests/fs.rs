@@ -249,6 +249,44 @@ fn large_buffers_are_not_kept_once_unused() {
     }
 }
 
+/// A connection that stays open keeps no copy of a large reply once it is sent (the write
+/// buffer tungstenite kept at its largest size held about 1 MiB per connection for good):
+/// 28 more open connections that each read a 4 MiB file leave the daemon about as resident
+/// as the first 4 did. Polls `/proc`, which signals nothing, up to a deadline.
+#[test]
+fn open_connections_keep_no_copy_of_a_large_reply() {
+    const SIZE: usize = 4 << 20;
+    /// Per-connection state (a thread, a 32 KiB read buffer) for 28 connections, with room.
+    const SLACK: u64 = 8 << 20;
+    let daemon = common::Daemon::start(&[]);
+    let pid = daemon.pid();
+    let dir = TempDir::new();
+    fs::write(dir.join("f"), vec![0xa5; SIZE]).unwrap();
+    let open = |n: usize| -> Vec<common::Client> {
+        (0..n)
+            .map(|_| {
+                let mut client = Conn::initialized(&daemon.url);
+                let id = client.request("fs/readFile", json!({"path": dir.s("f")}));
+                let data = client.response(&id)["result"]["dataBase64"].as_str().map(str::len);
+                assert_eq!(data, Some(SIZE / 3 * 4 + 4));
+                client
+            })
+            .collect()
+    };
+    let _first = open(4);
+    let warm = memory(pid, "VmRSS:");
+    let _more = open(28);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = memory(pid, "VmRSS:");
+        if now <= warm + SLACK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resident {now} bytes with 32 open; {warm} with 4");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// §1.5: requests naming the same path after lexical normalization take effect in
 /// arrival order even when pipelined.
 #[test]

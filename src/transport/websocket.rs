@@ -1,17 +1,18 @@
 //! Serving one websocket, accepted or rendezvous: the mutex-guarded writer (`Outbound`) on a
-//! non-blocking socket, and the `poll(2)` read loop that hands each text message to
-//! `rpc::Connection` (read by frames.rs on accepted sockets, by tungstenite on rendezvous
-//! links), answering Pings and the peer's Close, with keepalive pings for rendezvous links.
+//! non-blocking socket (sink.rs on accepted sockets, tungstenite on rendezvous links), and
+//! the `poll(2)` read loop that hands each text message to `rpc::Connection` (read by
+//! frames.rs on accepted sockets, by tungstenite on rendezvous links), answering Pings and
+//! the peer's Close, with keepalive pings for rendezvous links.
 //! It parses no JSON-RPC and accepts no connections (listener.rs).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tungstenite::error::ProtocolError;
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes, WebSocket};
@@ -22,6 +23,7 @@ use crate::recycle;
 use crate::rpc::{Flow, Server, Text, Transport};
 use crate::transport::frames::{Event, Failure, Fd, Frames, Next};
 use crate::transport::guarded::{wait_for, GuardedSocket};
+use crate::transport::sink::{self, Sink};
 
 /// Outbound messages larger than this go out as several frames, so the socket's write
 /// buffer never holds (or shifts) more than one fragment.
@@ -61,9 +63,14 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
         .max_write_buffer_size(usize::MAX)
 }
 
-/// A websocket's writing half: the guarded `WebSocket` on a non-blocking socket.
+/// A websocket's writing half on a non-blocking socket: frames of our own (sink.rs) on
+/// accepted sockets, tungstenite's writer (guarded.rs) on rendezvous links. The
+/// `GuardedSocket` holds the `WebSocket` either way: it reads rendezvous links, and on an
+/// accepted socket it only keeps the stream open.
 struct Writer<S> {
     socket: GuardedSocket<S>,
+    /// Writes instead of tungstenite, when frames.rs reads the socket.
+    own: Option<Sink>,
     /// Held for a whole outbound message, so fragments of two messages never interleave
     /// while the socket lock is released to wait for room.
     turn: Mutex<()>,
@@ -74,41 +81,95 @@ impl<S: Read + Write + Send> Writer<S> {
         self.socket.lock()
     }
 
-    /// Queues one frame and flushes it; a peer that accepts nothing for the write-stall
-    /// limit gets the connection closed.
-    fn write(&self, message: Message) -> Result<(), Closed> {
-        self.socket.write(message, |stall| {
-            log::warn!("peer accepted nothing for {stall:?}; closing");
-            self.close(CloseReason::Stalled);
-        })
+    fn closing(&self) -> &AtomicBool {
+        match &self.own {
+            Some(sink) => &sink.closing,
+            None => &self.socket.closing,
+        }
     }
 
-    /// Answers the peer's Close (RFC 6455 §5.5.1) with its own code and reason, or with
-    /// 1002 for a code no endpoint may send, as tungstenite answers it on rendezvous links.
-    /// `finish` flushes it.
-    fn answer_close(&self, frame: Option<CloseFrame>) {
-        if self.socket.closing.swap(true, Ordering::SeqCst) {
-            return;
+    /// Writes one frame; a peer that accepts nothing for the write-stall limit gets the
+    /// connection closed.
+    fn write(&self, opcode: OpCode, fin: bool, payload: Bytes) -> Result<(), Closed> {
+        let stalled = |stall| {
+            log::warn!("peer accepted nothing for {stall:?}; closing");
+            self.close(CloseReason::Stalled);
+        };
+        match &self.own {
+            Some(sink) => sink.write(opcode.into(), fin, payload, stalled),
+            None => {
+                self.socket.write(Message::Frame(Frame::message(payload, opcode, fin)), stalled)
+            }
         }
-        let frame = frame.map(|f| match f.code.is_allowed() {
-            true => f,
+    }
+
+    /// Queues a Close frame behind what is queued, once: false if one was already queued.
+    fn queue_close(&self, frame: CloseFrame) -> bool {
+        if self.closing().swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        match &self.own {
+            Some(sink) => sink.queue_close(frame.code.into(), &frame.reason),
+            None => {
+                let _ = self.lock().close(Some(frame));
+            }
+        }
+        true
+    }
+
+    /// Answers the peer's Close (RFC 6455 §5.5.1) with its own code and reason (no payload
+    /// for none), or with 1002 for a code no endpoint may send, as tungstenite answers it
+    /// on rendezvous links. `finish` flushes it.
+    fn answer_close(&self, frame: Option<CloseFrame>) {
+        let Some(frame) = frame else {
+            if !self.closing().swap(true, Ordering::SeqCst) {
+                match &self.own {
+                    Some(sink) => sink.queue(sink::CLOSE, Bytes::new()),
+                    None => {
+                        let _ = self.lock().close(None);
+                    }
+                }
+            }
+            return;
+        };
+        self.queue_close(match frame.code.is_allowed() {
+            true => frame,
             false => CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() },
         });
-        let _ = self.lock().close(frame);
+    }
+
+    /// Queues a keepalive Ping and writes what the socket takes now, without waiting.
+    fn ping(&self) {
+        if self.closing().load(Ordering::SeqCst) {
+            return;
+        }
+        match &self.own {
+            Some(sink) => sink.queue(sink::PING, Bytes::new()),
+            None => {
+                let mut ws = self.lock();
+                let _ = ws.write(Message::Ping(Bytes::new()));
+                let _ = ws.flush();
+            }
+        }
+    }
+
+    /// Writes what is queued; true once all of it is out or nothing more can go out.
+    fn flush_done(&self) -> bool {
+        match &self.own {
+            Some(sink) => !matches!(sink.flush(), Ok(false)),
+            None => match self.lock().flush() {
+                Err(WsError::Io(e)) => e.kind() != io::ErrorKind::WouldBlock,
+                _ => true,
+            },
+        }
     }
 
     /// Flushes what is queued (a Close frame) for at most `CLOSE_FLUSH`, then shuts the
     /// socket down.
     fn finish(&self) {
-        self.socket.closing.store(true, Ordering::SeqCst);
+        self.closing().store(true, Ordering::SeqCst);
         let deadline = Instant::now() + CLOSE_FLUSH;
-        loop {
-            let mut ws = self.lock();
-            match ws.flush() {
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                _ => break,
-            }
-            drop(ws);
+        while !self.flush_done() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() || !wait_for(&[self.socket.fd], libc::POLLOUT, Some(remaining)) {
                 break;
@@ -130,8 +191,7 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
             let end = (offset + FRAGMENT_BYTES).min(bytes.len());
             let opcode = if offset == 0 { Data::Text } else { Data::Continue };
             let last = end == bytes.len();
-            let frame = Frame::message(bytes.slice(offset..end), OpCode::Data(opcode), last);
-            self.write(Message::Frame(frame))?;
+            self.write(OpCode::Data(opcode), last, bytes.slice(offset..end))?;
             if last {
                 return Ok(());
             }
@@ -140,9 +200,6 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
     }
 
     fn close(&self, reason: CloseReason) {
-        if self.socket.closing.swap(true, Ordering::SeqCst) {
-            return;
-        }
         let code = match reason {
             CloseReason::Protocol => CloseCode::Protocol,
             CloseReason::GoingAway => CloseCode::Away,
@@ -150,7 +207,9 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
             CloseReason::TooBig => CloseCode::Size,
             CloseReason::InvalidData => CloseCode::Invalid,
         };
-        let _ = self.lock().close(Some(CloseFrame { code, reason: "".into() }));
+        if !self.queue_close(CloseFrame { code, reason: "".into() }) {
+            return;
+        }
         // Wake the reader, which flushes the Close frame and tears the socket down.
         // SAFETY: shutting down the read side of a socket we own.
         unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RD) };
@@ -174,15 +233,16 @@ pub fn serve<S>(
         log::warn!("cannot make the socket non-blocking: {e}");
         return;
     }
-    let writer = Arc::new(Writer {
-        socket: GuardedSocket::new(ws, fd, server.config.write_stall),
-        turn: Mutex::new(()),
-    });
-    let conn = server.connect(Arc::clone(&writer) as Arc<dyn Outbound>, transport);
     let mut frames = match reading {
         Reading::Frames(already) => Some(Frames::new(&already, server.config.max_message_bytes)),
         Reading::Tungstenite => None,
     };
+    let writer = Arc::new(Writer {
+        socket: GuardedSocket::new(ws, fd, server.config.write_stall),
+        own: frames.as_ref().map(|_| Sink::new(fd, server.config.write_stall)),
+        turn: Mutex::new(()),
+    });
+    let conn = server.connect(Arc::clone(&writer) as Arc<dyn Outbound>, transport);
     let mut last_heard = Instant::now();
     let mut next_ping = keepalive.map(|k| last_heard + k.ping_every);
     let mut drained = false;
@@ -200,8 +260,7 @@ pub fn serve<S>(
                     writer.close(CloseReason::GoingAway);
                     break;
                 }
-                let _ = writer.lock().write(Message::Ping(Bytes::new()));
-                let _ = writer.lock().flush();
+                writer.ping();
                 next_ping = Some(Instant::now() + k.ping_every);
                 continue;
             }
@@ -263,7 +322,7 @@ fn read_frames<S: Read + Write + Send>(frames: &mut Frames, writer: &Writer<S>) 
         },
         Next::Event(Event::Ping(payload)) => {
             // No Pong once closing: the write fails and the loop ends on its own.
-            let _ = writer.write(Message::Pong(Bytes::from(payload)));
+            let _ = writer.write(OpCode::Control(Control::Pong), true, Bytes::from(payload));
             Inbound::Nothing
         }
         Next::Event(Event::Pong) => Inbound::Nothing,
