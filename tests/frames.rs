@@ -704,7 +704,21 @@ fn a_peer_that_half_closes_or_drops_without_a_close_frame_leaves_the_daemon_serv
 
 /// Sends initialize, initialized and an `fs/readFile` of `path` (id 2), and reads frames
 /// until the reply's first fragment has begun, so the daemon is writing it.
+/// The client's receive buffer is fixed at 256 KiB (no autotuning, which may grow it to
+/// tens of MiB), so the daemon soon waits for room.
 fn start_long_read(raw: &mut Raw, path: &str) {
+    let size: libc::c_int = 256 << 10;
+    // SAFETY: setting an int socket option on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&raw.stream),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF");
     raw.write(&frame(FIN | TEXT, initialize(1, "long").as_bytes()));
     assert_eq!(raw.reply()["id"], 1);
     let initialized = json!({"method": "initialized", "params": {}}).to_string();
@@ -719,7 +733,7 @@ fn start_long_read(raw: &mut Raw, path: &str) {
 fn pongs_and_a_close_wait_for_a_partly_written_fragment_and_never_split_it() {
     let daemon = Daemon::start(&[]);
     let dir = common::TempDir::new();
-    // 24 MiB of base64 in 1 MiB fragments is more than the socket buffers on both sides
+    // 24 MiB of base64 in 1 MiB fragments is far more than the socket buffers on both sides
     // hold, so while this client reads nothing the daemon stops inside a fragment.
     let data: Vec<u8> = (0..18u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
     std::fs::write(dir.join("big"), &data).expect("write the file");
@@ -750,6 +764,12 @@ fn pongs_and_a_close_wait_for_a_partly_written_fragment_and_never_split_it() {
             }
             _ => panic!("unexpected frame {:?}", frame.head),
         }
+    }
+    // Pings that came after the reply was all written are answered after it.
+    while pongs.len() < pings.len() {
+        let frame = raw.frame();
+        assert_eq!(frame.head, FIN | PONG, "after the reply, only Pongs");
+        pongs.push(frame.payload);
     }
     assert_eq!(pongs, pings);
     let reply: Value = serde_json::from_slice(&text).expect("the reply is JSON");

@@ -144,6 +144,12 @@ impl Sink {
         self.send(&mut self.lock())
     }
 
+    /// Drops whatever is still queued (the socket is shut down), so a message cut short does
+    /// not stay resident while something still holds the connection.
+    pub fn discard(&self) {
+        self.lock().clear();
+    }
+
     fn send(&self, queue: &mut VecDeque<Queued>) -> io::Result<bool> {
         while !queue.is_empty() {
             // SAFETY: an all-zero iovec array is valid; the entries used are filled below.

@@ -177,6 +177,9 @@ impl<S: Read + Write + Send> Writer<S> {
         }
         // SAFETY: shutting down a socket we own; the descriptor stays open until drop.
         unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RDWR) };
+        if let Some(sink) = &self.own {
+            sink.discard();
+        }
     }
 }
 
