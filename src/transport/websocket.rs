@@ -103,39 +103,30 @@ impl<S: Read + Write + Send> Writer<S> {
         }
     }
 
-    /// Queues a Close frame behind what is queued, once: false if one was already queued.
-    fn queue_close(&self, frame: CloseFrame) -> bool {
+    /// Queues a Close frame (no payload for `None`) behind what is queued, once: false if
+    /// one was already queued.
+    fn queue_close(&self, frame: Option<CloseFrame>) -> bool {
         if self.closing().swap(true, Ordering::SeqCst) {
             return false;
         }
-        match &self.own {
-            Some(sink) => sink.queue_close(frame.code.into(), &frame.reason),
-            None => {
-                let _ = self.lock().close(Some(frame));
+        match (&self.own, frame) {
+            (Some(sink), Some(frame)) => sink.queue_close(frame.code.into(), &frame.reason),
+            (Some(sink), None) => sink.queue(sink::CLOSE, Bytes::new()),
+            (None, frame) => {
+                let _ = self.lock().close(frame);
             }
         }
         true
     }
 
-    /// Answers the peer's Close (RFC 6455 §5.5.1) with its own code and reason (no payload
-    /// for none), or with 1002 for a code no endpoint may send, as tungstenite answers it
-    /// on rendezvous links. `finish` flushes it.
+    /// Answers the peer's Close (RFC 6455 §5.5.1) with its own code and reason, or with
+    /// 1002 for a code no endpoint may send, as tungstenite answers it on rendezvous links.
+    /// `finish` flushes it.
     fn answer_close(&self, frame: Option<CloseFrame>) {
-        let Some(frame) = frame else {
-            if !self.closing().swap(true, Ordering::SeqCst) {
-                match &self.own {
-                    Some(sink) => sink.queue(sink::CLOSE, Bytes::new()),
-                    None => {
-                        let _ = self.lock().close(None);
-                    }
-                }
-            }
-            return;
-        };
-        self.queue_close(match frame.code.is_allowed() {
-            true => frame,
+        self.queue_close(frame.map(|f| match f.code.is_allowed() {
+            true => f,
             false => CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() },
-        });
+        }));
     }
 
     /// Queues a keepalive Ping and writes what the socket takes now, without waiting.
@@ -210,7 +201,7 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
             CloseReason::TooBig => CloseCode::Size,
             CloseReason::InvalidData => CloseCode::Invalid,
         };
-        if !self.queue_close(CloseFrame { code, reason: "".into() }) {
+        if !self.queue_close(Some(CloseFrame { code, reason: "".into() })) {
             return;
         }
         // Wake the reader, which flushes the Close frame and tears the socket down.
