@@ -154,13 +154,10 @@ fn large_binary_round_trip_is_byte_exact() {
     );
 }
 
-/// A memory figure of a process from `/proc/<pid>/status` (`VmHWM` is the peak resident
-/// size, `VmRSS` the current one), in bytes.
+/// A memory figure of a process (`VmHWM` is the peak resident size, `VmRSS` the current
+/// one), in bytes.
 fn memory(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).expect("field in status");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
+    common::status_kib(pid, field) * 1024
 }
 
 /// Issue 5 asks that a 256 MiB readFile or writeFile need no more than about three times

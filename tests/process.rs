@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use common::{
     all_pids, children, decode, error, eventually, fds, merge, output, read, sh, start,
-    start_params, stat, Client, Daemon, DEADLINE, PATH,
+    start_params, stat, status_kib, Client, Daemon, DEADLINE, PATH,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -530,16 +530,6 @@ fn pty_job_control_tree_is_killed() {
     assert_eq!(session_members(leader), Vec::<u32>::new());
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 #[test]
 fn slow_reader_keeps_server_memory_bounded() {
     const RSS_LIMIT_KIB: u64 = 64 << 10;
@@ -557,7 +547,7 @@ fn slow_reader_keeps_server_memory_bounded() {
             let m = client.notification("process/output");
             got += decode(&m["params"]["chunk"]).len();
         }
-        max_rss = max_rss.max(rss_kib(daemon.pid()));
+        max_rss = max_rss.max(status_kib(daemon.pid(), "VmRSS:"));
         assert!(max_rss < RSS_LIMIT_KIB, "server RSS {max_rss} KiB");
         // Pace the reader: this sleep is the slow client, not synchronization.
         if let Some(rest) = TICK.checked_sub(tick.elapsed()) {

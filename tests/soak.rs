@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{decode, fds, merge, sh, start, Client, Daemon};
+use common::{decode, fds, merge, sh, start, status_kib, Client, Daemon};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -41,12 +41,6 @@ fn until_closed(client: &mut Client, id: &str) -> Vec<u8> {
             return out;
         }
     }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status.lines().find_map(|l| l.strip_prefix(field)).expect("field");
-    line.trim().trim_end_matches(" kB").trim().parse().expect("number")
 }
 
 /// Threads other than pool workers, which come and go with load.

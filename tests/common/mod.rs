@@ -531,6 +531,14 @@ pub fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").count()
 }
 
+/// A memory figure of `pid` from `/proc/<pid>/status`, in KiB: `"VmRSS:"` the resident
+/// size now, `"VmHWM:"` its peak.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find_map(|l| l.strip_prefix(field)).expect("field in status");
+    line.trim().trim_end_matches(" kB").trim().parse().expect("a number of kB")
+}
+
 /// Polls `check` until it holds, within the deadline. Only for facts no event announces (a
 /// process disappearing from /proc, a thread ending).
 pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
