@@ -158,6 +158,21 @@ impl Raw {
         self.stream.write_all(bytes).expect("write to the daemon");
     }
 
+    /// Sets a `SOL_SOCKET` option of the connection to `value`.
+    fn set_option<T>(&self, name: libc::c_int, value: &T) {
+        // SAFETY: `value` is the option's own type, read for its size during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                libc::SOL_SOCKET,
+                name,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt {name}: {}", std::io::Error::last_os_error());
+    }
+
     /// Reads once more into the buffer; the connection ending here fails the test.
     fn fill(&mut self, what: &str) {
         let mut chunk = [0u8; 64 << 10];
@@ -680,18 +695,7 @@ fn a_peer_that_half_closes_or_drops_without_a_close_frame_leaves_the_daemon_serv
         let mut raw = Raw::connect(&daemon);
         raw.write(&frame(FIN | TEXT, unknown(3).as_bytes())[..5]);
         if reset {
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: setting a linger option on a socket we own.
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&raw.stream),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "SO_LINGER");
+            raw.set_option(libc::SO_LINGER, &libc::linger { l_onoff: 1, l_linger: 0 });
         }
         drop(raw);
         still_serves(&daemon);
@@ -708,17 +712,7 @@ fn a_peer_that_half_closes_or_drops_without_a_close_frame_leaves_the_daemon_serv
 /// tens of MiB), so the daemon soon waits for room.
 fn start_long_read(raw: &mut Raw, path: &str) {
     let size: libc::c_int = 256 << 10;
-    // SAFETY: setting an int socket option on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&raw.stream),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUF");
+    raw.set_option(libc::SO_RCVBUF, &size);
     raw.write(&frame(FIN | TEXT, initialize(1, "long").as_bytes()));
     assert_eq!(raw.reply()["id"], 1);
     let initialized = json!({"method": "initialized", "params": {}}).to_string();

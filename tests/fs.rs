@@ -160,6 +160,20 @@ fn memory(pid: u32, field: &str) -> u64 {
     common::status_kib(pid, field) * 1024
 }
 
+/// Polls the resident size of `pid` (`/proc` signals nothing) every 20 ms until it is at
+/// most `limit` bytes, for up to 20 s; `context` completes the failure's message.
+fn resident_falls_to(pid: u32, limit: u64, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = memory(pid, "VmRSS:");
+        if now <= limit {
+            return;
+        }
+        assert!(Instant::now() < deadline, "resident {now} bytes 20 s on; {context}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Issue 5 asks that a 256 MiB readFile or writeFile need no more than about three times
 /// the file's size at peak. The message limit is raised because the base64 of 256 MiB is
 /// larger than the default 256 MiB frame. Each request is measured from the resident size
@@ -235,15 +249,7 @@ fn large_buffers_are_not_kept_once_unused() {
         let peak = memory(pid, "VmHWM:");
         assert!(peak > before + SIZE as u64, "the buffers were resident: {peak} after {before}");
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = memory(pid, "VmRSS:");
-        if now <= before + SLACK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "resident {now} bytes 20 s on; {before} before");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    resident_falls_to(pid, before + SLACK, &format!("{before} before"));
 }
 
 /// A connection that stays open keeps no copy of a large reply once it is sent (the write
@@ -273,15 +279,7 @@ fn open_connections_keep_no_copy_of_a_large_reply() {
     let _first = open(4);
     let warm = memory(pid, "VmRSS:");
     let _more = open(28);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = memory(pid, "VmRSS:");
-        if now <= warm + SLACK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "resident {now} bytes with 32 open; {warm} with 4");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    resident_falls_to(pid, warm + SLACK, &format!("32 open; {warm} with 4"));
 }
 
 /// §1.5: requests naming the same path after lexical normalization take effect in

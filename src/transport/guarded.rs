@@ -1,6 +1,7 @@
 //! The guarded writing half of a websocket on a non-blocking socket (STYLE.md): one mutex
-//! around the `WebSocket`, writes that wait for room in `poll(2)` without holding it, the
-//! write-stall limit, and the `closing` flag that ends every wait. The local and rendezvous
+//! around the `WebSocket`, and the `Room` every writer on such a socket waits in: writes that
+//! wait for room in `poll(2)` without holding the lock, the write-stall limit, and the
+//! `closing` flag that ends every wait (sink.rs waits in it too). The local and rendezvous
 //! websockets (websocket.rs) and the Noise relay link (cloud/noise/relay.rs) write through
 //! it; what a stall or a close means to the connection stays theirs.
 
@@ -14,34 +15,70 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::outbound::Closed;
 
-pub struct GuardedSocket<S> {
-    ws: Mutex<WebSocket<S>>,
+/// How a writer on a non-blocking socket waits for room: the socket, how long the peer may
+/// take no byte, and the flag that ends every wait once the socket is being closed.
+pub struct Room {
     pub fd: RawFd,
     pub write_stall: Duration,
-    /// Set once the socket is being closed; every write and wait ends on it.
     pub closing: AtomicBool,
 }
 
-impl<S: Read + Write> GuardedSocket<S> {
-    /// `fd` is the socket under `ws`, already non-blocking.
-    pub fn new(ws: WebSocket<S>, fd: RawFd, write_stall: Duration) -> GuardedSocket<S> {
-        GuardedSocket { ws: Mutex::new(ws), fd, write_stall, closing: AtomicBool::new(false) }
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, WebSocket<S>> {
-        self.ws.lock().unwrap_or_else(PoisonError::into_inner)
+impl Room {
+    /// `fd` is the socket, already non-blocking.
+    pub fn new(fd: RawFd, write_stall: Duration) -> Room {
+        Room { fd, write_stall, closing: AtomicBool::new(false) }
     }
 
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
 
-    /// Queues one message and flushes it, waiting for room without holding the lock. When
-    /// the peer accepts no byte for the write-stall limit, `stalled` runs (it closes the
-    /// connection its own way) and the write fails.
+    /// Runs `attempt` on the writer `guard` holds until it reports everything written
+    /// (`Ok(true)`), waiting for room in `poll(2)` without holding `lock`. A failed attempt
+    /// or the closing flag ends it; when the peer accepts no byte for the write-stall limit,
+    /// `stalled` runs (it closes the connection its own way) and the write fails.
+    pub fn until_written<'a, T>(
+        &self,
+        lock: &'a Mutex<T>,
+        mut guard: MutexGuard<'a, T>,
+        mut attempt: impl FnMut(&mut T) -> Result<bool, Closed>,
+        stalled: impl FnOnce(Duration),
+    ) -> Result<(), Closed> {
+        while !attempt(&mut guard)? {
+            drop(guard);
+            if !wait_for(&[self.fd], libc::POLLOUT, Some(self.write_stall)) {
+                stalled(self.write_stall);
+                return Err(Closed);
+            }
+            guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.is_closing() {
+                return Err(Closed);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct GuardedSocket<S> {
+    ws: Mutex<WebSocket<S>>,
+    pub room: Room,
+}
+
+impl<S: Read + Write> GuardedSocket<S> {
+    /// `fd` is the socket under `ws`, already non-blocking.
+    pub fn new(ws: WebSocket<S>, fd: RawFd, write_stall: Duration) -> GuardedSocket<S> {
+        GuardedSocket { ws: Mutex::new(ws), room: Room::new(fd, write_stall) }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, WebSocket<S>> {
+        self.ws.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues one message and flushes it, waiting for room without holding the lock (see
+    /// `Room::until_written`).
     pub fn write(&self, message: Message, stalled: impl FnOnce(Duration)) -> Result<(), Closed> {
         let mut ws = self.lock();
-        if self.is_closing() {
+        if self.room.is_closing() {
             return Err(Closed);
         }
         match ws.write(message) {
@@ -49,22 +86,12 @@ impl<S: Read + Write> GuardedSocket<S> {
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(Closed),
         }
-        loop {
-            match ws.flush() {
-                Ok(()) => return Ok(()),
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(Closed),
-            }
-            drop(ws);
-            if !wait_for(&[self.fd], libc::POLLOUT, Some(self.write_stall)) {
-                stalled(self.write_stall);
-                return Err(Closed);
-            }
-            ws = self.lock();
-            if self.is_closing() {
-                return Err(Closed);
-            }
-        }
+        let flush = |ws: &mut WebSocket<S>| match ws.flush() {
+            Ok(()) => Ok(true),
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(_) => Err(Closed),
+        };
+        self.room.until_written(&self.ws, ws, flush, stalled)
     }
 }
 

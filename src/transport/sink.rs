@@ -8,14 +8,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tungstenite::Bytes;
 
 use crate::outbound::Closed;
-use crate::transport::guarded::wait_for;
+use crate::transport::guarded::Room;
 
 /// The control frames queued without waiting (RFC 6455 §5.2 opcodes); data frames and
 /// Pongs take their opcode from the caller.
@@ -68,62 +67,45 @@ impl Queued {
 
 pub struct Sink {
     queue: Mutex<VecDeque<Queued>>,
-    pub fd: RawFd,
-    pub write_stall: Duration,
-    /// Set once the socket is being closed; every frame but the Close itself is refused.
-    pub closing: AtomicBool,
+    fd: RawFd,
 }
 
 impl Sink {
     /// `fd` is the socket, already non-blocking.
-    pub fn new(fd: RawFd, write_stall: Duration) -> Sink {
-        Sink { queue: Mutex::default(), fd, write_stall, closing: AtomicBool::new(false) }
+    pub fn new(fd: RawFd) -> Sink {
+        Sink { queue: Mutex::default(), fd }
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Queued>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::SeqCst)
-    }
-
-    /// Queues one frame and writes until the queue is empty, waiting for room without
-    /// holding the lock. When the peer accepts no byte for the write-stall limit, `stalled`
-    /// runs (it closes the connection its own way) and the write fails.
+    /// Queues one frame and writes until the queue is empty, waiting in `room` (the
+    /// socket's) for room without holding the lock; refused once the socket is closing.
     pub fn write(
         &self,
+        room: &Room,
         opcode: u8,
         fin: bool,
         payload: Bytes,
         stalled: impl FnOnce(Duration),
     ) -> Result<(), Closed> {
         let mut queue = self.lock();
-        if self.is_closing() {
+        if room.is_closing() {
             return Err(Closed);
         }
         queue.push_back(Queued::new(opcode, fin, payload));
-        loop {
-            match self.send(&mut queue) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(_) => return Err(Closed),
-            }
-            drop(queue);
-            if !wait_for(&[self.fd], libc::POLLOUT, Some(self.write_stall)) {
-                stalled(self.write_stall);
-                return Err(Closed);
-            }
-            queue = self.lock();
-            if self.is_closing() {
-                return Err(Closed);
-            }
-        }
+        room.until_written(
+            &self.queue,
+            queue,
+            |queue| self.send(queue).map_err(|_| Closed),
+            stalled,
+        )
     }
 
     /// Queues a control frame behind whatever is queued, and writes what the socket takes
-    /// now without waiting; `flush` writes the rest. It is not refused once closing: the
-    /// Close frame itself goes this way.
+    /// now without waiting; `flush` writes the rest. It is not refused once closing (the
+    /// caller decides): the Close frame itself goes this way.
     pub fn queue(&self, opcode: u8, payload: Bytes) {
         let mut queue = self.lock();
         queue.push_back(Queued::new(opcode, true, payload));

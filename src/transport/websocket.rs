@@ -7,7 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,13 +81,6 @@ impl<S: Read + Write + Send> Writer<S> {
         self.socket.lock()
     }
 
-    fn closing(&self) -> &AtomicBool {
-        match &self.own {
-            Some(sink) => &sink.closing,
-            None => &self.socket.closing,
-        }
-    }
-
     /// Writes one frame; a peer that accepts nothing for the write-stall limit gets the
     /// connection closed.
     fn write(&self, opcode: OpCode, fin: bool, payload: Bytes) -> Result<(), Closed> {
@@ -96,7 +89,7 @@ impl<S: Read + Write + Send> Writer<S> {
             self.close(CloseReason::Stalled);
         };
         match &self.own {
-            Some(sink) => sink.write(opcode.into(), fin, payload, stalled),
+            Some(sink) => sink.write(&self.socket.room, opcode.into(), fin, payload, stalled),
             None => {
                 self.socket.write(Message::Frame(Frame::message(payload, opcode, fin)), stalled)
             }
@@ -106,7 +99,7 @@ impl<S: Read + Write + Send> Writer<S> {
     /// Queues a Close frame (no payload for `None`) behind what is queued, once: false if
     /// one was already queued.
     fn queue_close(&self, frame: Option<CloseFrame>) -> bool {
-        if self.closing().swap(true, Ordering::SeqCst) {
+        if self.socket.room.closing.swap(true, Ordering::SeqCst) {
             return false;
         }
         match (&self.own, frame) {
@@ -131,7 +124,7 @@ impl<S: Read + Write + Send> Writer<S> {
 
     /// Queues a keepalive Ping and writes what the socket takes now, without waiting.
     fn ping(&self) {
-        if self.closing().load(Ordering::SeqCst) {
+        if self.socket.room.is_closing() {
             return;
         }
         match &self.own {
@@ -158,16 +151,18 @@ impl<S: Read + Write + Send> Writer<S> {
     /// Flushes what is queued (a Close frame) for at most `CLOSE_FLUSH`, then shuts the
     /// socket down.
     fn finish(&self) {
-        self.closing().store(true, Ordering::SeqCst);
+        self.socket.room.closing.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + CLOSE_FLUSH;
         while !self.flush_done() {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || !wait_for(&[self.socket.fd], libc::POLLOUT, Some(remaining)) {
+            if remaining.is_zero()
+                || !wait_for(&[self.socket.room.fd], libc::POLLOUT, Some(remaining))
+            {
                 break;
             }
         }
         // SAFETY: shutting down a socket we own; the descriptor stays open until drop.
-        unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RDWR) };
+        unsafe { libc::shutdown(self.socket.room.fd, libc::SHUT_RDWR) };
         if let Some(sink) = &self.own {
             sink.discard();
         }
@@ -206,7 +201,7 @@ impl<S: Read + Write + Send> Outbound for Writer<S> {
         }
         // Wake the reader, which flushes the Close frame and tears the socket down.
         // SAFETY: shutting down the read side of a socket we own.
-        unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RD) };
+        unsafe { libc::shutdown(self.socket.room.fd, libc::SHUT_RD) };
     }
 }
 
@@ -233,7 +228,7 @@ pub fn serve<S>(
     };
     let writer = Arc::new(Writer {
         socket: GuardedSocket::new(ws, fd, server.config.write_stall),
-        own: frames.as_ref().map(|_| Sink::new(fd, server.config.write_stall)),
+        own: frames.as_ref().map(|_| Sink::new(fd)),
         turn: Mutex::new(()),
     });
     let conn = server.connect(Arc::clone(&writer) as Arc<dyn Outbound>, transport);
@@ -308,7 +303,7 @@ enum Inbound {
 
 /// One step of frames.rs on the socket; Pings and the peer's Close are answered here.
 fn read_frames<S: Read + Write + Send>(frames: &mut Frames, writer: &Writer<S>) -> Inbound {
-    match frames.next(&mut Fd(writer.socket.fd)) {
+    match frames.next(&mut Fd(writer.socket.room.fd)) {
         Next::Event(Event::Text(text)) => Inbound::Text(Box::new(text)),
         Next::Event(Event::Binary(bytes)) => match String::from_utf8(bytes) {
             Ok(text) => Inbound::Text(Box::new(text)),

@@ -85,9 +85,9 @@ impl<S: Read + Write> Link<S> {
 
     /// Ends the link: wakes the reader, which tears everything down.
     fn close(&self) {
-        if !self.socket.closing.swap(true, Ordering::SeqCst) {
+        if !self.socket.room.closing.swap(true, Ordering::SeqCst) {
             // SAFETY: shutting down a socket we own; the descriptor stays open until drop.
-            unsafe { libc::shutdown(self.socket.fd, libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(self.socket.room.fd, libc::SHUT_RDWR) };
         }
     }
 }
@@ -252,7 +252,7 @@ where
     let mut last_heard = Instant::now();
     let mut next_ping = last_heard + ping_every;
     loop {
-        if shutdown::requested() || link.socket.is_closing() {
+        if shutdown::requested() || link.socket.room.is_closing() {
             return;
         }
         let message = {
@@ -286,7 +286,7 @@ where
             }
             let wake = next_ping.min(last_heard + dead_after);
             wait_for(
-                &[link.socket.fd, shutdown::fd()],
+                &[link.socket.room.fd, shutdown::fd()],
                 libc::POLLIN,
                 Some(wake.saturating_duration_since(now)),
             );
